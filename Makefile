@@ -1,0 +1,42 @@
+# Set-up and everyday commands. `make run` and `make test` each install what they
+# need on a fresh machine (virtual environment, torch, the project, generated protos).
+PYTHON ?= python3.11
+VENV ?= .venv
+# ONNX Runtime build: cpu (onnxruntime) or gpu (onnxruntime-gpu); never both.
+EXTRA ?= cpu
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard protos/tattoo_search/v1/*.proto)
+GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+
+.PHONY: install protos run test bench clean
+
+install: $(VENV)/.installed protos
+
+# torch and torchvision go in first and pinned: pip then takes the builds on this
+# machine's disk instead of resolving a multi-GB download for whatever asks for torch.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q grpcio-tools
+	$(MAKE) --no-print-directory protos
+	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
+	touch $@
+
+protos: $(GENERATED)
+
+# The folder layout under protos/ is the Python import path (tattoo_search.v1.*),
+# so the generated code needs no import rewriting. Generated, never committed.
+%_pb2.py: protos/%.proto
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+run: install
+	./scripts/run-local.sh
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m bench.embed_throughput
+
+clean:
+	rm -rf $(VENV) tattoo_search .pytest_cache

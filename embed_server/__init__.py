@@ -1,0 +1,1 @@
+"""The embedding server: five vision models behind one gRPC API, with dynamic batching."""

@@ -1,0 +1,165 @@
+"""Dynamic batching, in the manner of Triton's dynamic batcher.
+
+Concurrent requests for one model put their items (images or texts) on one queue; a
+worker takes up to `max_batch_size` of them for a single forward pass, waiting at most
+`max_queue_delay` for a batch to fill when the queue is short. The forward pass runs
+on the batcher's own thread, so the event loop keeps accepting and decoding requests
+meanwhile, and the next batch is already queued when the pass returns.
+
+The queue is bounded: a request that does not fit is refused at once (the caller
+answers RESOURCE_EXHAUSTED) rather than waiting behind an unbounded backlog. A
+cancelled request (client gone, deadline passed) withdraws its items; those not yet
+in a forward pass never reach one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from embed_server.errors import ModelUnavailable, Overloaded
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchCounters:
+    batches: int = 0
+    items: int = 0
+    largest_batch: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class _Pending(Generic[ItemT, ResultT]):
+    item: ItemT
+    future: asyncio.Future[ResultT]
+
+
+class DynamicBatcher(Generic[ItemT, ResultT]):
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[ItemT]], Sequence[ResultT]],
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+    ) -> None:
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self.counters = BatchCounters()
+        self._run_batch = run_batch
+        self._queue: deque[_Pending[ItemT, ResultT]] = deque()
+        self._has_work = asyncio.Event()
+        # One thread per batcher: forward passes of one model never overlap, and a slow
+        # model never holds up another's.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, items: Sequence[ItemT]) -> list[ResultT]:
+        """Results for `items`, in order, once the forward passes holding them ran."""
+        if self._closed:
+            raise ModelUnavailable(f"{self.name} is shutting down")
+        if not items:
+            return []
+        if len(self._queue) + len(items) > self.max_queue_size:
+            self.counters.rejected += 1
+            raise Overloaded(
+                f"{self.name} is overloaded: {len(self._queue)} items are queued "
+                f"(limit {self.max_queue_size}); retry shortly"
+            )
+        self._start_worker()
+        loop = asyncio.get_running_loop()
+        pending = [_Pending[ItemT, ResultT](item, loop.create_future()) for item in items]
+        self._queue.extend(pending)
+        self._has_work.set()
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        except BaseException:
+            self._withdraw(pending)
+            raise
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(ModelUnavailable(f"{self.name} is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _start_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
+
+    def _withdraw(self, pending: list[_Pending[ItemT, ResultT]]) -> None:
+        mine = {id(p) for p in pending}
+        self._queue = deque(p for p in self._queue if id(p) not in mine)
+        for p in pending:
+            if not p.future.done():
+                p.future.cancel()
+            elif not p.future.cancelled():
+                p.future.exception()  # mark retrieved: the request already failed
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._has_work.clear()
+                await self._has_work.wait()
+            await self._wait_for_fuller_batch(loop)
+            batch: list[_Pending[ItemT, ResultT]] = []
+            while self._queue and len(batch) < self.max_batch_size:
+                pending = self._queue.popleft()
+                if not pending.future.done():
+                    batch.append(pending)
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, [p.item for p in batch]
+                )
+            except Exception as exc:  # the forward pass failed: fail exactly this batch
+                log.exception("forward pass of %s failed on a batch of %d", self.name, len(batch))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            self.counters.batches += 1
+            self.counters.items += len(batch)
+            self.counters.largest_batch = max(self.counters.largest_batch, len(batch))
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+
+    async def _wait_for_fuller_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.max_queue_delay_s <= 0:
+            return
+        deadline = loop.time() + self.max_queue_delay_s
+        while len(self._queue) < self.max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._has_work.clear()
+            try:
+                await asyncio.wait_for(self._has_work.wait(), remaining)
+            except TimeoutError:
+                return

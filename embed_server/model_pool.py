@@ -1,0 +1,174 @@
+"""The served models: each one's loading, state, runtime and batchers.
+
+Each model loads on its own thread, so one slow or broken model never delays or
+breaks another. A model that failed to load stays FAILED with its reason (reported by
+ListModels and in every request's error) until the server restarts: a broken
+checkpoint does not heal by retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from embed_server.batching import DynamicBatcher
+from embed_server.config import EmbedSettings
+from embed_server.errors import ModelFailed, NoTextTower, UnknownModel
+from embed_server.models import FAMILIES, BuiltModel, ModelCard, ModelFamily
+from embed_server.models.weights import locate_pretrained
+from embed_server.runtimes.base import Runtime
+from embed_server.runtimes.factory import create_runtime
+
+log = logging.getLogger(__name__)
+
+# torch's default generator is process-wide: random builds take turns so that each
+# model's weights depend only on its seed, not on which thread ran first.
+_RANDOM_BUILD_LOCK = threading.Lock()
+
+
+class ModelState(enum.Enum):
+    NOT_LOADED = "not loaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    global_vector: np.ndarray  # (D,)
+    patches: np.ndarray        # (N, P)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    built: BuiltModel
+    runtime: Runtime
+    images: DynamicBatcher[np.ndarray, ImageOutput]
+    texts: DynamicBatcher[np.ndarray, np.ndarray] | None
+
+
+class ServedModel:
+    def __init__(self, family: ModelFamily, settings: EmbedSettings) -> None:
+        self.family = family
+        self.card: ModelCard = family.card
+        self.settings = settings
+        self.state = ModelState.NOT_LOADED
+        self.error = ""
+        self.loaded: LoadedModel | None = None
+        self._loading: asyncio.Task[LoadedModel] | None = None
+
+    @property
+    def weights(self) -> str:
+        return self.loaded.built.weights if self.loaded else self.settings.weights
+
+    async def ready(self) -> LoadedModel:
+        """The loaded model, loading it first if needed."""
+        if self.loaded is not None:
+            return self.loaded
+        if self.state is ModelState.FAILED:
+            raise ModelFailed(f"model {self.card.name} failed to load: {self.error}")
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+        # shield: a cancelled request must not cancel a load other requests wait on.
+        return await asyncio.shield(self._loading)
+
+    async def close(self) -> None:
+        if self.loaded is not None:
+            await self.loaded.images.close()
+            if self.loaded.texts is not None:
+                await self.loaded.texts.close()
+
+    async def _load(self) -> LoadedModel:
+        self.state = ModelState.LOADING
+        log.info("loading %s (%s, weights=%s)", self.card.name, self.card.architecture, self.settings.weights)
+        try:
+            built, runtime = await asyncio.to_thread(self._build)
+        except Exception as exc:
+            self.state = ModelState.FAILED
+            self.error = str(exc) or type(exc).__name__
+            log.error("model %s failed to load: %s", self.card.name, self.error)
+            raise ModelFailed(f"model {self.card.name} failed to load: {self.error}") from None
+        self.loaded = self._batchers(built, runtime)
+        self.state = ModelState.READY
+        level = logging.WARNING if built.weights == "random" else logging.INFO
+        log.log(
+            level,
+            "model %s ready: weights=%s%s runtime=%s device=%s precision=%s providers=%s",
+            self.card.name,
+            built.weights,
+            " (RANDOM: vectors say nothing about similarity)" if built.weights == "random" else "",
+            runtime.name,
+            runtime.device,
+            runtime.precision,
+            ",".join(runtime.providers),
+        )
+        return self.loaded
+
+    def _build(self) -> tuple[BuiltModel, Runtime]:
+        settings = self.settings
+        if settings.weights == "random":
+            with _RANDOM_BUILD_LOCK:
+                torch.manual_seed(settings.seed + zlib.crc32(self.card.name.encode()))
+                built = self.family.build_random(settings.architecture)  # type: ignore[arg-type]
+            built.fingerprint = f"{built.fingerprint}-seed{settings.seed}"
+        else:
+            built = self.family.load_pretrained(locate_pretrained(self.card, settings.weights_dir))
+        return built, create_runtime(built, settings)
+
+    def _batchers(self, built: BuiltModel, runtime: Runtime) -> LoadedModel:
+        settings = self.settings
+
+        def batcher(kind: str, run: Callable) -> DynamicBatcher:  # type: ignore[type-arg]
+            return DynamicBatcher(
+                f"{self.card.name}/{kind}",
+                run,
+                max_batch_size=settings.max_batch_size,
+                max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
+                max_queue_size=settings.max_queue_size,
+            )
+
+        def run_images(items: list[np.ndarray]) -> list[ImageOutput]:
+            global_vecs, patches = runtime.run_image(np.stack(items))
+            return [ImageOutput(g, p) for g, p in zip(global_vecs, patches)]
+
+        def run_texts(items: list[np.ndarray]) -> list[np.ndarray]:
+            return list(runtime.run_text(np.stack(items)))
+
+        texts = batcher("text", run_texts) if built.text_tower is not None else None
+        return LoadedModel(built, runtime, batcher("image", run_images), texts)
+
+
+class ModelPool:
+    """Every served model by public name."""
+
+    def __init__(self, settings: EmbedSettings) -> None:
+        self.settings = settings
+        self.models = {name: ServedModel(FAMILIES[name], settings) for name in settings.models}
+
+    def get(self, name: str) -> ServedModel:
+        model = self.models.get(name.strip().lower())
+        if model is None:
+            raise UnknownModel(name, tuple(self.models))
+        return model
+
+    def get_with_text(self, name: str) -> ServedModel:
+        model = self.get(name)
+        if not model.card.supports_text:
+            raise NoTextTower(model.card.name, tuple(n for n, m in self.models.items() if m.card.supports_text))
+        return model
+
+    async def preload(self) -> bool:
+        """Load every model concurrently; True when all are ready."""
+        results = await asyncio.gather(*(m.ready() for m in self.models.values()), return_exceptions=True)
+        return all(not isinstance(r, BaseException) for r in results)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(m.close() for m in self.models.values()))

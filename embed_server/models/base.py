@@ -1,0 +1,120 @@
+"""What every model family provides, and the bookkeeping they share.
+
+A family knows one architecture: how to build it with seeded random weights (full
+size for demos and benchmarks, tiny for tests), how to load pretrained weights from a
+local folder, and how to wrap it as an image tower (and a text tower, when it has
+one) with a fixed contract, independent of the runtime that will execute it:
+
+    image tower: pixels (B, 3, S, S) float32 -> (global (B, D), patches (B, N, P)),
+                 both L2-normalised along the last axis, patches without CLS/registers
+    text tower:  token ids (B, L) int64      -> (B, D), L2-normalised
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from embed_server.preprocess import Preprocess
+
+WeightsKind = Literal["pretrained", "random"]
+Architecture = Literal["full", "tiny"]
+Tokenizer = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Static facts about a family, known before anything is built."""
+
+    name: str
+    architecture: str
+    pretrained_id: str
+    patch_size: int
+    preprocess: Preprocess
+    supports_text: bool
+    # Dimensions of the full-size architecture (ListModels reports these before a
+    # model is loaded; a loaded model reports its own).
+    global_dim: int
+    patch_dim: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.preprocess.image_size // self.patch_size
+        return side, side
+
+
+@dataclass
+class BuiltModel:
+    """A family's model, ready for a runtime. Dimensions are read off the built model,
+    so tiny test configurations report their own."""
+
+    card: ModelCard
+    image_tower: nn.Module
+    text_tower: nn.Module | None
+    tokenizer: Tokenizer | None
+    weights: WeightsKind
+    # Identifies the exact weights (for export caches): a hash of the checkpoint files
+    # for pretrained weights; architecture + seed for random ones.
+    fingerprint: str
+    global_dim: int = 0
+    patch_dim: int = 0
+    text_length: int = 0
+
+    def __post_init__(self) -> None:
+        self.image_tower.eval().requires_grad_(False)
+        if self.text_tower is not None:
+            self.text_tower.eval().requires_grad_(False)
+        probe = torch.zeros(1, 3, self.card.preprocess.image_size, self.card.preprocess.image_size)
+        with torch.inference_mode():
+            global_vec, patches = self.image_tower(probe)
+        grid_h, grid_w = self.card.grid
+        if patches.shape[1] != grid_h * grid_w:
+            raise RuntimeError(
+                f"{self.card.name}: image tower gave {patches.shape[1]} patches, "
+                f"expected {grid_h}x{grid_w}"
+            )
+        self.global_dim = int(global_vec.shape[-1])
+        self.patch_dim = int(patches.shape[-1])
+        if self.tokenizer is not None:
+            self.text_length = int(self.tokenizer(["probe"]).shape[1])
+
+
+class ModelFamily(Protocol):
+    card: ModelCard
+
+    def build_random(self, architecture: Architecture) -> BuiltModel:
+        """The family's architecture with random weights (seeded by the caller)."""
+        ...
+
+    def load_pretrained(self, folder: Path) -> BuiltModel:
+        """Weights and configuration from a local folder, never the network."""
+        ...
+
+
+def l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    # An explicit formula rather than F.normalize: it exports to the same few ONNX ops
+    # under every exporter, and the epsilon keeps an all-zero row finite.
+    return x / torch.clamp(torch.linalg.vector_norm(x, dim=-1, keepdim=True), min=1e-12)
+
+
+def fingerprint_files(folder: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth")) -> str:
+    """Hash of a checkpoint's weight files (name, size and first/last MiB): cheap, and
+    changes whenever a different checkpoint is put in the folder."""
+    digest = hashlib.sha256()
+    files = sorted(path for pattern in patterns for path in folder.glob(pattern))
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), 2)
+                digest.update(handle.read())
+    return "pretrained-" + digest.hexdigest()[:16]

@@ -1,0 +1,108 @@
+"""OpenAI CLIP ViT-B/32 through open_clip: image and text towers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from torch import nn
+
+from embed_server.models.base import Architecture, BuiltModel, ModelCard, fingerprint_files, l2_normalise
+from embed_server.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocess
+
+CARD = ModelCard(
+    name="clip",
+    architecture="open_clip ViT-B-32",
+    pretrained_id="timm/vit_base_patch32_clip_224.openai",
+    patch_size=32,
+    preprocess=Preprocess(224, "shortest_side_then_crop", 224, "bicubic", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+    supports_text=True,
+    global_dim=512,
+    patch_dim=512,
+)
+
+# Same classes and patch grid as ViT-B-32, a fraction of the width and depth. The text
+# vocabulary stays full size because the bundled tokenizer emits ids up to 49407.
+TINY_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+class ClipImageTower(nn.Module):
+    def __init__(self, model: open_clip.CLIP) -> None:
+        super().__init__()
+        self.visual = model.visual
+        self.visual.output_tokens = True
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.visual(pixels)
+        # Projecting the patch tokens with the same matrix as the pooled token puts
+        # patches in the joint image-text space, comparable with the global vector.
+        patches = tokens @ self.visual.proj
+        return l2_normalise(pooled), l2_normalise(patches)
+
+
+class ClipTextTower(nn.Module):
+    def __init__(self, model: open_clip.CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return l2_normalise(self.model.encode_text(token_ids))
+
+
+def _tokenizer() -> Any:
+    # open_clip ships the BPE vocabulary of OpenAI's tokenizer: works offline.
+    tokenize = open_clip.tokenizer.SimpleTokenizer(context_length=77)
+
+    def run(texts: list[str]) -> np.ndarray:
+        return tokenize(texts).numpy().astype(np.int64)
+
+    return run
+
+
+def _built(model: open_clip.CLIP, weights: str, fingerprint: str) -> BuiltModel:
+    return BuiltModel(
+        card=CARD,
+        image_tower=ClipImageTower(model),
+        text_tower=ClipTextTower(model),
+        tokenizer=_tokenizer(),
+        weights=weights,  # type: ignore[arg-type]
+        fingerprint=fingerprint,
+    )
+
+
+class ClipFamily:
+    card = CARD
+
+    def build_random(self, architecture: Architecture) -> BuiltModel:
+        if architecture == "tiny":
+            model = open_clip.CLIP(**TINY_CONFIG)
+        else:
+            # The openai weights were trained with QuickGELU; same compute either way.
+            model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
+        return _built(model, "random", f"random-{architecture}")
+
+    def load_pretrained(self, folder: Path) -> BuiltModel:
+        model = open_clip.create_model(f"local-dir:{folder}", load_weights=True, require_pretrained=True)
+        return _built(model, "pretrained", fingerprint_files(folder))
+
+
+def save_in_open_clip_format(model: open_clip.CLIP, config: dict[str, Any], folder: Path) -> None:
+    """Write a checkpoint the way open_clip's hub folders are laid out (for tests and
+    for converting a local checkpoint)."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    preprocess_cfg = {"mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": config, "preprocess_cfg": preprocess_cfg})
+    )
+    save_model(model, str(folder / "open_clip_model.safetensors"))

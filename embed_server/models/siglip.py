@@ -1,0 +1,98 @@
+"""SigLIP base patch16-224 through transformers: image and text towers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+
+from embed_server.models.base import Architecture, BuiltModel, ModelCard, Tokenizer, fingerprint_files, l2_normalise
+from embed_server.models.siglip_vocab import offline_tokenizer
+from embed_server.preprocess import HALF, Preprocess
+
+CARD = ModelCard(
+    name="siglip",
+    architecture="SigLIP base patch16-224",
+    pretrained_id="google/siglip-base-patch16-224",
+    patch_size=16,
+    preprocess=Preprocess(224, "squash", 224, "bicubic", HALF, HALF),
+    supports_text=True,
+    global_dim=768,
+    patch_dim=768,
+)
+
+# SigLIP was trained on text padded to exactly 64 tokens: shorter padding changes the
+# embedding, so the tokenizer always pads to this length.
+TEXT_LENGTH = 64
+
+_TINY_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+TINY_CONFIG = {
+    "vision_config": {**_TINY_TOWER, "image_size": 224, "patch_size": 16},
+    "text_config": {
+        **_TINY_TOWER,
+        "vocab_size": 1000,
+        "max_position_embeddings": TEXT_LENGTH,
+        # The ids of the offline vocabulary's special tokens (see siglip_vocab).
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": None,
+    },
+}
+
+
+class SiglipImageTower(nn.Module):
+    def __init__(self, model: SiglipModel) -> None:
+        super().__init__()
+        self.vision = model.vision_model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.vision(pixel_values=pixels)
+        # pooler_output is the attention-pooling head's output (what get_image_features
+        # returns); last_hidden_state is post-layernorm and has no CLS token.
+        return l2_normalise(out.pooler_output), l2_normalise(out.last_hidden_state)
+
+
+class SiglipTextTower(nn.Module):
+    def __init__(self, model: SiglipModel) -> None:
+        super().__init__()
+        self.text = model.text_model
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return l2_normalise(self.text(input_ids=token_ids).pooler_output)
+
+
+def _wrap(tokenizer: SiglipTokenizer) -> Tokenizer:
+    def run(texts: list[str]) -> np.ndarray:
+        encoded = tokenizer(
+            texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="np"
+        )
+        return encoded["input_ids"].astype(np.int64)
+
+    return run
+
+
+def _built(model: SiglipModel, tokenizer: SiglipTokenizer, weights: str, fingerprint: str) -> BuiltModel:
+    return BuiltModel(
+        card=CARD,
+        image_tower=SiglipImageTower(model),
+        text_tower=SiglipTextTower(model),
+        tokenizer=_wrap(tokenizer),
+        weights=weights,  # type: ignore[arg-type]
+        fingerprint=fingerprint,
+    )
+
+
+class SiglipFamily:
+    card = CARD
+
+    def build_random(self, architecture: Architecture) -> BuiltModel:
+        config = SiglipConfig(**TINY_CONFIG) if architecture == "tiny" else SiglipConfig()
+        return _built(SiglipModel(config), offline_tokenizer(), "random", f"random-{architecture}")
+
+    def load_pretrained(self, folder: Path) -> BuiltModel:
+        model = SiglipModel.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = SiglipTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return _built(model, tokenizer, "pretrained", fingerprint_files(folder))

@@ -1,0 +1,92 @@
+"""Building the gRPC server: servicer, health, reflection, model warm-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from embed_server.config import EmbedSettings
+from embed_server.model_pool import ModelPool
+from embed_server.service import EmbedServicer
+from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name
+
+
+class EmbedServer:
+    """A started server; `stop()` also releases the models and their threads."""
+
+    def __init__(self, grpc_server: grpc.aio.Server, pool: ModelPool, decode_pool: ThreadPoolExecutor) -> None:
+        self.grpc_server = grpc_server
+        self.pool = pool
+        self._decode_pool = decode_pool
+        self._warm_up: asyncio.Task[None] | None = None
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._warm_up is not None:
+            self._warm_up.cancel()
+        await self.grpc_server.stop(grace)
+        await self.pool.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+def configure_torch_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        # Inter-op parallelism only oversubscribes the cores the intra-op pool already
+        # uses; forward passes of different models run on their own threads anyway.
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set, or parallel work has started: keep what is there
+
+
+async def create_server(settings: EmbedSettings) -> tuple[EmbedServer, int]:
+    """Bind, start and begin warming the models. Returns the server and its port
+    (useful with EMBED_PORT=0)."""
+    configure_torch_threads(settings.torch_threads)
+    pool = ModelPool(settings)
+    decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        ]
+    )
+    embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(pool, settings, decode_pool), grpc_server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        grpc_server,
+    )
+    port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await grpc_server.start()
+    server = EmbedServer(grpc_server, pool, decode_pool)
+    server._warm_up = asyncio.get_running_loop().create_task(_warm_up(pool, health, settings.preload))
+    return server, port
+
+
+async def _warm_up(pool: ModelPool, health: health_aio.HealthServicer, preload: bool) -> None:
+    if preload and not await pool.preload():
+        failed = [name for name, model in pool.models.items() if model.error]
+        log.error("not serving: models failed to load: %s", ", ".join(failed))
+        return
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s", ", ".join(pool.models))
