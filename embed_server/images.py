@@ -41,7 +41,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
     except UnidentifiedImageError:
         raise ImageDecodeError("it is not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(f"its header cannot be read ({exc})") from None
+        raise ImageDecodeError(f"it is truncated or corrupt ({exc})") from None
     if image.format not in ACCEPTED_FORMATS:
         raise ImageDecodeError(
             f"format {image.format} is not accepted (use JPEG, PNG, WebP, GIF or BMP)"

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from embed_server.config import EmbedSettings
+from embed_server.server import create_server
+from tattoo_search.v1 import embed_pb2_grpc
+from tests.support.background import BackgroundServer, wait_for_health
+
+TINY = {"EMBED_WEIGHTS": "random", "EMBED_ARCHITECTURE": "tiny", "EMBED_HOST": "127.0.0.1", "EMBED_PORT": "0"}
+
+
+def embed_server(**env: str) -> BackgroundServer:
+    """An embed server with tiny random models unless `env` says otherwise."""
+    settings = EmbedSettings.from_env({**TINY, **env})
+    return BackgroundServer(lambda: create_server(settings))
+
+
+@pytest.fixture(scope="module")
+def tiny_server() -> Iterator[BackgroundServer]:
+    with embed_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def channel(tiny_server: BackgroundServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(tiny_server.target) as channel:
+        wait_for_health(channel)
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> embed_pb2_grpc.EmbedServiceStub:
+    return embed_pb2_grpc.EmbedServiceStub(channel)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from embed_server.config import MODEL_NAMES, EmbedSettings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = EmbedSettings.from_env({})
+    assert settings.port == 50051 and settings.models == MODEL_NAMES
+    assert settings.weights == "pretrained" and settings.architecture == "full"
+
+
+def test_values_are_parsed() -> None:
+    settings = EmbedSettings.from_env(
+        {"EMBED_MODELS": " CLIP, siglip ,clip", "EMBED_MAX_BATCH_SIZE": "16", "EMBED_PRELOAD": "no", "EMBED_DEVICE": "cuda:1"}
+    )
+    assert settings.models == ("clip", "siglip") and settings.max_batch_size == 16
+    assert settings.preload is False and settings.device == "cuda:1"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"EMBED_PORT": "http"}, "EMBED_PORT"),
+        ({"EMBED_MODELS": "clip,resnet"}, "valid names: clip, dinov2, dinov2-reg, dinov3, siglip"),
+        ({"EMBED_WEIGHTS": "imagenet"}, "EMBED_WEIGHTS='imagenet' is not one of pretrained, random"),
+        ({"EMBED_ARCHITECTURE": "tiny"}, "EMBED_ARCHITECTURE=tiny needs EMBED_WEIGHTS=random"),
+        ({"EMBED_MAX_BATCH_SIZE": "0"}, "EMBED_MAX_BATCH_SIZE='0' must be at least 1"),
+        ({"EMBED_DEVICE": "tpu"}, "EMBED_DEVICE"),
+        ({"EMBED_PRELOAD": "maybe"}, "EMBED_PRELOAD"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        EmbedSettings.from_env(env)

@@ -1,0 +1,42 @@
+"""Our numpy preprocessing against each family's reference pipeline (pitfall: DINOv2's
+processor class defaults to CLIP statistics; SigLIP and DINOv3 squash, not crop)."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+from transformers import BitImageProcessor, DINOv3ViTImageProcessor, SiglipImageProcessor
+
+from embed_server.models import FAMILIES
+from embed_server.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from tests.support.images import noise_image
+
+
+def _reference(name: str):
+    if name == "clip":
+        transform = open_clip.image_transform(224, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+        return lambda image: transform(image).numpy()
+    if name in ("dinov2", "dinov2-reg"):
+        processor = BitImageProcessor(
+            size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
+            do_center_crop=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True,
+        )
+    elif name == "dinov3":
+        processor = DINOv3ViTImageProcessor()
+    else:
+        processor = SiglipImageProcessor()
+    return lambda image: np.asarray(processor(images=image, return_tensors="np")["pixel_values"][0])
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("size", [(320, 240), (240, 320), (224, 224), (1000, 333)])
+def test_matches_the_reference_pipeline(name: str, size: tuple[int, int]) -> None:
+    image = noise_image(3, size)
+    ours = FAMILIES[name].card.preprocess(image)
+    assert ours.shape == (3, 224, 224) and ours.dtype == np.float32
+    reference = _reference(name)(image)
+    # Same resize (Pillow) and statistics; crop offsets may differ by a pixel between
+    # torchvision and transformers, so compare the interior strictly and the rest loosely.
+    np.testing.assert_allclose(ours[:, 2:-2, 2:-2], reference[:, 2:-2, 2:-2], atol=0.08)
+    assert np.mean(np.abs(ours - reference)) < 0.02
