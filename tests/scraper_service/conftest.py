@@ -14,12 +14,12 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from scraper_fakes import FakeClock, FakeWeb
-from tattoo_search.v1 import scraper_pb2_grpc
 
 from scraper_service.config import ScraperSettings
 from scraper_service.engines import duckduckgo
 from scraper_service.server import create_server
+from tattoo_search.v1 import scraper_pb2_grpc
+from tests.scraper_service.fakes import FakeClock, FakeWeb
 
 
 @pytest.fixture
@@ -61,6 +61,7 @@ TEST_SETTINGS = ScraperSettings(
     workers=4,
     grace_s=0,
 )
+
 
 @dataclass
 class Scraper:

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from scraper_fakes import FakeWeb, collect, ddgs_results
-from tattoo_search.v1 import scraper_pb2
 
 from scraper_service.config import ScraperSettings
 from scraper_service.server import create_server
+from tattoo_search.v1 import scraper_pb2
+from tests.scraper_service.fakes import FakeWeb, collect, ddgs_results
 
 PIN, RED, INS, OTHER = (
     scraper_pb2.PLATFORM_PINTEREST,
@@ -21,7 +21,13 @@ PIN, RED, INS, OTHER = (
 )
 BASE = "http://127.0.0.1:8765"
 ENTRIES = [
-    {"url": f"{BASE}/red-rose.png", "source_url": f"{BASE}/red-rose.html", "platform": "pinterest", "title": "Red rose", "tags": ["rose", "flower"]},
+    {
+        "url": f"{BASE}/red-rose.png",
+        "source_url": f"{BASE}/red-rose.html",
+        "platform": "pinterest",
+        "title": "Red rose",
+        "tags": ["rose", "flower"],
+    },
     {"url": f"{BASE}/wolf.png", "platform": "Pinterest", "title": "Howling wolf", "tags": ["animal"]},
     {"url": f"{BASE}/skull.png", "platform": "reddit", "title": "Skull", "tags": ["skull"]},
     {"url": f"{BASE}/rose-skull.png", "platform": "reddit", "title": "Rose and skull", "tags": ["rose", "skull"]},
@@ -49,14 +55,26 @@ async def test_catalog_matches_query_words_per_platform(start_scraper, manifest:
     by_url = {c.image_url.removeprefix(BASE): c for c in results}
     # Matching entries only where a platform has matches (no wolf); every entry of a
     # platform where nothing matches (the lotus, in tier 2).
-    assert set(by_url) == {"/red-rose.png", "/skull.png", "/rose-skull.png", "/lotus.png", "/private.png", "/myspace.png"}
+    assert set(by_url) == {
+        "/red-rose.png",
+        "/skull.png",
+        "/rose-skull.png",
+        "/lotus.png",
+        "/private.png",
+        "/myspace.png",
+    }
     reddit = [c.image_url.removeprefix(BASE) for c in results if c.platform == RED]
     assert reddit == ["/rose-skull.png", "/skull.png"]  # best match first
     assert by_url["/lotus.png"].tier == 2 and by_url["/lotus.png"].platform == INS
     assert by_url["/private.png"].platform == OTHER and by_url["/private.png"].tier == 1
     assert by_url["/myspace.png"].platform == OTHER
     rose = by_url["/red-rose.png"]
-    assert (rose.engine, rose.platform, rose.title, rose.source_url) == ("catalog", PIN, "Red rose", f"{BASE}/red-rose.html")
+    assert (rose.engine, rose.platform, rose.title, rose.source_url) == (
+        "catalog",
+        PIN,
+        "Red rose",
+        f"{BASE}/red-rose.html",
+    )
     assert list(rose.request_headers) == []  # our own images need no platform Referer
     assert all(not c.from_cache for c in results)
 

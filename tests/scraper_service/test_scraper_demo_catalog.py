@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from scraper_fakes import collect
-from tattoo_search.v1 import scraper_pb2
 
 from scraper_service import demo_catalog
+from tattoo_search.v1 import scraper_pb2
+from tests.scraper_service.fakes import collect
 
 
 @pytest.fixture
@@ -38,9 +38,7 @@ def test_same_seed_draws_the_same_catalog(tmp_path: Path) -> None:
     assert a.read_text() == b.read_text()
     for name in images:
         assert (a.parent / "images" / name).read_bytes() == (b.parent / "images" / name).read_bytes()
-    assert any(
-        (a.parent / "images" / n).read_bytes() != (c.parent / "images" / n).read_bytes() for n in images
-    )
+    assert any((a.parent / "images" / n).read_bytes() != (c.parent / "images" / n).read_bytes() for n in images)
 
 
 def test_the_designs_differ_from_each_other(tmp_path: Path) -> None:
@@ -49,7 +47,12 @@ def test_the_designs_differ_from_each_other(tmp_path: Path) -> None:
     assert len(pixels) == 32
     entries = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert len(entries) == 32
-    assert {e["platform"] for e in entries if e["title"].endswith("rose tattoo")} == {"pinterest", "reddit", "instagram", ""}
+    assert {e["platform"] for e in entries if e["title"].endswith("rose tattoo")} == {
+        "pinterest",
+        "reddit",
+        "instagram",
+        "",
+    }
 
 
 def test_demo_catalog_is_served_and_searchable_over_loopback(http_server: ThreadingHTTPServer, tmp_path: Path) -> None:

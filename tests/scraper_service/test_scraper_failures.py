@@ -9,10 +9,10 @@ import time
 import grpc
 import pytest
 from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
-from scraper_fakes import FakeClock, FakeWeb, collect, ddgs_results, read_all, wait_until
-from tattoo_search.v1 import scraper_pb2
 
 from scraper_service.platforms import SITE_DOMAINS
+from tattoo_search.v1 import scraper_pb2
+from tests.scraper_service.fakes import FakeClock, FakeWeb, collect, ddgs_results, read_all, wait_until
 
 RED = scraper_pb2.PLATFORM_REDDIT
 
@@ -147,9 +147,7 @@ async def test_cancelling_the_call_stops_upstream_work(web: FakeWeb, start_scrap
     assert len(web.calls_for("instagram.com")) == 1
 
 
-async def test_cache_hit_is_streamed_and_counted_then_expires(
-    web: FakeWeb, start_scraper, clock: FakeClock
-) -> None:
+async def test_cache_hit_is_streamed_and_counted_then_expires(web: FakeWeb, start_scraper, clock: FakeClock) -> None:
     web.on("pinterest.com", ddgs_results("pinterest.com", 3))
     scraper = await start_scraper(cache_ttl_s=60)
 

@@ -12,11 +12,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from scraper_fakes import FakeWeb, collect
-from tattoo_search.v1 import scraper_pb2
 
 from scraper_service.config import ScraperSettings
 from scraper_service.server import SERVICE_NAME, create_server
+from tattoo_search.v1 import scraper_pb2
+from tests.scraper_service.fakes import FakeWeb, collect
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,10 @@ async def test_reflection_lists_and_describes_the_service(web: FakeWeb, start_sc
         ({"query": "rose", "platforms": [scraper_pb2.PLATFORM_UNSPECIFIED]}, "platforms[0] is PLATFORM_UNSPECIFIED"),
         ({"query": "rose", "platforms": [scraper_pb2.PLATFORM_REDDIT, 42]}, "platforms[1] is 42"),
         # DuckDuckGo cannot search "other": no configured engine can serve the request.
-        ({"query": "rose", "platforms": [scraper_pb2.PLATFORM_OTHER]}, "no configured engine (duckduckgo) can search other"),
+        (
+            {"query": "rose", "platforms": [scraper_pb2.PLATFORM_OTHER]},
+            "no configured engine (duckduckgo) can search other",
+        ),
     ],
 )
 async def test_bad_requests_are_invalid_argument(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from scraper_fakes import FakeWeb, collect, ddgs_results, read_all
-from tattoo_search.v1 import scraper_pb2
-
 from scraper_service.platforms import SITE_DOMAINS
+from tattoo_search.v1 import scraper_pb2
+from tests.scraper_service.fakes import FakeWeb, collect, ddgs_results, read_all
 
 PIN, RED, INS = scraper_pb2.PLATFORM_PINTEREST, scraper_pb2.PLATFORM_REDDIT, scraper_pb2.PLATFORM_INSTAGRAM
 
@@ -140,7 +139,11 @@ async def test_duplicates_are_dropped_within_and_across_tiers(web: FakeWeb, star
     )
     web.on(
         "instagram.com",
-        [_hit("https://i.pinimg.com/564x/ab/rose.jpg"), _hit("https://example.com/b.png"), _hit("https://example.com/c.png")],
+        [
+            _hit("https://i.pinimg.com/564x/ab/rose.jpg"),
+            _hit("https://example.com/b.png"),
+            _hit("https://example.com/c.png"),
+        ],
     )
     scraper = await start_scraper()
 

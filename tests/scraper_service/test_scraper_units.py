@@ -31,7 +31,12 @@ def test_settings_from_env() -> None:
             "SCRAPER_HOST": "",  # empty means default
         }
     )
-    assert (s.port, s.engines, s.catalog, s.cache_ttl_s) == (6000, ("duckduckgo", "catalog"), Path("var/demo/manifest.jsonl"), 0)
+    assert (s.port, s.engines, s.catalog, s.cache_ttl_s) == (
+        6000,
+        ("duckduckgo", "catalog"),
+        Path("var/demo/manifest.jsonl"),
+        0,
+    )
     assert (s.host, s.ddgs_safesearch, s.address) == ("127.0.0.1", "off", "127.0.0.1:6000")
 
 

@@ -1,8 +1,4 @@
-"""Helpers for the scraper tests: the fake web that stands in for DuckDuckGo, and a client helper.
-
-(A uniquely named module rather than conftest, so tests can import it without clashing
-with the repository's top-level conftest.)
-"""
+"""Helpers for the scraper tests: the fake web that stands in for DuckDuckGo, and client helpers."""
 
 from __future__ import annotations
 
@@ -16,6 +12,7 @@ from typing import Any
 
 import grpc
 from ddgs.exceptions import DDGSException
+
 from tattoo_search.v1 import scraper_pb2, scraper_pb2_grpc
 
 _SITE = re.compile(r"\bsite:(\S+)")
@@ -25,7 +22,11 @@ Handler = Callable[[str, int], list[dict[str, Any]]]
 
 def ddgs_results(domain: str, n: int, prefix: str = "img", start: int = 0) -> list[dict[str, Any]]:
     """Results shaped like ``DDGS().images()``: strings for sizes, a Bing thumbnail."""
-    host = {"pinterest.com": "i.pinimg.com/736x", "reddit.com": "i.redd.it", "instagram.com": "scontent.cdninstagram.com/v"}
+    host = {
+        "pinterest.com": "i.pinimg.com/736x",
+        "reddit.com": "i.redd.it",
+        "instagram.com": "scontent.cdninstagram.com/v",
+    }
     return [
         {
             "title": f"{prefix} {i} on {domain}",
