@@ -6,7 +6,7 @@ VENV ?= .venv
 EXTRA ?= cpu
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/tattoo_search/v1/*.proto)
-GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+GENERATED := tattoo_search/.generated
 
 .PHONY: install protos run test bench clean
 
@@ -26,8 +26,9 @@ protos: $(GENERATED)
 
 # The folder layout under protos/ is the Python import path (tattoo_search.v1.*),
 # so the generated code needs no import rewriting. Generated, never committed.
-%_pb2.py: protos/%.proto
+$(GENERATED): $(PROTOS)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch $@
 
 run: install
 	./scripts/run-local.sh

@@ -49,9 +49,9 @@ class EmbedSettings:
     max_text_chars: int = 1000
     max_request_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    # Torch's intra-op threads. On a CPU box the forward pass should own the cores; image
-    # decoding runs in its own small pool and mostly overlaps with waiting requests.
-    torch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Threads of one forward pass (torch's and ONNX Runtime's intra-op pools). On a CPU
+    # box the forward pass should own the cores; decoding runs in its own small pool.
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     decode_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     log_level: str = "INFO"
 
@@ -91,7 +91,7 @@ class EmbedSettings:
             max_image_pixels=reader.get(
                 "EMBED_MAX_IMAGE_PIXELS", int, default.max_image_pixels, minimum=1
             ),
-            torch_threads=reader.get("EMBED_TORCH_THREADS", int, default.torch_threads, minimum=1),
+            threads=reader.get("EMBED_THREADS", int, default.threads, minimum=1),
             decode_workers=reader.get("EMBED_DECODE_WORKERS", int, default.decode_workers, minimum=1),
             log_level=reader.get("EMBED_LOG_LEVEL", str.upper, default.log_level),
         )

@@ -15,6 +15,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ import torch
 from embed_server.batching import DynamicBatcher
 from embed_server.config import EmbedSettings
 from embed_server.errors import ModelFailed, NoTextTower, UnknownModel
-from embed_server.models import FAMILIES, BuiltModel, ModelCard, ModelFamily
+from embed_server.models import FAMILIES, ModelCard, ModelFamily, Tokenizer, Towers
+from embed_server.models.base import fingerprint_files
 from embed_server.models.weights import locate_pretrained
 from embed_server.runtimes.base import Runtime
 from embed_server.runtimes.factory import create_runtime
@@ -48,8 +50,21 @@ class ImageOutput:
 
 
 @dataclass(frozen=True)
+class ModelDescription:
+    """What the server knows of a loaded model, whichever runtime executes it.
+    Dimensions are read off the running model, so tiny test models report their own."""
+
+    card: ModelCard
+    weights: str
+    fingerprint: str
+    global_dim: int
+    patch_dim: int
+    tokenizer: Tokenizer | None
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    built: BuiltModel
+    description: ModelDescription
     runtime: Runtime
     images: DynamicBatcher[np.ndarray, ImageOutput]
     texts: DynamicBatcher[np.ndarray, np.ndarray] | None
@@ -67,7 +82,7 @@ class ServedModel:
 
     @property
     def weights(self) -> str:
-        return self.loaded.built.weights if self.loaded else self.settings.weights
+        return self.loaded.description.weights if self.loaded else self.settings.weights
 
     async def ready(self) -> LoadedModel:
         """The loaded model, loading it first if needed."""
@@ -90,21 +105,22 @@ class ServedModel:
         self.state = ModelState.LOADING
         log.info("loading %s (%s, weights=%s)", self.card.name, self.card.architecture, self.settings.weights)
         try:
-            built, runtime = await asyncio.to_thread(self._build)
+            description, runtime = await asyncio.to_thread(self._build)
         except Exception as exc:
             self.state = ModelState.FAILED
             self.error = str(exc) or type(exc).__name__
             log.error("model %s failed to load: %s", self.card.name, self.error)
             raise ModelFailed(f"model {self.card.name} failed to load: {self.error}") from None
-        self.loaded = self._batchers(built, runtime)
+        self.loaded = self._batchers(description, runtime)
         self.state = ModelState.READY
-        level = logging.WARNING if built.weights == "random" else logging.INFO
+        random = description.weights == "random"
+        level = logging.WARNING if random else logging.INFO
         log.log(
             level,
             "model %s ready: weights=%s%s runtime=%s device=%s precision=%s providers=%s",
             self.card.name,
-            built.weights,
-            " (RANDOM: vectors say nothing about similarity)" if built.weights == "random" else "",
+            description.weights,
+            " (RANDOM: vectors say nothing about similarity)" if random else "",
             runtime.name,
             runtime.device,
             runtime.precision,
@@ -112,18 +128,47 @@ class ServedModel:
         )
         return self.loaded
 
-    def _build(self) -> tuple[BuiltModel, Runtime]:
-        settings = self.settings
+    def _build(self) -> tuple[ModelDescription, Runtime]:
+        settings, family, card = self.settings, self.family, self.card
+        folder: Path | None = None
         if settings.weights == "random":
-            with _RANDOM_BUILD_LOCK:
-                torch.manual_seed(settings.seed + zlib.crc32(self.card.name.encode()))
-                built = self.family.build_random(settings.architecture)  # type: ignore[arg-type]
-            built.fingerprint = f"{built.fingerprint}-seed{settings.seed}"
-        else:
-            built = self.family.load_pretrained(locate_pretrained(self.card, settings.weights_dir))
-        return built, create_runtime(built, settings)
+            fingerprint = f"random-{settings.architecture}-seed{settings.seed}"
 
-    def _batchers(self, built: BuiltModel, runtime: Runtime) -> LoadedModel:
+            def build_towers() -> Towers:
+                with _RANDOM_BUILD_LOCK:
+                    torch.manual_seed(settings.seed + zlib.crc32(card.name.encode()))
+                    return family.build_random(settings.architecture)  # type: ignore[arg-type]
+        else:
+            folder = locate_pretrained(card, settings.weights_dir)
+            fingerprint = fingerprint_files(folder)
+
+            def build_towers() -> Towers:
+                return family.load_pretrained(folder)  # type: ignore[arg-type]
+
+        tokenizer = family.tokenizer(folder)
+        text_length = int(tokenizer(["probe"]).shape[1]) if tokenizer is not None else 0
+        # The torch modules are built inside the runtime only if it needs them: an ONNX
+        # runtime with a warm export cache never builds them.
+        runtime = create_runtime(card, fingerprint, build_towers, settings, text_length)
+        # One forward pass checks the grid and warms the runtime before traffic arrives.
+        size = card.preprocess.image_size
+        global_vecs, patches = runtime.run_image(np.zeros((1, 3, size, size), np.float32))
+        grid_h, grid_w = card.grid
+        if patches.shape[1] != grid_h * grid_w:
+            raise RuntimeError(f"the image tower gave {patches.shape[1]} patches, expected {grid_h}x{grid_w}")
+        if tokenizer is not None:
+            runtime.run_text(tokenizer(["warm up"]))
+        description = ModelDescription(
+            card=card,
+            weights=settings.weights,
+            fingerprint=fingerprint,
+            global_dim=int(global_vecs.shape[-1]),
+            patch_dim=int(patches.shape[-1]),
+            tokenizer=tokenizer,
+        )
+        return description, runtime
+
+    def _batchers(self, description: ModelDescription, runtime: Runtime) -> LoadedModel:
         settings = self.settings
 
         def batcher(kind: str, run: Callable) -> DynamicBatcher:  # type: ignore[type-arg]
@@ -142,8 +187,8 @@ class ServedModel:
         def run_texts(items: list[np.ndarray]) -> list[np.ndarray]:
             return list(runtime.run_text(np.stack(items)))
 
-        texts = batcher("text", run_texts) if built.text_tower is not None else None
-        return LoadedModel(built, runtime, batcher("image", run_images), texts)
+        texts = batcher("text", run_texts) if description.tokenizer is not None else None
+        return LoadedModel(description, runtime, batcher("image", run_images), texts)
 
 
 class ModelPool:

@@ -55,7 +55,7 @@ def configure_torch_threads(threads: int) -> None:
 async def create_server(settings: EmbedSettings) -> tuple[EmbedServer, int]:
     """Bind, start and begin warming the models. Returns the server and its port
     (useful with EMBED_PORT=0)."""
-    configure_torch_threads(settings.torch_threads)
+    configure_torch_threads(settings.threads)
     pool = ModelPool(settings)
     decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
     grpc_server = grpc.aio.server(

@@ -19,6 +19,7 @@ from embed_server.errors import InvalidInput, ModelFailed, ModelUnavailable, Ove
 from embed_server.images import ImageDecodeError, decode_image
 from embed_server.model_pool import ImageOutput, LoadedModel, ModelPool, ModelState, ServedModel
 from embed_server.models import ModelCard
+from embed_server.runtimes.factory import resolve_runtime
 from embed_server.tensors import float_matrix, index_matrix
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 
@@ -101,8 +102,8 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
             if len(text) > self.settings.max_text_chars:
                 raise InvalidInput(f"text {index} has {len(text)} characters (limit {self.settings.max_text_chars})")
         loaded = await model.ready()
-        assert loaded.texts is not None and loaded.built.tokenizer is not None
-        tokens = await asyncio.get_running_loop().run_in_executor(self.decode_pool, loaded.built.tokenizer, texts)
+        assert loaded.texts is not None and loaded.description.tokenizer is not None
+        tokens = await asyncio.get_running_loop().run_in_executor(self.decode_pool, loaded.description.tokenizer, texts)
         vectors = await loaded.texts.submit(list(tokens))
         return embed_pb2.EmbedResponse(provenance=_provenance(model, loaded), embeddings=float_matrix(np.stack(vectors)))
 
@@ -199,7 +200,7 @@ def _provenance(model: ServedModel, loaded: LoadedModel) -> embed_pb2.Provenance
     runtime = loaded.runtime
     return embed_pb2.Provenance(
         model=model.card.name,
-        weights=_WEIGHTS[loaded.built.weights],
+        weights=_WEIGHTS[loaded.description.weights],
         runtime=runtime.name,
         device=runtime.device,
         precision=runtime.precision,
@@ -237,7 +238,7 @@ def _model_info(model: ServedModel, settings: EmbedSettings) -> embed_pb2.ModelI
         weights=_WEIGHTS[model.weights],
         state=_STATES[model.state],
         error=model.error,
-        runtime=settings.runtime,
+        runtime=resolve_runtime(settings),
         device=settings.device,
         precision=settings.precision,
     )
@@ -246,7 +247,9 @@ def _model_info(model: ServedModel, settings: EmbedSettings) -> embed_pb2.ModelI
         if settings.architecture == "full":
             info.global_dim, info.patch_dim = card.global_dim, card.patch_dim
         return info
-    info.global_dim, info.patch_dim = loaded.built.global_dim, loaded.built.patch_dim
+    info.global_dim, info.patch_dim = loaded.description.global_dim, loaded.description.patch_dim
+    info.providers.extend(loaded.runtime.providers)
+    info.exports_from_cache = bool(getattr(loaded.runtime, "exports_from_cache", False))
     info.runtime, info.device, info.precision = loaded.runtime.name, loaded.runtime.device, loaded.runtime.precision
     for batcher, field in ((loaded.images, info.image_batches), (loaded.texts, info.text_batches)):
         if batcher is not None:

@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from embed_server.models.base import BuiltModel, ModelCard, ModelFamily  # noqa: E402
+from embed_server.models.base import ModelCard, ModelFamily, Tokenizer, Towers  # noqa: E402
 from embed_server.models.clip import ClipFamily  # noqa: E402
 from embed_server.models.dino import DINOV2, DINOV2_REG, DINOV3  # noqa: E402
 from embed_server.models.siglip import SiglipFamily  # noqa: E402
@@ -22,4 +22,4 @@ FAMILIES: dict[str, ModelFamily] = {
     "siglip": SiglipFamily(),
 }
 
-__all__ = ["FAMILIES", "BuiltModel", "ModelCard", "ModelFamily"]
+__all__ = ["FAMILIES", "ModelCard", "ModelFamily", "Tokenizer", "Towers"]

@@ -51,50 +51,34 @@ class ModelCard:
 
 
 @dataclass
-class BuiltModel:
-    """A family's model, ready for a runtime. Dimensions are read off the built model,
-    so tiny test configurations report their own."""
+class Towers:
+    """A family's torch modules, before any runtime takes them."""
 
-    card: ModelCard
-    image_tower: nn.Module
-    text_tower: nn.Module | None
-    tokenizer: Tokenizer | None
-    weights: WeightsKind
-    # Identifies the exact weights (for export caches): a hash of the checkpoint files
-    # for pretrained weights; architecture + seed for random ones.
-    fingerprint: str
-    global_dim: int = 0
-    patch_dim: int = 0
-    text_length: int = 0
+    image: nn.Module
+    text: nn.Module | None = None
 
     def __post_init__(self) -> None:
-        self.image_tower.eval().requires_grad_(False)
-        if self.text_tower is not None:
-            self.text_tower.eval().requires_grad_(False)
-        probe = torch.zeros(1, 3, self.card.preprocess.image_size, self.card.preprocess.image_size)
-        with torch.inference_mode():
-            global_vec, patches = self.image_tower(probe)
-        grid_h, grid_w = self.card.grid
-        if patches.shape[1] != grid_h * grid_w:
-            raise RuntimeError(
-                f"{self.card.name}: image tower gave {patches.shape[1]} patches, "
-                f"expected {grid_h}x{grid_w}"
-            )
-        self.global_dim = int(global_vec.shape[-1])
-        self.patch_dim = int(patches.shape[-1])
-        if self.tokenizer is not None:
-            self.text_length = int(self.tokenizer(["probe"]).shape[1])
+        # eval() on the wrappers themselves too: exporters restore the training flag of
+        # the module they were given, recursively (pitfall met with ONNX export).
+        self.image.eval().requires_grad_(False)
+        if self.text is not None:
+            self.text.eval().requires_grad_(False)
 
 
 class ModelFamily(Protocol):
     card: ModelCard
 
-    def build_random(self, architecture: Architecture) -> BuiltModel:
+    def build_random(self, architecture: Architecture) -> Towers:
         """The family's architecture with random weights (seeded by the caller)."""
         ...
 
-    def load_pretrained(self, folder: Path) -> BuiltModel:
+    def load_pretrained(self, folder: Path) -> Towers:
         """Weights and configuration from a local folder, never the network."""
+        ...
+
+    def tokenizer(self, folder: Path | None) -> Tokenizer | None:
+        """The text tokenizer: from the weights folder, or one that works without it
+        (folder None, random weights); None for families without a text tower."""
         ...
 
 

@@ -11,7 +11,7 @@ import open_clip
 import torch
 from torch import nn
 
-from embed_server.models.base import Architecture, BuiltModel, ModelCard, fingerprint_files, l2_normalise
+from embed_server.models.base import Architecture, ModelCard, Tokenizer, Towers, l2_normalise
 from embed_server.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocess
 
 CARD = ModelCard(
@@ -58,41 +58,31 @@ class ClipTextTower(nn.Module):
         return l2_normalise(self.model.encode_text(token_ids))
 
 
-def _tokenizer() -> Any:
-    # open_clip ships the BPE vocabulary of OpenAI's tokenizer: works offline.
-    tokenize = open_clip.tokenizer.SimpleTokenizer(context_length=77)
-
-    def run(texts: list[str]) -> np.ndarray:
-        return tokenize(texts).numpy().astype(np.int64)
-
-    return run
-
-
-def _built(model: open_clip.CLIP, weights: str, fingerprint: str) -> BuiltModel:
-    return BuiltModel(
-        card=CARD,
-        image_tower=ClipImageTower(model),
-        text_tower=ClipTextTower(model),
-        tokenizer=_tokenizer(),
-        weights=weights,  # type: ignore[arg-type]
-        fingerprint=fingerprint,
-    )
+def _towers(model: open_clip.CLIP) -> Towers:
+    return Towers(image=ClipImageTower(model), text=ClipTextTower(model))
 
 
 class ClipFamily:
     card = CARD
 
-    def build_random(self, architecture: Architecture) -> BuiltModel:
+    def build_random(self, architecture: Architecture) -> Towers:
         if architecture == "tiny":
-            model = open_clip.CLIP(**TINY_CONFIG)
-        else:
-            # The openai weights were trained with QuickGELU; same compute either way.
-            model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
-        return _built(model, "random", f"random-{architecture}")
+            return _towers(open_clip.CLIP(**TINY_CONFIG))
+        # The openai weights were trained with QuickGELU; same compute either way.
+        return _towers(open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True))
 
-    def load_pretrained(self, folder: Path) -> BuiltModel:
-        model = open_clip.create_model(f"local-dir:{folder}", load_weights=True, require_pretrained=True)
-        return _built(model, "pretrained", fingerprint_files(folder))
+    def load_pretrained(self, folder: Path) -> Towers:
+        return _towers(open_clip.create_model(f"local-dir:{folder}", load_weights=True, require_pretrained=True))
+
+    def tokenizer(self, folder: Path | None) -> Tokenizer:
+        # open_clip ships the BPE vocabulary of OpenAI's tokenizer: works offline, and
+        # the same for every checkpoint of this architecture.
+        tokenize = open_clip.tokenizer.SimpleTokenizer(context_length=77)
+
+        def run(texts: list[str]) -> np.ndarray:
+            return tokenize(texts).numpy().astype(np.int64)
+
+        return run
 
 
 def save_in_open_clip_format(model: open_clip.CLIP, config: dict[str, Any], folder: Path) -> None:

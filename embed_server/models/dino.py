@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from embed_server.models.base import Architecture, BuiltModel, ModelCard, fingerprint_files, l2_normalise
+from embed_server.models.base import Architecture, ModelCard, Tokenizer, Towers, l2_normalise
 from embed_server.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 # DINOv2's reference transform: short side to 256, centre crop 224, bicubic, ImageNet
@@ -55,25 +55,19 @@ class DinoFamily:
     full_config: dict[str, Any]
     tiny_config: dict[str, Any]
 
-    def build_random(self, architecture: Architecture) -> BuiltModel:
+    def build_random(self, architecture: Architecture) -> Towers:
         overrides = self.full_config if architecture == "full" else self.tiny_config
-        model = self.model_class(self.config_class(**overrides))
-        return self._built(model, "random", f"random-{architecture}")
+        return self._towers(self.model_class(self.config_class(**overrides)))
 
-    def load_pretrained(self, folder: Path) -> BuiltModel:
-        model = self.model_class.from_pretrained(str(folder), local_files_only=True)
-        return self._built(model, "pretrained", fingerprint_files(folder))
+    def load_pretrained(self, folder: Path) -> Towers:
+        return self._towers(self.model_class.from_pretrained(str(folder), local_files_only=True))
 
-    def _built(self, model: PreTrainedModel, weights: str, fingerprint: str) -> BuiltModel:
+    def tokenizer(self, folder: Path | None) -> Tokenizer | None:
+        return None
+
+    def _towers(self, model: PreTrainedModel) -> Towers:
         prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
-        return BuiltModel(
-            card=self.card,
-            image_tower=DinoImageTower(model, prefix),
-            text_tower=None,
-            tokenizer=None,
-            weights=weights,  # type: ignore[arg-type]
-            fingerprint=fingerprint,
-        )
+        return Towers(image=DinoImageTower(model, prefix))
 
 
 _DINOV2_BASE = {

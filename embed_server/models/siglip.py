@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
 
-from embed_server.models.base import Architecture, BuiltModel, ModelCard, Tokenizer, fingerprint_files, l2_normalise
+from embed_server.models.base import Architecture, ModelCard, Tokenizer, Towers, l2_normalise
 from embed_server.models.siglip_vocab import offline_tokenizer
 from embed_server.preprocess import HALF, Preprocess
 
@@ -64,35 +64,29 @@ class SiglipTextTower(nn.Module):
         return l2_normalise(self.text(input_ids=token_ids).pooler_output)
 
 
-def _wrap(tokenizer: SiglipTokenizer) -> Tokenizer:
-    def run(texts: list[str]) -> np.ndarray:
-        encoded = tokenizer(
-            texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="np"
-        )
-        return encoded["input_ids"].astype(np.int64)
-
-    return run
-
-
-def _built(model: SiglipModel, tokenizer: SiglipTokenizer, weights: str, fingerprint: str) -> BuiltModel:
-    return BuiltModel(
-        card=CARD,
-        image_tower=SiglipImageTower(model),
-        text_tower=SiglipTextTower(model),
-        tokenizer=_wrap(tokenizer),
-        weights=weights,  # type: ignore[arg-type]
-        fingerprint=fingerprint,
-    )
+def _towers(model: SiglipModel) -> Towers:
+    return Towers(image=SiglipImageTower(model), text=SiglipTextTower(model))
 
 
 class SiglipFamily:
     card = CARD
 
-    def build_random(self, architecture: Architecture) -> BuiltModel:
-        config = SiglipConfig(**TINY_CONFIG) if architecture == "tiny" else SiglipConfig()
-        return _built(SiglipModel(config), offline_tokenizer(), "random", f"random-{architecture}")
+    def build_random(self, architecture: Architecture) -> Towers:
+        return _towers(SiglipModel(SiglipConfig(**TINY_CONFIG) if architecture == "tiny" else SiglipConfig()))
 
-    def load_pretrained(self, folder: Path) -> BuiltModel:
-        model = SiglipModel.from_pretrained(str(folder), local_files_only=True)
-        tokenizer = SiglipTokenizer.from_pretrained(str(folder), local_files_only=True)
-        return _built(model, tokenizer, "pretrained", fingerprint_files(folder))
+    def load_pretrained(self, folder: Path) -> Towers:
+        return _towers(SiglipModel.from_pretrained(str(folder), local_files_only=True))
+
+    def tokenizer(self, folder: Path | None) -> Tokenizer:
+        if folder is None:
+            tokenizer = offline_tokenizer()
+        else:
+            tokenizer = SiglipTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+        def run(texts: list[str]) -> np.ndarray:
+            encoded = tokenizer(
+                texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="np"
+            )
+            return encoded["input_ids"].astype(np.int64)
+
+        return run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from embed_server.models.base import BuiltModel
+from embed_server.models.base import Towers
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -20,7 +20,7 @@ def resolve_device(requested: str) -> torch.device:
 class TorchRuntime:
     name = "torch"
 
-    def __init__(self, built: BuiltModel, device: torch.device) -> None:
+    def __init__(self, towers: Towers, device: torch.device) -> None:
         # Half precision on GPUs (tensor cores); fp32 on CPUs, where torch's fp16/bf16
         # paths measured slower than fp32 on this project's machines.
         self._dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -28,8 +28,8 @@ class TorchRuntime:
         self.device = str(device)
         self.precision = "fp16" if self._dtype == torch.float16 else "fp32"
         self.providers = (self.device,)
-        self._image = built.image_tower.to(device=device, dtype=self._dtype)
-        self._text = built.text_tower.to(device=device, dtype=self._dtype) if built.text_tower else None
+        self._image = towers.image.to(device=device, dtype=self._dtype)
+        self._text = towers.text.to(device=device, dtype=self._dtype) if towers.text is not None else None
 
     def run_image(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import grpc
@@ -10,7 +13,17 @@ from embed_server.server import create_server
 from tattoo_search.v1 import embed_pb2_grpc
 from tests.support.background import BackgroundServer, wait_for_health
 
-TINY = {"EMBED_WEIGHTS": "random", "EMBED_ARCHITECTURE": "tiny", "EMBED_HOST": "127.0.0.1", "EMBED_PORT": "0"}
+# One ONNX export cache for the whole run: each tiny model is exported once.
+ONNX_CACHE = tempfile.mkdtemp(prefix="test-onnx-cache-")
+atexit.register(shutil.rmtree, ONNX_CACHE, ignore_errors=True)
+
+TINY = {
+    "EMBED_WEIGHTS": "random",
+    "EMBED_ARCHITECTURE": "tiny",
+    "EMBED_HOST": "127.0.0.1",
+    "EMBED_PORT": "0",
+    "EMBED_ONNX_CACHE_DIR": ONNX_CACHE,
+}
 
 
 def embed_server(**env: str) -> BackgroundServer:
@@ -19,9 +32,10 @@ def embed_server(**env: str) -> BackgroundServer:
     return BackgroundServer(lambda: create_server(settings))
 
 
-@pytest.fixture(scope="module")
-def tiny_server() -> Iterator[BackgroundServer]:
-    with embed_server() as server:
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def tiny_server(request: pytest.FixtureRequest) -> Iterator[BackgroundServer]:
+    """All five tiny models, once per runtime: the API must not depend on which runs."""
+    with embed_server(EMBED_RUNTIME=request.param) as server:
         yield server
 
 

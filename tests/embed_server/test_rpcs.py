@@ -121,7 +121,8 @@ def test_list_models_describes_each_model(stub) -> None:
         assert info.supports_text == (name in TEXT_MODELS)
         assert info.state == embed_pb2.MODEL_STATE_READY
         assert info.weights == embed_pb2.WEIGHTS_SOURCE_RANDOM
-        assert info.runtime in ("torch", "onnx") and info.device == "cpu" and info.precision
+        assert info.runtime in ("torch", "onnx") and info.device == "cpu" and info.precision == "fp32"
+        assert list(info.providers) == (["CPUExecutionProvider"] if info.runtime == "onnx" else ["cpu"])
         assert info.global_dim > 0 and info.patch_dim > 0
 
 

@@ -1,0 +1,157 @@
+"""ONNX Runtime: the fast path. Sessions over cached exports; torch is only needed
+when an export has to be made."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from embed_server.models.base import ModelCard, Towers
+from embed_server.runtimes import onnx_export
+from embed_server.runtimes.onnx_export import ExportCache, ExportKey
+
+log = logging.getLogger(__name__)
+
+# Fastest first; intersected with what this onnxruntime build offers.
+PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+
+
+def choose_providers(device: str) -> list[str]:
+    available = set(ort.get_available_providers())
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    chosen = [p for p in PROVIDER_PRIORITY if p in available]
+    if device.startswith("cuda") and not GPU_PROVIDERS & set(chosen):
+        raise RuntimeError(f"EMBED_DEVICE={device} but this onnxruntime build has no GPU provider ({', '.join(sorted(available))})")
+    return chosen
+
+
+class OnnxRuntime:
+    name = "onnx"
+
+    def __init__(
+        self,
+        card: ModelCard,
+        fingerprint: str,
+        build_towers: Callable[[], Towers],
+        *,
+        cache: ExportCache,
+        device: str,
+        precision: str,
+        threads: int,
+        max_batch_size: int,
+        text_length: int,
+    ) -> None:
+        providers = choose_providers(device)
+        on_gpu = bool(GPU_PROVIDERS & set(providers))
+        if precision == "auto":
+            precision = "fp16" if on_gpu else "fp32"
+        if precision == "fp16" and not on_gpu:
+            raise RuntimeError("EMBED_PRECISION=fp16 needs a GPU provider; on CPU use fp32 or int8")
+        if precision == "int8" and on_gpu:
+            raise RuntimeError("EMBED_PRECISION=int8 is the CPU path; on GPU use fp16 or fp32")
+        self.precision = precision
+        self._card = card
+        self._fingerprint = fingerprint
+        self._build_towers = build_towers
+        self._towers: Towers | None = None
+        self._cache = cache
+        self.exports_from_cache = True
+
+        image_path = self._export("image", precision, lambda t, path: onnx_export.export_image_tower(t.image, card.preprocess.image_size, path))
+        text_path = None
+        if card.supports_text:
+            text_path = self._export("text", precision, lambda t, path: onnx_export.export_text_tower(t.text, text_length, path))
+        # Exports are done: the torch modules are not kept resident.
+        self._towers = None
+
+        options = _session_options(threads)
+        provider_list = _provider_options(providers, precision, cache.folder, max_batch_size, card.preprocess.image_size)
+        self._image = ort.InferenceSession(str(image_path), options, providers=provider_list)
+        self._text = ort.InferenceSession(str(text_path), options, providers=provider_list) if text_path else None
+        # What actually runs, not what was asked for: an onnxruntime-gpu build without
+        # its CUDA libraries silently falls back to the CPU.
+        self.providers = tuple(self._image.get_providers())
+        self.device = "cuda:0" if GPU_PROVIDERS & set(self.providers[:1]) else "cpu"
+        if on_gpu and self.device == "cpu":
+            log.warning("%s: GPU providers were requested but ONNX Runtime runs on %s", card.name, self.providers)
+
+    def run_image(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        global_vecs, patches = self._image.run(list(onnx_export.IMAGE_OUTPUTS), {"pixels": pixels})
+        return global_vecs, patches
+
+    def run_text(self, token_ids: np.ndarray) -> np.ndarray:
+        if self._text is None:
+            raise RuntimeError("this model has no text tower")
+        (vectors,) = self._text.run(list(onnx_export.TEXT_OUTPUTS), {"input_ids": token_ids})
+        return vectors
+
+    def _export(self, tower: str, precision: str, export: Callable[[Towers, Path], None]) -> Path:
+        """The tower's file at `precision`, from the cache or made now (fp16 and int8
+        are derived from the fp32 export)."""
+
+        def make_fp32(target: Path) -> None:
+            export(self._towers_now(), target)
+
+        fp32_key = ExportKey(self._card.name, self._fingerprint, tower, "fp32")
+        if precision == "fp32":
+            path, cached = self._cache.get_or_create(fp32_key, make_fp32)
+        else:
+            derive = onnx_export.quantize_int8 if precision == "int8" else onnx_export.convert_fp16
+            key = ExportKey(self._card.name, self._fingerprint, tower, precision)
+
+            def make(target: Path) -> None:
+                source, _ = self._cache.get_or_create(fp32_key, make_fp32)
+                derive(source, target)
+
+            path, cached = self._cache.get_or_create(key, make)
+        self.exports_from_cache &= cached
+        log.info("%s %s tower: %s %s", self._card.name, tower, "cached export" if cached else "exported", path.name)
+        return path
+
+    def _towers_now(self) -> Towers:
+        if self._towers is None:
+            self._towers = self._build_towers()
+        return self._towers
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One forward pass at a time per model (the batcher serialises them), so the
+    # intra-op pool gets the cores and inter-op parallelism would only oversubscribe.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return options
+
+
+def _provider_options(
+    providers: list[str], precision: str, cache_folder: Path, max_batch: int, image_size: int
+) -> list[tuple[str, dict[str, Any]]]:
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    for provider in providers:
+        if provider == "TensorrtExecutionProvider":
+            shape = f"3x{image_size}x{image_size}"
+            chosen.append((provider, {
+                "trt_fp16_enable": precision == "fp16",
+                # Building a TensorRT engine takes minutes: keep them across restarts.
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache_folder / "tensorrt"),
+                "trt_timing_cache_enable": True,
+                "trt_profile_min_shapes": f"pixels:1x{shape}",
+                "trt_profile_opt_shapes": f"pixels:{max_batch}x{shape}",
+                "trt_profile_max_shapes": f"pixels:{max(max_batch, 32)}x{shape}",
+            }))
+        elif provider == "CUDAExecutionProvider":
+            chosen.append((provider, {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}))
+        else:
+            chosen.append((provider, {}))
+    return chosen
