@@ -7,8 +7,8 @@ remote vision model as a local HTTP server). The embed server runs tiny random m
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+import io
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,11 +66,10 @@ class Site:
             f"http://[::ffff:127.0.0.1]:{internal}/secret-mapped",
             f"http://10.0.0.1:{internal}/secret-private",
             "http://169.254.169.254/latest/meta-data/",
-            f"file:///etc/passwd",
+            "file:///etc/passwd",
         ]
 
 
-MakeSite = Callable[..., AbstractAsyncContextManager[Site]]
 
 
 @pytest_asyncio.fixture
@@ -128,5 +127,6 @@ async def stack(embed: BackgroundServer, site: Site, tmp_path: Path) -> AsyncIte
 
 def image_form(data: bytes, field: str = "file", filename: str = "query.jpg", content_type: str = "image/jpeg") -> aiohttp.FormData:
     form = aiohttp.FormData()
-    form.add_field(field, data, filename=filename, content_type=content_type)
+    # A file object, not bytes: aiohttp warns (an error here) about large bytes payloads.
+    form.add_field(field, io.BytesIO(data), filename=filename, content_type=content_type)
     return form

@@ -1,0 +1,1 @@
+"""The search gateway: the public HTTP API in front of the scraper and the embed server."""

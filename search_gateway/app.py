@@ -1,0 +1,171 @@
+"""``create_app(settings)``: the Starlette application, its middlewares and its lifespan.
+
+The lifespan opens one long-lived gRPC channel per backend and one HTTP connection
+pool for downloads, and closes them on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from search_gateway import errors, routes
+from search_gateway.access import ApiKeyMiddleware, BodyLimitMiddleware, RateLimitMiddleware, TokenBuckets
+from search_gateway.backends import EmbedClient, ScraperClient, open_channel
+from search_gateway.cache import EmbeddingCache
+from search_gateway.caption import CaptionChain, Captioner, RemoteCaptioner, ZeroShotCaptioner
+from search_gateway.config import GatewaySettings
+from search_gateway.downloader import Downloader, DownloadLimits
+from search_gateway.metrics import Metrics
+from search_gateway.models import ModelCatalog
+from search_gateway.netguard import parse_allowlist
+from search_gateway.pipeline import SearchPipeline
+from search_gateway.thumbnails import ThumbnailSigner
+
+log = logging.getLogger(__name__)
+
+# Multipart framing around an upload; the body limit allows for it.
+_FORM_OVERHEAD = 64 * 1024
+
+
+@dataclass
+class Gateway:
+    """Everything the routes use, built once by the lifespan."""
+
+    settings: GatewaySettings
+    metrics: Metrics
+    embed: EmbedClient
+    scraper: ScraperClient
+    downloader: Downloader
+    catalog: ModelCatalog
+    pipeline: SearchPipeline
+    signer: ThumbnailSigner
+    captions: CaptionChain
+
+
+def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
+    chain: list[tuple[str, Captioner]] = []
+    if settings.caption_mode == "remote":
+        chain.append(("remote", RemoteCaptioner(settings.caption_url, settings.caption_remote_model, settings.caption_token)))
+    if settings.caption_mode in ("remote", "offline"):
+        chain.append(("offline", ZeroShotCaptioner(embed, settings.caption_model)))
+    return CaptionChain(chain)
+
+
+@contextlib.asynccontextmanager
+async def _open(settings: GatewaySettings, metrics: Metrics) -> AsyncIterator[Gateway]:
+    backoff = settings.reconnect_backoff_max_ms
+    embed_channel = open_channel(settings.embed_target, reconnect_backoff_max_ms=backoff)
+    scraper_channel = open_channel(settings.scraper_target, reconnect_backoff_max_ms=backoff)
+    embed = EmbedClient(embed_channel, timeout_s=settings.embed_timeout_s, retries=settings.rpc_retries)
+    scraper = ScraperClient(scraper_channel, timeout_s=settings.scraper_timeout_s, retries=settings.rpc_retries)
+    downloader = Downloader(
+        DownloadLimits(
+            max_bytes=settings.download_max_bytes, concurrency=settings.download_concurrency,
+            per_host=settings.download_per_host, connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s, attempt_timeout_s=settings.download_timeout_s,
+            retries=settings.download_retries, backoff_s=settings.retry_backoff_s,
+            max_redirects=settings.max_redirects, user_agent=settings.user_agent,
+        ),
+        parse_allowlist(settings.fetch_allow),
+    )
+    cache = EmbeddingCache(settings.cache_size, settings.cache_ttl_s, on_lookup=metrics.cache_lookup)
+    captions = _captions(settings, embed)
+    pipeline = SearchPipeline(settings=settings, embed=embed, scraper=scraper, downloader=downloader,
+                              captions=captions, cache=cache, metrics=metrics)
+    try:
+        yield Gateway(settings, metrics, embed, scraper, downloader, ModelCatalog(embed), pipeline,
+                      ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions)
+    finally:
+        await captions.close()
+        await downloader.close()
+        await embed_channel.close()
+        await scraper_channel.close()
+
+
+class _RequestMetrics:
+    """Counts and times every request by route template (never by raw path: bounded labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.paths = paths
+
+    def _route(self, path: str) -> str:
+        if path in self.paths:
+            return path
+        if path.startswith("/thumbnails/"):
+            return "/thumbnails/{token}"
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.request(self._route(scope["path"]), scope["method"], status, time.monotonic() - start)
+
+
+def create_app(settings: GatewaySettings | None = None) -> Starlette:
+    """Build the app; backends are connected when the lifespan starts."""
+    settings = settings or GatewaySettings.from_env()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with _open(settings, metrics) as gateway:
+            app.state.gateway = gateway
+            log.info("gateway: embed=%s scraper=%s", settings.embed_target, settings.scraper_target)
+            yield
+
+    route_list = [
+        Route("/search", routes.search, methods=["POST"]),
+        Route("/search/stream", routes.search_stream, methods=["POST"]),
+        Route("/analyze-attention", routes.analyze_attention, methods=["POST"]),
+        Route("/models", routes.list_models, methods=["GET"]),
+        Route("/health", routes.health, methods=["GET"]),
+        Route("/ready", routes.ready, methods=["GET"]),
+        Route("/metrics", routes.metrics_text, methods=["GET"]),
+        Route("/openapi.json", routes.openapi, methods=["GET"]),
+        Route("/thumbnails/{token}", routes.thumbnail, methods=["GET"]),
+    ]
+    buckets = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None
+    # Outermost first: metrics see every answer, CORS headers go on errors too.
+    middleware = [
+        Middleware(_RequestMetrics, metrics=metrics, paths=frozenset(r.path for r in route_list)),
+        Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                   allow_headers=["Content-Type", "X-API-Key", "Authorization"], max_age=600),
+        Middleware(ApiKeyMiddleware, keys=settings.api_keys),
+        Middleware(RateLimitMiddleware, buckets=buckets),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.upload_max_bytes + _FORM_OVERHEAD),
+    ]
+    app = Starlette(
+        routes=route_list,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={Exception: errors.handle, HTTPException: errors.handle, errors.GatewayError: errors.handle},
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    return app

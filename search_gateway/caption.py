@@ -1,0 +1,185 @@
+"""Captioning: turn the query image into a short web-search query.
+
+Pluggable behind :class:`Captioner`. The default is offline zero-shot tagging with
+the clip text tower; the remote one asks an OpenAI-compatible vision model. The
+chain never raises: remote -> offline -> the fixed ``FALLBACK_CAPTION``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import aiohttp
+import numpy as np
+
+from search_gateway.backends import EmbedClient
+
+log = logging.getLogger(__name__)
+
+FALLBACK_CAPTION = "tattoo artwork"
+
+STYLES: tuple[str, ...] = (
+    "traditional", "neo-traditional", "tribal", "geometric", "mandala", "watercolor", "blackwork",
+    "dotwork", "realism", "minimalist", "fine line", "japanese", "script", "new school", "trash polka",
+    "chicano", "illustrative", "ornamental", "sketch", "biomechanical",
+)
+SUBJECTS: tuple[str, ...] = (
+    "rose", "skull", "snake", "dragon", "wolf", "lion", "butterfly", "eagle", "tiger", "koi fish",
+    "owl", "phoenix", "lotus", "peony", "anchor", "compass", "heart", "dagger", "moon", "sun",
+    "mountain", "wave", "tree", "feather", "bird", "cat", "fox", "deer", "spider", "scorpion",
+    "portrait", "geisha", "samurai", "clock", "eye", "hand", "cross", "angel", "demon", "lettering",
+)
+
+# Image vector for a model, computed once per search and shared with the ranking.
+ImageVector = Callable[[str], Awaitable[np.ndarray]]
+
+
+class Captioner(Protocol):
+    async def caption(self, image: bytes, image_vector: ImageVector, *, timeout: float) -> str:
+        """A search query for ``image``; may raise, :class:`CaptionChain` catches."""
+        ...
+
+
+class ZeroShotCaptioner:
+    """Best style and best subject by cosine against prompt vectors from the text tower."""
+
+    def __init__(self, embed: EmbedClient, model: str = "clip") -> None:
+        self._embed = embed
+        self._model = model
+        self._prompts: tuple[np.ndarray, np.ndarray] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _prompt_vectors(self, timeout: float) -> tuple[np.ndarray, np.ndarray]:
+        async with self._lock:  # one computation shared by concurrent first searches
+            if self._prompts is None:
+                styles = await self._embed.embed_text(
+                    self._model, [f"a {s} style tattoo" for s in STYLES], timeout=timeout)
+                subjects = await self._embed.embed_text(
+                    self._model, [f"a tattoo of a {s}" for s in SUBJECTS], timeout=timeout)
+                self._prompts = (_normalise(styles), _normalise(subjects))
+            return self._prompts
+
+    async def caption(self, image: bytes, image_vector: ImageVector, *, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        vector_task = asyncio.ensure_future(image_vector(self._model))
+        try:
+            styles, subjects = await self._prompt_vectors(timeout)
+            vector = _normalise((await asyncio.wait_for(vector_task, max(0.01, deadline - time.monotonic())))[None, :])[0]
+        finally:
+            if not vector_task.done():
+                vector_task.cancel()
+        style = STYLES[int(np.argmax(styles @ vector))]
+        subject = SUBJECTS[int(np.argmax(subjects @ vector))]
+        return compose_query(style, subject)
+
+
+def compose_query(style: str, subject: str) -> str:
+    # "mandala" as a subject duplicates the style word; keep the query short and clean.
+    words = [style] if subject in style else [style, subject]
+    return " ".join([*words, "tattoo"])
+
+
+_QUERY_OK = re.compile(r"^[\w\s'&,.-]{2,120}$", re.UNICODE)
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+PROMPT = (
+    "You write web image-search queries for tattoo designs. Look at the image and answer with "
+    'exactly one JSON object and nothing else: {"query": "<style> <subject> tattoo"}, '
+    "at most 8 words, for example {\"query\": \"geometric mandala tattoo\"}."
+)
+
+
+def parse_remote_answer(content: str) -> str:
+    """Strict: one JSON object with a short plain-text ``query``; a code fence is tolerated."""
+    text = content.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    obj = json.loads(text)
+    if not isinstance(obj, dict) or set(obj) != {"query"} or not isinstance(obj["query"], str):
+        raise ValueError('expected exactly {"query": "..."}')
+    query = " ".join(obj["query"].split())
+    if not _QUERY_OK.match(query) or len(query.split()) > 12:
+        raise ValueError("the query is empty, too long or has unexpected characters")
+    return query
+
+
+class RemoteCaptioner:
+    """An OpenAI-compatible ``/chat/completions`` endpoint with a vision model."""
+
+    def __init__(self, url: str, model: str, token: str, session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> None:
+        self._url = url if url.rstrip("/").endswith("/chat/completions") else url.rstrip("/") + "/chat/completions"
+        self._model = model
+        self._token = token
+        self._session: aiohttp.ClientSession | None = None
+        self._session_factory = session_factory or (lambda: aiohttp.ClientSession(trust_env=False))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def caption(self, image: bytes, image_vector: ImageVector, *, timeout: float) -> str:
+        if self._session is None:
+            self._session = self._session_factory()
+        data_url = "data:image/jpeg;base64," + base64.b64encode(image).decode("ascii")
+        body = {
+            "model": self._model,
+            "temperature": 0,
+            "max_tokens": 60,
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": PROMPT},
+                {"type": "image_url", "image_url": {"url": data_url}},
+            ]}],
+        }
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        async with self._session.post(self._url, json=body, headers=headers,
+                                      timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if resp.status != 200:
+                raise ValueError(f"captioning endpoint answered {resp.status}")
+            raw = await resp.content.read(256 * 1024)  # bounded: the answer is a sentence
+        answer = json.loads(raw)
+        content = answer["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise ValueError("the answer's content is not text")
+        return parse_remote_answer(content)
+
+
+class CaptionChain:
+    """Tries each captioner in turn within the time given; never raises."""
+
+    def __init__(self, captioners: Sequence[tuple[str, Captioner]]) -> None:
+        self.captioners = list(captioners)
+
+    async def caption(self, image: bytes, image_vector: ImageVector, *, timeout: float) -> tuple[str, str]:
+        """``(caption, source)`` where source names the captioner that answered, or "fallback"."""
+        deadline = time.monotonic() + timeout
+        for name, captioner in self.captioners:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.05:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    return await captioner.caption(image, image_vector, timeout=remaining), name
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure falls through to the next captioner
+                log.info("captioner %s failed: %s: %s", name, type(exc).__name__, exc)
+        return FALLBACK_CAPTION, "fallback"
+
+    async def close(self) -> None:
+        for _, captioner in self.captioners:
+            close = getattr(captioner, "close", None)
+            if close is not None:
+                await close()
+
+
+def _normalise(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float32)
+    return m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)

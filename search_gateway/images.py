@@ -1,0 +1,122 @@
+"""Image checks by content (never by header or file name) and the embed-server view.
+
+Runs in a worker thread: decoding is CPU work and must not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from search_gateway.errors import BadImage, EmptyImage, NotAnImage, PixelBomb, TruncatedImage
+
+# What the embed server decodes (embed.proto); anything else is refused here.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A checked image: its content hash, original size, and bytes to send for embedding."""
+
+    sha256: str
+    width: int
+    height: int
+    embed_bytes: bytes
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_checked(data: bytes, *, max_pixels: int, label: str = "image") -> Image.Image:
+    """Open ``data`` as an image, refusing empty, unknown, oversized and truncated ones."""
+    if not data:
+        raise EmptyImage(f"The {label} is empty (zero bytes).")
+    try:
+        with warnings.catch_warnings():
+            # The pixel limit is enforced below with a clear error; Pillow's own
+            # DecompressionBombWarning would only add noise (and fails the tests).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError:
+        raise PixelBomb(f"The {label} has more pixels than allowed.") from None
+    except UnidentifiedImageError:
+        raise NotAnImage(f"The {label} is not an image in a supported format ({', '.join(ALLOWED_FORMATS)}).") from None
+    except Exception:
+        # Pillow knew the format but its header broke off: a truncated file.
+        if data.startswith(_SIGNATURES) or data[8:12] == b"WEBP":
+            raise TruncatedImage(f"The {label} is truncated or corrupt.") from None
+        raise NotAnImage(f"The {label} could not be read as an image.") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise BadImage(f"The {label} has no pixels.")
+    if width * height > max_pixels:
+        raise PixelBomb(f"The {label} is {width}x{height} pixels, more than the limit of {max_pixels}.")
+    return img
+
+
+def _decode(img: Image.Image, target_short_side: int, label: str) -> Image.Image:
+    # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: much cheaper than full size.
+    if img.format == "JPEG":
+        w, h = img.size
+        scale = max(1.0, min(w, h) / target_short_side)
+        img.draft("RGB", (int(w / scale), int(h / scale)))
+    # ImageFile.LOAD_TRUNCATED_IMAGES stays False (Pillow's default): a truncated
+    # file must fail here, not be padded with grey.
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise TruncatedImage(f"The {label} is truncated or corrupt.") from None
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        # Composite transparency on white: tattoo flash is usually drawn on paper.
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def prepare(data: bytes, *, max_pixels: int, short_side: int, label: str = "image") -> PreparedImage:
+    """Check ``data`` fully (decode every pixel) and produce the bytes sent to the embed server.
+
+    Small images travel unchanged. Large ones are downscaled so the short side is
+    ``short_side`` (twice the models' input) and sent as JPEG: the embed server
+    resizes to 224 anyway, and this keeps batches small on the wire and cheap to decode.
+    """
+    img = open_checked(data, max_pixels=max_pixels, label=label)
+    width, height = img.size
+    fmt = img.format
+    rgb = _decode(img, short_side, label)
+    small_enough = min(rgb.size) <= short_side and len(data) <= 512 * 1024
+    if small_enough and fmt in ("JPEG", "PNG"):
+        return PreparedImage(content_hash(data), width, height, data)
+    if min(rgb.size) > short_side:
+        scale = short_side / min(rgb.size)
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=92)
+    return PreparedImage(content_hash(data), width, height, out.getvalue())
+
+
+def thumbnail(data: bytes, *, max_pixels: int, max_side: int) -> bytes:
+    """A JPEG no larger than ``max_side`` on either side, for showing results in a browser."""
+    img = open_checked(data, max_pixels=max_pixels)
+    rgb = _decode(img, max_side, "image")
+    rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def decode_rgb(data: bytes, *, max_pixels: int, max_side: int, label: str = "image") -> Image.Image:
+    """Decode for drawing (attention pictures), bounded to ``max_side``."""
+    img = open_checked(data, max_pixels=max_pixels, label=label)
+    rgb = _decode(img, max_side, label)
+    rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return rgb

@@ -1,0 +1,49 @@
+"""Prometheus metrics, on a registry per app (so tests can build many apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("gateway_requests_total", "HTTP requests by route and status.",
+                                ("route", "method", "status"), registry=r)
+        self.request_seconds = Histogram("gateway_request_seconds", "HTTP request latency by route.",
+                                         ("route",), buckets=_LATENCY_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("gateway_search_stage_seconds", "Search pipeline stage latency.",
+                                       ("stage",), buckets=_LATENCY_BUCKETS, registry=r)
+        self.stage_total = Counter("gateway_search_stage_total", "Search pipeline stages run.", ("stage",), registry=r)
+        self.download_failures = Counter("gateway_download_failures_total", "Candidate downloads that failed, by reason.",
+                                         ("reason",), registry=r)
+        self.downloads = Counter("gateway_downloads_total", "Candidate images downloaded.", registry=r)
+        self.cache_lookups = Counter("gateway_embedding_cache_lookups_total", "Embedding cache lookups.",
+                                     ("result",), registry=r)
+        self.searches = Counter("gateway_searches_total", "Searches by outcome (complete, partial, failed).",
+                                ("outcome",), registry=r)
+        self.backend_errors = Counter("gateway_backend_errors_total", "Backend calls that failed.",
+                                      ("backend",), registry=r)
+        self.in_flight = Gauge("gateway_searches_in_flight", "Searches running now.", registry=r)
+
+    def stage(self, name: str, seconds: float) -> None:
+        self.stage_seconds.labels(name).observe(seconds)
+        self.stage_total.labels(name).inc()
+
+    def download_failed(self, reason: str) -> None:
+        self.download_failures.labels(reason).inc()
+
+    def cache_lookup(self, hit: bool) -> None:
+        self.cache_lookups.labels("hit" if hit else "miss").inc()
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,296 @@
+"""HTTP handlers. They parse and validate, call the pipeline or a backend, and shape JSON.
+
+Errors are raised, never answered here: ``errors.to_response`` does that in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from search_gateway import attention
+from search_gateway.errors import BadRequest, GatewayError, MissingField, UploadTooLarge, to_response
+from search_gateway.images import decode_rgb
+from search_gateway.images import thumbnail as make_thumbnail
+from search_gateway.openapi import openapi_document
+from search_gateway.pipeline import SearchQuery
+from tattoo_search.v1 import embed_pb2
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _gateway(request: Request):  # type: ignore[no-untyped-def]
+    return request.app.state.gateway
+
+
+def _param(request: Request, form: FormData | None, name: str) -> str | None:
+    """Query parameters first (the seed's frontend), form fields second (the seed's curl example)."""
+    value = request.query_params.get(name)
+    if value is None and form is not None:
+        field = form.get(name)
+        value = field if isinstance(field, str) else None
+    return value
+
+
+def _bool(request: Request, form: FormData | None, name: str, default: bool) -> bool:
+    raw = _param(request, form, name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise BadRequest(f"Parameter {name!r} must be true or false, not {raw!r}.")
+
+
+def _int(request: Request, form: FormData | None, name: str, default: int, low: int, high: int) -> int:
+    raw = _param(request, form, name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"Parameter {name!r} must be an integer, not {raw!r}.") from None
+    if not low <= value <= high:
+        raise BadRequest(f"Parameter {name!r} must be between {low} and {high}.")
+    return value
+
+
+async def _upload(form: FormData, name: str, limit: int, *, required: bool = True) -> bytes | None:
+    field = form.get(name)
+    if field is None:
+        if required:
+            raise MissingField(f"The multipart field {name!r} (an image file) is required.")
+        return None
+    if not isinstance(field, UploadFile):
+        raise BadRequest(f"The field {name!r} must be a file upload, not a text value.")
+    data = await field.read(limit + 1)
+    if len(data) > limit:
+        raise UploadTooLarge(f"The upload is over the {limit}-byte limit.")
+    return data
+
+
+async def _form(request: Request) -> FormData | None:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return None
+    # Small limits for everything but the one upload: a form is not a data store.
+    return await request.form(max_files=2, max_fields=16, max_part_size=64 * 1024)
+
+
+async def _search_query(request: Request) -> SearchQuery:
+    gw = _gateway(request)
+    s = gw.settings
+    form = await _form(request)
+    try:
+        text: str | None = None
+        if form is None and request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                payload = json.loads(await request.body())
+            except ValueError:
+                raise BadRequest("The JSON body could not be parsed.") from None
+            text = payload.get("text") if isinstance(payload, dict) else None
+        model = _param(request, form, "embedding_model") or s.default_model
+        include_attention = _bool(request, form, "include_patch_attention", False)
+        max_results = _int(request, form, "max_results", s.max_results, 1, s.max_results_limit)
+        data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
+        if form is not None and data is None:
+            field = form.get("text")
+            text = field if isinstance(field, str) else None
+        if data is None and text is None:
+            raise MissingField("Send the query image in the multipart field 'file' (or a 'text' field for text search).")
+        if data is not None:
+            await gw.catalog.require(model)
+            image = await gw.pipeline.prepare_image(data, "uploaded image")
+            return SearchQuery(model=model, max_results=max_results, include_attention=include_attention, image=image)
+        text = " ".join((text or "").split())
+        if not text or len(text) > 300:
+            raise BadRequest("The 'text' query must be 1 to 300 characters.")
+        await gw.catalog.require(model, text=True)
+        return SearchQuery(model=model, max_results=max_results, include_attention=False, text=text)
+    finally:
+        if form is not None:
+            await form.close()
+
+
+async def _finish(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Drop the pipeline's private keys; add thumbnail links and the weights' provenance."""
+    gw = _gateway(request)
+    for result in body["results"]:
+        result.pop("_sha256", None)
+        headers = result.pop("_headers", {})
+        result["thumbnail_url"] = str(request.url_for("thumbnail", token=gw.signer.sign(result["url"], headers)).path)
+    described = await gw.catalog.describe(body["embedding_model"])
+    if described is not None:
+        body["embedding_weights"] = {1: "pretrained", 2: "random"}.get(described.info.weights, "unspecified")
+    return body
+
+
+async def search(request: Request) -> Response:
+    query = await _search_query(request)
+    body = await _gateway(request).pipeline.run(query)
+    return JSONResponse(await _finish(request, body))
+
+
+async def search_stream(request: Request) -> Response:
+    query = await _search_query(request)  # bad requests still get a plain 4xx, before streaming
+    gw = _gateway(request)
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+    def emit(event: dict[str, Any]) -> None:
+        # Progress is best effort: a slow reader loses intermediate events, never the final one.
+        if not events.full():
+            events.put_nowait(event)
+
+    async def lines() -> AsyncIterator[bytes]:
+        task = asyncio.ensure_future(gw.pipeline.run(query, emit))
+        try:
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield (json.dumps(getter.result()) + "\n").encode()
+                    continue
+                getter.cancel()
+                while not events.empty():
+                    yield (json.dumps(events.get_nowait()) + "\n").encode()
+                try:
+                    final = {"event": "final", **await _finish(request, task.result())}
+                except Exception as exc:  # the status line is sent; report the error in-band
+                    response = to_response(exc)
+                    final = {"event": "error", "status": response.status_code, **json.loads(bytes(response.body))}
+                yield (json.dumps(final) + "\n").encode()
+                return
+        finally:
+            task.cancel()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def analyze_attention(request: Request) -> Response:
+    gw = _gateway(request)
+    s = gw.settings
+    form = await _form(request)
+    try:
+        if form is None:
+            raise MissingField("Send the query image in the multipart field 'query_file'.")
+        candidate_url = _param(request, form, "candidate_url")
+        if not candidate_url:
+            raise MissingField("The parameter 'candidate_url' is required.")
+        model = _param(request, form, "embedding_model") or s.default_model
+        visualise = _bool(request, form, "include_visualizations", True)
+        data = await _upload(form, "query_file", s.upload_max_bytes)
+    finally:
+        if form is not None:
+            await form.close()
+    await gw.catalog.require(model)
+    assert data is not None
+    query = await gw.pipeline.prepare_image(data, "uploaded image")
+    raw = await gw.downloader.fetch(candidate_url, timeout=s.download_timeout_s)
+    candidate = await gw.pipeline.prepare_image(raw, "candidate image")
+    reply = await gw.embed.cross_attention(model, query.embed_bytes, [candidate.embed_bytes], top_k=5,
+                                           include_similarity_matrix=visualise)
+    cand = reply.candidates[0]
+    qh, qw = int(reply.query_grid_height), int(reply.query_grid_width)
+    ch, cw = int(cand.grid_height), int(cand.grid_width)
+    matches = attention.correspondences(qh, qw, cand, limit=10)
+    body: dict[str, Any] = {
+        "query_image_size": [query.width, query.height],
+        "candidate_image_size": [candidate.width, candidate.height],
+        "candidate_url": candidate_url,
+        "embedding_model": model,
+        "similarity_analysis": {
+            "overall_similarity": round(float(cand.overall_similarity), 6),
+            "global_similarity": round(float(cand.global_similarity), 6),
+            **attention.summary_of(attention.decode_matrix(cand.max_similarity)),
+        },
+        "attention_matrix_shape": [qh * qw, ch * cw],
+        "query_grid": [qh, qw],
+        "candidate_grid": [ch, cw],
+        "top_correspondences": matches,
+    }
+    if visualise:
+        body["visualizations"] = await asyncio.to_thread(
+            _pictures, query.embed_bytes, candidate.embed_bytes, (qh, qw), cand, matches, s.max_pixels)
+    return JSONResponse(body)
+
+
+def _pictures(query: bytes, candidate: bytes, grid: tuple[int, int], cand: Any, matches: list[dict[str, Any]],
+              max_pixels: int) -> dict[str, str]:
+    q_img = decode_rgb(query, max_pixels=max_pixels, max_side=512)
+    c_img = decode_rgb(candidate, max_pixels=max_pixels, max_side=512)
+    return {
+        "attention_heatmap": attention.png_data_url(attention.heatmap_picture(q_img, c_img, grid, cand)),
+        "top_correspondences": attention.png_data_url(attention.correspondence_picture(q_img, c_img, grid, cand, matches)),
+    }
+
+
+async def list_models(request: Request) -> Response:
+    gw = _gateway(request)
+    described = await gw.catalog.models(refresh=True)
+    models = []
+    for m in described:
+        info = m.info
+        models.append({
+            "name": m.name, "architecture": info.architecture, "global_dim": info.global_dim,
+            "patch_dim": info.patch_dim, "patch_size": info.patch_size,
+            "grid": [info.grid_height, info.grid_width], "image_size": info.image_size,
+            "supports_text": m.supports_text, "state": _enum_name(info.state, "MODEL_STATE_"),
+            "weights": _enum_name(info.weights, "WEIGHTS_SOURCE_"), "runtime": info.runtime,
+            "device": info.device, "precision": info.precision, **({"error": info.error} if info.error else {}),
+        })
+    return JSONResponse({"models": models, "default_model": gw.settings.default_model})
+
+
+def _enum_name(value: int, prefix: str) -> str:
+    enum = embed_pb2.ModelState if prefix == "MODEL_STATE_" else embed_pb2.WeightsSource
+    return enum.Name(value).removeprefix(prefix).lower()
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "healthy"})
+
+
+async def ready(request: Request) -> Response:
+    gw = _gateway(request)
+    default = gw.settings.default_model
+
+    async def model_ready() -> bool:
+        try:
+            return any(m.name == default and m.ready for m in await gw.catalog.models(refresh=True))
+        except GatewayError:
+            return False
+
+    embed_ok, scraper_ok, model_ok = await asyncio.gather(
+        gw.embed.check_health(), gw.scraper.check_health(), model_ready())
+    checks = {"embed_server": embed_ok, "scraper": scraper_ok, f"model:{default}": model_ok}
+    if all(checks.values()):
+        return JSONResponse({"status": "ready", "checks": checks})
+    return JSONResponse({"status": "not_ready", "checks": checks}, status_code=503, headers={"Retry-After": "2"})
+
+
+async def metrics_text(request: Request) -> Response:
+    metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=metrics.content_type)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+async def thumbnail(request: Request) -> Response:
+    gw = _gateway(request)
+    s = gw.settings
+    url, headers = gw.signer.verify(request.path_params["token"])
+    size = _int(request, None, "size", 256, 16, s.thumbnail_max_side)
+    raw = await gw.downloader.fetch(url, headers, timeout=s.download_timeout_s)
+    jpeg = await asyncio.to_thread(make_thumbnail, raw, max_pixels=s.max_pixels, max_side=size)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
