@@ -81,16 +81,30 @@ def _decode(img: Image.Image, target_short_side: int, label: str) -> Image.Image
     return img.convert("RGB")
 
 
-def prepare(data: bytes, *, max_pixels: int, short_side: int, label: str = "image") -> PreparedImage:
-    """Check ``data`` fully (decode every pixel) and produce the bytes sent to the embed server.
+# Candidates up to this size travel to the embed server as downloaded (no decode here).
+PASS_THROUGH_BYTES = 1024 * 1024
 
-    Small images travel unchanged. Large ones are downscaled so the short side is
-    ``short_side`` (twice the models' input) and sent as JPEG: the embed server
-    resizes to 224 anyway, and this keeps batches small on the wire and cheap to decode.
+
+def prepare(data: bytes, *, max_pixels: int, short_side: int, label: str = "image", full_check: bool = True) -> PreparedImage:
+    """Check ``data`` and produce the bytes sent to the embed server.
+
+    ``full_check`` decodes every pixel (uploads: a person gets a precise 4xx). Without
+    it (web candidates, up to a hundred a search) the check is the header, the pixel
+    limit and the format's end marker, and the bytes travel unchanged: the embed server
+    decodes them anyway (JPEG at reduced scale), so decoding here too would spend the
+    CPU the models need. A file corrupt inside is then refused by the embed server.
+
+    Large files are downscaled so the short side is ``short_side`` (twice the models'
+    input) and sent as JPEG: the embed server resizes to 224 anyway, and this keeps
+    batches small on the wire.
     """
     img = open_checked(data, max_pixels=max_pixels, label=label)
     width, height = img.size
     fmt = img.format
+    if not full_check and len(data) <= PASS_THROUGH_BYTES:
+        if not _ends_complete(data, fmt):
+            raise TruncatedImage(f"The {label} is truncated.")
+        return PreparedImage(content_hash(data), width, height, data)
     rgb = _decode(img, short_side, label)
     small_enough = min(rgb.size) <= short_side and len(data) <= 512 * 1024
     if small_enough and fmt in ("JPEG", "PNG"):
@@ -102,6 +116,23 @@ def prepare(data: bytes, *, max_pixels: int, short_side: int, label: str = "imag
     out = io.BytesIO()
     rgb.save(out, "JPEG", quality=92)
     return PreparedImage(content_hash(data), width, height, out.getvalue())
+
+
+def _ends_complete(data: bytes, fmt: str | None) -> bool:
+    """Whether the file reaches the end its format declares: catches downloads cut
+    short without decoding a pixel. Trailing padding after the end marker is tolerated."""
+    tail = data[-64:]
+    if fmt == "JPEG":
+        return b"\xff\xd9" in tail  # EOI; 0xFF is byte-stuffed inside entropy-coded data
+    if fmt == "PNG":
+        return b"IEND" in tail
+    if fmt == "GIF":
+        return data.rstrip(b"\0").endswith(b"\x3b")  # the trailer byte
+    if fmt == "WEBP":
+        return len(data) >= 8 + int.from_bytes(data[4:8], "little")  # RIFF size
+    if fmt == "BMP":
+        return len(data) >= int.from_bytes(data[2:6], "little")  # file size field
+    return False
 
 
 def thumbnail(data: bytes, *, max_pixels: int, max_side: int) -> bytes:

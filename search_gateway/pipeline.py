@@ -122,9 +122,11 @@ class SearchPipeline:
         # cannot queue the embed server full for everyone else.
         self.embed_slots = asyncio.Semaphore(max(1, settings.embed_concurrency * 2))
 
-    async def prepare_image(self, data: bytes, label: str) -> PreparedImage:
+    async def prepare_image(self, data: bytes, label: str, *, full_check: bool = True) -> PreparedImage:
         s = self.settings
-        return await asyncio.to_thread(prepare, data, max_pixels=s.max_pixels, short_side=s.embed_image_side, label=label)
+        return await asyncio.to_thread(
+            prepare, data, max_pixels=s.max_pixels, short_side=s.embed_image_side, label=label, full_check=full_check
+        )
 
     async def run(self, query: SearchQuery, emit: Emit | None = None) -> dict[str, Any]:
         """One search; returns the response body (without thumbnail links)."""
@@ -306,7 +308,7 @@ class _Run:
         self._span("download")
         try:
             data = await self.p.downloader.fetch(candidate.url, candidate.headers, timeout=max(0.01, self.remaining()))
-            image = await self.p.prepare_image(data, "candidate image")
+            image = await self.p.prepare_image(data, "candidate image", full_check=False)
         except DownloadFailed as exc:
             self._fail(exc.reason)
             return
@@ -432,7 +434,7 @@ class _Run:
                 data = self.keep.get(result["_sha256"])
                 if data is None:  # ranked from the cache: fetch it again
                     raw = await self.p.downloader.fetch(result["url"], result["_headers"], timeout=max(0.01, self.remaining()))
-                    data = (await self.p.prepare_image(raw, "candidate image")).embed_bytes
+                    data = (await self.p.prepare_image(raw, "candidate image", full_check=False)).embed_bytes
                 images.append(data)
             assert self.q.image is not None
             reply = await self.p.embed.cross_attention(

@@ -121,3 +121,16 @@ def test_embedding_cache_is_bounded_and_keyed_by_model_hash_and_url() -> None:
     now[0] += 11
     assert cache.by_hash("clip", "h3") is None  # expired
     assert lookups.count(True) == 1 and lookups.count(False) == 3
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP"])
+def test_candidates_pass_through_unless_cut_short(fmt: str) -> None:
+    from search_gateway.errors import TruncatedImage
+    from search_gateway.images import prepare
+    from tests.support.images import encode, noise_image
+
+    data = encode(noise_image(5, (120, 90)), fmt)
+    prepared = prepare(data, max_pixels=10**7, short_side=448, full_check=False)
+    assert prepared.embed_bytes is data and (prepared.width, prepared.height) == (120, 90)
+    with pytest.raises(TruncatedImage):
+        prepare(data[: len(data) * 3 // 4], max_pixels=10**7, short_side=448, full_check=False)
