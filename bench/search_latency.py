@@ -123,7 +123,7 @@ def gateway_runs(args: argparse.Namespace, urls: list[str], site_port: int) -> l
     embed_env = {"EMBED_MODELS": "clip", "EMBED_WEIGHTS": "random", "EMBED_ARCHITECTURE": args.architecture,
                  "EMBED_RUNTIME": args.runtime, "EMBED_PRECISION": args.precision, "EMBED_DEVICE": "cpu"}
     results = []
-    with tempfile.TemporaryDirectory() as tmp, embed_server_process(embed_env) as embed_target:
+    with tempfile.TemporaryDirectory() as tmp, embed_server_process(embed_env) as (embed_target, _embed_pid):
         catalog = Path(tmp) / "catalog.jsonl"
         catalog.write_text("".join(json.dumps({"url": u, "title": f"design {i}", "tags": ["tattoo"]}) + "\n"
                                    for i, u in enumerate(urls)))

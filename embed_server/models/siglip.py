@@ -28,6 +28,9 @@ CARD = ModelCard(
 # embedding, so the tokenizer always pads to this length.
 TEXT_LENGTH = 64
 
+# The offline vocabulary's special-token ids (see siglip_vocab), used whenever weights
+# are random and so come without SigLIP's own tokenizer files.
+_OFFLINE_TOKEN_IDS = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None}
 _TINY_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 TINY_CONFIG = {
     "vision_config": {**_TINY_TOWER, "image_size": 224, "patch_size": 16},
@@ -35,10 +38,7 @@ TINY_CONFIG = {
         **_TINY_TOWER,
         "vocab_size": 1000,
         "max_position_embeddings": TEXT_LENGTH,
-        # The ids of the offline vocabulary's special tokens (see siglip_vocab).
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": None,
+        **_OFFLINE_TOKEN_IDS,
     },
 }
 
@@ -72,7 +72,9 @@ class SiglipFamily:
     card = CARD
 
     def build_random(self, architecture: Architecture) -> Towers:
-        return _towers(SiglipModel(SiglipConfig(**TINY_CONFIG) if architecture == "tiny" else SiglipConfig()))
+        if architecture == "tiny":
+            return _towers(SiglipModel(SiglipConfig(**TINY_CONFIG)))
+        return _towers(SiglipModel(SiglipConfig(text_config=_OFFLINE_TOKEN_IDS)))
 
     def load_pretrained(self, folder: Path) -> Towers:
         return _towers(SiglipModel.from_pretrained(str(folder), local_files_only=True))

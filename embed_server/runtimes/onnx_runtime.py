@@ -3,6 +3,7 @@ when an export has to be made."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +24,41 @@ GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 
 
 def choose_providers(device: str) -> list[str]:
-    available = set(ort.get_available_providers())
+    """Providers to ask for, fastest first: those this build offers and that actually
+    load here. onnxruntime-gpu lists CUDA and TensorRT even where their libraries are
+    missing, then falls back to the CPU silently (pitfall 9), so each GPU provider is
+    tried on a one-node model first."""
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    chosen = [p for p in PROVIDER_PRIORITY if p in available]
+    available = set(ort.get_available_providers())
+    chosen = [p for p in PROVIDER_PRIORITY if p in available and (p not in GPU_PROVIDERS or _loads(p))]
     if device.startswith("cuda") and not GPU_PROVIDERS & set(chosen):
-        raise RuntimeError(f"EMBED_DEVICE={device} but this onnxruntime build has no GPU provider ({', '.join(sorted(available))})")
+        raise RuntimeError(
+            f"EMBED_DEVICE={device} but no GPU provider of ONNX Runtime loads here "
+            f"(offered: {', '.join(sorted(available))}); install the gpu extra and CUDA, or use EMBED_DEVICE=cpu"
+        )
     return chosen
+
+
+@functools.cache
+def _loads(provider: str) -> bool:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=[provider, "CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any failure means: not usable here
+        log.warning("ONNX Runtime provider %s does not load here: %s", provider, exc)
+        return False
+    usable = session.get_providers()[0] == provider
+    if not usable:
+        log.warning("ONNX Runtime provider %s is offered but falls back to the CPU here", provider)
+    return usable
 
 
 class OnnxRuntime:
