@@ -20,6 +20,12 @@ from search_gateway.errors import RateLimited, Unauthorized, UploadTooLarge, to_
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
+def _is_open(path: str) -> bool:
+    # The web page and its static files are public and cost nothing to serve: a browser
+    # loading them must not spend the quota its searches need.
+    return path in OPEN_PATHS or path == "/" or path.startswith("/static/")
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key == name:
@@ -44,7 +50,7 @@ class ApiKeyMiddleware:
         self.keys = tuple(k.encode() for k in keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or not self.keys or _is_open(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"x-api-key")
@@ -95,7 +101,7 @@ class RateLimitMiddleware:
         self.buckets = buckets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.buckets is None or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or self.buckets is None or _is_open(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         wait = self.buckets.take(client_key(scope))

@@ -19,7 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search_gateway import errors, routes
+from search_gateway import errors, routes, web
 from search_gateway.access import ApiKeyMiddleware, BodyLimitMiddleware, RateLimitMiddleware, TokenBuckets
 from search_gateway.backends import EmbedClient, ScraperClient, open_channel
 from search_gateway.cache import EmbeddingCache
@@ -149,6 +149,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         Route("/metrics", routes.metrics_text, methods=["GET"]),
         Route("/openapi.json", routes.openapi, methods=["GET"]),
         Route("/thumbnails/{token}", routes.thumbnail, methods=["GET"]),
+        *web.routes(),  # the search page at / and its files under /static
     ]
     buckets = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None
     # Outermost first: metrics see every answer, CORS headers go on errors too.

@@ -73,6 +73,10 @@ async def test_api_keys_rate_limit_and_cors(embed: BackgroundServer, site: Site)
             assert resp.status == 401
         async with http.get(f"{gw.url}/health") as resp:  # probes need no key
             assert resp.status == 200
+        for _ in range(4):  # the page and its files: no key, and no quota spent (burst is 2)
+            for path in ("/", "/static/app.js"):
+                async with http.get(f"{gw.url}{path}") as resp:
+                    assert resp.status == 200, path
         statuses = []
         for _ in range(3):
             async with http.get(f"{gw.url}/models", headers={"X-API-Key": "k2"}) as resp:

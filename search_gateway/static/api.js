@@ -1,0 +1,135 @@
+// Talking to the gateway: requests, the NDJSON progress stream, and errors in plain words.
+// Everything here is same-origin: the page is served by the gateway it calls.
+
+/** An error a person can read: `message` says what happened and what to do. */
+export class PlainError extends Error {
+  constructor(message, { detail = "", status = 0, code = "" } = {}) {
+    super(message);
+    this.name = "PlainError";
+    this.detail = detail;   // the gateway's own sentence, shown in smaller print
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const UNAVAILABLE = "The search service is unavailable right now. Please try again in a moment.";
+
+/** Turns a gateway error answer ({error, detail}) into a PlainError. */
+function plainError(status, body, retryAfter) {
+  const code = (body && body.error) || "";
+  const detail = (body && body.detail) || "";
+  const wait = retryAfter ? ` Wait ${retryAfter} s and try again.` : " Try again in a moment.";
+  const byCode = {
+    upload_too_large: "That image is too large. Please pick a smaller file (or save it at a lower quality).",
+    not_an_image: "That file is not an image. Please pick a JPEG, PNG, WebP or GIF picture.",
+    empty_image: "That file is empty. Please pick another picture.",
+    truncated_image: "That image looks damaged or incomplete. Please pick another picture.",
+    too_many_pixels: "That image has too many pixels. Please pick a smaller picture.",
+    bad_image: "That image could not be read. Please pick another picture.",
+    no_text_tower: "This model cannot search by text. Pick a model marked “text”, or search with an image.",
+    unknown_model: "That model is not available on this server. Please pick another one.",
+    rate_limited: "Too many searches at once." + wait,
+    unauthorized: "This server needs an API key, which this page cannot send.",
+    backend_unavailable: UNAVAILABLE,
+    download_failed: "The result's picture could not be downloaded from its site. It may have moved or been removed.",
+    url_refused: "The result's address is not allowed to be fetched by this server.",
+  };
+  let message = byCode[code];
+  if (!message) {
+    if (status === 413) message = byCode.upload_too_large;
+    else if (status === 415) message = byCode.not_an_image;
+    else if (status === 429) message = byCode.rate_limited;
+    else if (status >= 500) message = UNAVAILABLE;
+    else message = detail || `The request failed (HTTP ${status}).`;
+  }
+  return new PlainError(message, { detail: message === detail ? "" : detail, status, code });
+}
+
+async function readError(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON (a proxy's error page): the status alone has to do.
+  }
+  return plainError(response.status, body, response.headers.get("Retry-After"));
+}
+
+/** fetch() with network failures turned into plain words; aborts pass through. */
+async function send(url, init) {
+  let response;
+  try {
+    response = await fetch(url, init);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new PlainError(UNAVAILABLE, { detail: "The server could not be reached." });
+  }
+  if (!response.ok) throw await readError(response);
+  return response;
+}
+
+export async function listModels() {
+  const response = await send("/models", { headers: { Accept: "application/json" } });
+  return response.json();
+}
+
+function query(params) {
+  const q = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== "") q.set(key, String(value));
+  }
+  return q.toString();
+}
+
+/**
+ * Runs a streaming search. `onEvent` gets every progress event (caption, candidates,
+ * downloaded, ranked); the promise resolves with the final body, or rejects with a
+ * PlainError (or an AbortError when `signal` aborts).
+ */
+export async function streamSearch({ file, text, model, maxResults, attention }, onEvent, signal) {
+  const form = new FormData();
+  if (file) form.append("file", file, file.name || "query");
+  else form.append("text", text);
+  const params = { embedding_model: model, max_results: maxResults, include_patch_attention: attention && !!file };
+  const response = await send(`/search/stream?${query(params)}`, { method: "POST", body: form, signal });
+
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = "";
+  let final = null;
+  const handle = (line) => {
+    if (!line.trim()) return;
+    const event = JSON.parse(line);
+    if (event.event === "final") final = event;
+    else if (event.event === "error") throw plainError(event.status, event);
+    else onEvent(event);
+  };
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      let newline;
+      while ((newline = buffered.indexOf("\n")) >= 0) {
+        handle(buffered.slice(0, newline));
+        buffered = buffered.slice(newline + 1);
+      }
+    }
+    handle(buffered + decoder.decode());
+  } catch (err) {
+    if (err.name === "AbortError" || err instanceof PlainError) throw err;
+    // The connection broke mid-stream (server restarted, network gone).
+    throw new PlainError(UNAVAILABLE, { detail: "The search was interrupted." });
+  }
+  if (!final) throw new PlainError(UNAVAILABLE, { detail: "The search ended without an answer." });
+  return final;
+}
+
+/** The patch-attention analysis of one result against the query image. */
+export async function analyzeAttention({ file, candidateUrl, model }, signal) {
+  const form = new FormData();
+  form.append("query_file", file, file.name || "query");
+  const params = { candidate_url: candidateUrl, embedding_model: model, include_visualizations: true };
+  const response = await send(`/analyze-attention?${query(params)}`, { method: "POST", body: form, signal });
+  return response.json();
+}

@@ -1,0 +1,466 @@
+// The search page: picking the query, the streaming search with its progress bar,
+// the results grid and the attention view. No framework; the DOM is built with
+// textContent and attributes only (never innerHTML with data from the network).
+import { PlainError, analyzeAttention, listModels, streamSearch } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+const el = {
+  form: $("search-form"), file: $("file"), dropZone: $("drop-zone"), preview: $("preview"),
+  previewImg: $("preview-img"), previewName: $("preview-name"), clearFile: $("clear-file"),
+  text: $("text"), model: $("model"), modelInfo: $("model-info"), reloadModels: $("reload-models"),
+  maxResults: $("max-results"), attention: $("attention"), search: $("search"), cancel: $("cancel"),
+  progressPanel: $("progress-panel"), progress: $("progress"), caption: $("caption"), counts: $("counts"),
+  error: $("error"), resultsPanel: $("results-panel"), resultsHeading: $("results-heading"),
+  resultsSummary: $("results-summary"), results: $("results"), emptyHint: $("empty-hint"),
+  dialog: $("analysis"), dialogClose: $("analysis-close"), analysisStatus: $("analysis-status"),
+  analysisError: $("analysis-error"), analysisBody: $("analysis-body"), analysisSummary: $("analysis-summary"),
+  analysisSentence: $("analysis-sentence"), heatmap: $("analysis-heatmap"), lines: $("analysis-lines"),
+};
+
+const STATE_WORDS = { ready: "loaded", not_loaded: "loads on first use", loading: "loading", failed: "failed to load", unspecified: "state unknown" };
+const THUMB_SIZE = 320;
+const IMAGE_RETRY_MS = 1500;
+
+const state = {
+  file: null,            // the picked File
+  previewUrl: null,      // its blob: URL, revoked when replaced
+  models: [],            // GET /models answer
+  search: null,          // AbortController of the running search
+  last: null,            // {file, model} of the search whose results are shown (for Analyze)
+  analysis: null,        // AbortController of the running analysis
+  analyzeButton: null,   // where focus returns when the analysis closes
+  modelPicked: false,    // the person chose a model: reloading the list keeps it
+};
+
+// ---------- small helpers
+
+function make(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "className") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value === true ? "" : value);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+const percent = (x, digits = 1) => `${(Number(x) * 100).toFixed(digits)}%`;
+
+/** Only http(s) links from results are followed; anything else (javascript:, data:) is dropped. */
+function safeHttpUrl(raw) {
+  try {
+    const url = new URL(raw, window.location.href);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function showError(target, err) {
+  target.replaceChildren();
+  if (!err) {
+    target.hidden = true;
+    return;
+  }
+  const plain = err instanceof PlainError ? err : new PlainError(String(err.message || err));
+  target.append(make("p", { className: "error-message", text: plain.message }));
+  if (plain.detail) target.append(make("p", { className: "error-detail", text: `Details: ${plain.detail}` }));
+  target.hidden = false;
+}
+
+// ---------- the query image
+
+function setFile(file) {
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.file = file || null;
+  state.previewUrl = null;
+  showError(el.error, null);
+  if (!file) {
+    el.file.value = "";
+    el.preview.hidden = true;
+    el.clearFile.hidden = true;
+    el.previewImg.removeAttribute("src");
+    el.dropZone.classList.remove("has-file");
+    return;
+  }
+  state.previewUrl = URL.createObjectURL(file);
+  el.previewImg.hidden = false;
+  el.previewImg.src = state.previewUrl;
+  el.previewName.textContent = file.name || "Pasted image";
+  el.preview.hidden = false;
+  el.clearFile.hidden = false;
+  el.dropZone.classList.add("has-file");
+}
+
+el.previewImg.addEventListener("error", () => {
+  // Not something the browser can show (maybe not an image at all): the server will say.
+  if (!state.file) return;
+  el.previewImg.hidden = true;
+  el.previewName.textContent = `${state.file.name || "This file"} (no preview)`;
+});
+
+el.file.addEventListener("change", () => setFile(el.file.files[0]));
+el.clearFile.addEventListener("click", () => {
+  setFile(null);
+  el.file.focus();
+});
+
+for (const type of ["dragenter", "dragover"]) {
+  el.dropZone.addEventListener(type, (event) => {
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+    el.dropZone.classList.add("dragging");
+  });
+}
+el.dropZone.addEventListener("dragleave", (event) => {
+  if (!el.dropZone.contains(event.relatedTarget)) el.dropZone.classList.remove("dragging");
+});
+el.dropZone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  el.dropZone.classList.remove("dragging");
+  const files = event.dataTransfer.files;
+  if (!files.length) return;
+  try {
+    el.file.files = files;  // keep the input in step with what is shown
+  } catch {
+    // Old browsers cannot set input.files; state.file is what is sent anyway.
+  }
+  setFile(files[0]);
+});
+document.addEventListener("paste", (event) => {
+  const item = [...(event.clipboardData?.items || [])].find((i) => i.kind === "file" && i.type.startsWith("image/"));
+  if (item) setFile(item.getAsFile());
+});
+
+// ---------- models
+
+function selectedModel() {
+  return state.models.find((m) => m.name === el.model.value) || null;
+}
+
+function describeModel() {
+  const model = selectedModel();
+  el.modelInfo.replaceChildren();
+  if (!model) return;
+  const stateWord = STATE_WORDS[model.state] || model.state;
+  el.modelInfo.append(make("span", { className: `badge state-${model.state}`, text: stateWord }));
+  if (model.supports_text) el.modelInfo.append(make("span", { className: "badge", text: "text" }));
+  if (model.weights === "random") {
+    el.modelInfo.append(make("span", { className: "badge warning", text: "random weights" }),
+      make("span", { className: "hint", text: "A demo model: its scores do not measure similarity." }));
+  }
+  if (model.error) el.modelInfo.append(make("span", { className: "hint", text: model.error }));
+}
+
+async function loadModels() {
+  el.reloadModels.hidden = true;
+  el.modelInfo.textContent = "Loading the models…";
+  try {
+    const answer = await listModels();
+    state.models = answer.models || [];
+    const keep = el.model.value;
+    el.model.replaceChildren(...state.models.map((m) => {
+      const bits = [STATE_WORDS[m.state] || m.state];
+      if (m.weights === "random") bits.push("random weights");
+      if (m.supports_text) bits.push("text");
+      return make("option", { value: m.name, text: `${m.name} (${bits.join(", ")})` });
+    }));
+    const wanted = state.modelPicked && state.models.some((m) => m.name === keep) ? keep : answer.default_model;
+    if (state.models.some((m) => m.name === wanted)) el.model.value = wanted;
+    describeModel();
+  } catch (err) {
+    el.modelInfo.textContent = "";
+    el.modelInfo.append(make("span", { className: "badge warning", text: "models unknown" }),
+      make("span", { className: "hint", text: ` ${err.message || err}` }));
+    el.reloadModels.hidden = false;
+  }
+}
+
+el.model.addEventListener("change", () => {
+  state.modelPicked = true;
+  describeModel();
+});
+el.reloadModels.addEventListener("click", loadModels);
+
+// ---------- the search and its progress
+
+function setSearching(on) {
+  el.search.disabled = on;
+  el.cancel.disabled = !on;
+  el.resultsPanel.setAttribute("aria-busy", on ? "true" : "false");
+  el.search.textContent = on ? "Searching…" : "Search";
+}
+
+function progressTracker() {
+  const p = { caption: false, found: 0, downloaded: 0, failed: 0, ranked: 0 };
+  const setValue = (value) => {
+    const v = Math.max(Number(el.progress.value) || 0, Math.min(100, Math.round(value)));
+    el.progress.value = v;
+  };
+  const counts = () => {
+    el.counts.textContent =
+      `Found ${p.found} · downloaded ${p.downloaded}` + (p.failed ? ` (${p.failed} failed)` : "") + ` · ranked ${p.ranked}`;
+  };
+  return (event) => {
+    switch (event.event) {
+      case "caption":
+        p.caption = true;
+        el.caption.textContent = `Looking for: “${event.caption}”`;
+        break;
+      case "candidates":
+        p.found = event.found;
+        break;
+      case "downloaded":
+        p.downloaded = event.downloaded;
+        p.failed = event.failed;
+        break;
+      case "ranked":
+        p.ranked = event.ranked;
+        break;
+      default:
+        return;
+    }
+    // 10% for the caption, the rest shared by downloads settled and candidates ranked;
+    // the total is unknown while candidates keep coming, so the bar never goes back.
+    let value = p.caption ? 10 : 3;
+    if (p.found > 0) {
+      const settled = Math.min(1, (p.downloaded + p.failed) / p.found);
+      const ranked = Math.min(1, p.ranked / p.found);
+      value = 10 + 85 * (0.5 * settled + 0.5 * ranked);
+    }
+    setValue(Math.min(95, value));
+    counts();
+  };
+}
+
+async function runSearch() {
+  showError(el.error, null);
+  const text = el.text.value.trim();
+  const file = state.file;
+  const model = el.model.value;
+  const maxResults = Number(el.maxResults.value);
+  if (!file && !text) {
+    showError(el.error, new PlainError("Pick an image (or type a few words) to search with."));
+    el.file.focus();
+    return;
+  }
+  if (!Number.isInteger(maxResults) || maxResults < 1 || maxResults > 100) {
+    showError(el.error, new PlainError("The number of results must be a whole number from 1 to 100."));
+    el.maxResults.focus();
+    return;
+  }
+  const described = selectedModel();
+  if (!file && described && !described.supports_text) {
+    showError(el.error, new PlainError(`The ${model} model cannot search by text. Pick a model marked “text”, or search with an image.`));
+    el.model.focus();
+    return;
+  }
+
+  const controller = new AbortController();
+  state.search = controller;
+  setSearching(true);
+  el.progressPanel.hidden = false;
+  el.progress.value = 0;
+  el.caption.textContent = file ? "Reading your image…" : `Looking for: “${text}”`;
+  el.counts.textContent = "Starting the search…";
+  el.results.replaceChildren();
+  el.resultsSummary.replaceChildren();
+  el.resultsPanel.classList.remove("partial");
+  el.emptyHint.hidden = true;
+
+  try {
+    const body = await streamSearch({ file, text, model, maxResults, attention: el.attention.checked },
+      progressTracker(), controller.signal);
+    el.progress.value = 100;
+    state.last = { file, model: body.embedding_model || model };
+    const s = body.stats || {};
+    const seconds = body.timings?.total_ms ? ` in ${(body.timings.total_ms / 1000).toFixed(1)} s` : "";
+    el.caption.textContent = `Looked for: “${body.caption}”`;
+    el.counts.textContent = `Done${seconds}: found ${s.candidates_found ?? 0} · downloaded ${s.downloaded ?? 0}` +
+      (s.failed ? ` (${s.failed} failed)` : "") + ` · ranked ${s.ranked ?? 0}`;
+    renderResults(body);
+  } catch (err) {
+    if (err.name === "AbortError") {
+      el.counts.textContent = "Search cancelled.";
+      el.emptyHint.hidden = false;
+    } else {
+      el.counts.textContent = "The search did not finish.";
+      showError(el.error, err);
+    }
+  } finally {
+    if (state.search === controller) state.search = null;
+    setSearching(false);
+  }
+}
+
+el.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!state.search) runSearch();
+});
+el.cancel.addEventListener("click", () => {
+  state.search?.abort();
+  el.search.focus();
+});
+
+// ---------- results
+
+function thumbnail(result, index) {
+  const alt = result.title ? `Result ${index + 1}: ${result.title}` : `Result ${index + 1}`;
+  const holder = make("div", { className: "thumb" });
+  if (!result.thumbnail_url) {
+    holder.append(placeholder());
+    return holder;
+  }
+  const src = `${result.thumbnail_url}?size=${THUMB_SIZE}`;
+  const img = make("img", { src, alt, loading: "lazy", decoding: "async" });
+  let retried = false;
+  img.addEventListener("error", () => {
+    if (!retried) {
+      // One more try: the site may have been slow, or the rate limit hit by many thumbnails at once.
+      retried = true;
+      setTimeout(() => { img.src = `${src}&retry=1`; }, IMAGE_RETRY_MS);
+      return;
+    }
+    holder.replaceChildren(placeholder());
+    holder.closest(".card")?.classList.add("broken");
+  });
+  holder.append(img);
+  return holder;
+}
+
+function placeholder() {
+  return make("div", { className: "placeholder", role: "img", "aria-label": "Image unavailable" },
+    make("span", { className: "placeholder-icon", "aria-hidden": "true" }),
+    make("span", { className: "placeholder-text", text: "Image unavailable" }));
+}
+
+function card(result, index, canAnalyze) {
+  const title = result.title || `Result ${index + 1}`;
+  const source = safeHttpUrl(result.source_url) || safeHttpUrl(result.url);
+  const actions = make("div", { className: "card-actions" });
+  if (source) {
+    actions.append(make("a", { href: source, target: "_blank", rel: "noopener noreferrer", className: "source-link" },
+      "Source page", make("span", { className: "visually-hidden", text: ` of result ${index + 1} (opens in a new tab)` })));
+  }
+  if (canAnalyze) {
+    const button = make("button", { type: "button", className: "analyze" },
+      "Analyze", make("span", { className: "visually-hidden", text: ` result ${index + 1}` }));
+    button.addEventListener("click", () => openAnalysis(result, index, button));
+    actions.append(button);
+  }
+  const pa = result.patch_attention;
+  const patches = pa?.attention_summary
+    ? make("p", { className: "patches", text: `Patches: ${percent(pa.attention_summary.strong_match_ratio, 0)} strong matches` })
+    : null;
+  return make("li", { className: "card", dataset: { score: String(result.score) } },
+    thumbnail(result, index),
+    make("div", { className: "card-body" },
+      make("p", { className: "score" },
+        make("span", { className: "score-value", text: percent(result.score) }), " similar"),
+      make("p", { className: "meta" },
+        make("span", { className: "platform", text: result.platform || "web" }),
+        make("span", { className: "card-title", text: title })),
+      patches,
+      actions));
+}
+
+function renderResults(body) {
+  const results = body.results || [];
+  const random = body.embedding_weights === "random";
+  const canAnalyze = Boolean(state.last?.file);
+  el.resultsPanel.classList.toggle("partial", Boolean(body.partial));
+
+  const summary = [make("p", {
+    text: results.length
+      ? `${results.length} design${results.length === 1 ? "" : "s"} for “${body.caption}”, ranked with ${body.embedding_model}.`
+      : `No designs were found for “${body.caption}”. Try another picture or other words.`,
+  })];
+  if (body.partial) {
+    summary.push(make("p", { className: "notice partial-notice" },
+      make("span", { className: "badge warning", text: "partial" }),
+      " The time limit ran out (or a service failed) before every candidate was ranked: these are the best found so far."));
+  }
+  if (random) {
+    summary.push(make("p", { className: "notice" },
+      make("span", { className: "badge warning", text: "random weights" }),
+      " The model runs with random weights (a demo), so these scores do not measure similarity."));
+  }
+  if (!canAnalyze && results.length) {
+    summary.push(make("p", { className: "hint", text: "Analyze needs an image query; it is not offered for text searches." }));
+  }
+  el.resultsSummary.replaceChildren(...summary);
+  el.results.replaceChildren(...results.map((r, i) => card(r, i, canAnalyze)));
+  el.emptyHint.hidden = results.length > 0;
+}
+
+// ---------- the attention view
+
+function summaryRow(term, value) {
+  return [make("dt", { text: term }), make("dd", { text: value })];
+}
+
+function waitForImage(img, src) {
+  return new Promise((resolve, reject) => {
+    img.onload = () => resolve();
+    img.onerror = () => reject(new PlainError("A picture of the analysis could not be shown."));
+    img.src = src;
+  });
+}
+
+async function openAnalysis(result, index, button) {
+  state.analysis?.abort();
+  const controller = new AbortController();
+  state.analysis = controller;
+  state.analyzeButton = button;
+  el.analysisBody.hidden = true;
+  showError(el.analysisError, null);
+  el.heatmap.removeAttribute("src");
+  el.lines.removeAttribute("src");
+  el.analysisStatus.textContent = `Comparing your image with result ${index + 1}…`;
+  if (!el.dialog.open) el.dialog.showModal();
+  el.dialogClose.focus();
+  try {
+    const answer = await analyzeAttention(
+      { file: state.last.file, candidateUrl: result.url, model: state.last.model }, controller.signal);
+    const sim = answer.similarity_analysis || {};
+    const grid = (g) => (Array.isArray(g) ? `${g[0]} × ${g[1]}` : "–");
+    el.analysisSummary.replaceChildren(
+      ...summaryRow("Whole-image similarity", percent(sim.global_similarity)),
+      ...summaryRow("Mean over all patch pairs", percent(sim.overall_similarity)),
+      ...summaryRow("Average best patch match", percent(sim.mean_max_similarity)),
+      ...summaryRow("Patches with a strong match", percent(sim.strong_match_ratio, 0)),
+      ...summaryRow("Patch grids (yours, result)", `${grid(answer.query_grid)}, ${grid(answer.candidate_grid)}`),
+      ...summaryRow("Model", answer.embedding_model));
+    el.analysisSentence.textContent =
+      `${percent(sim.strong_match_ratio, 0)} of your image's patches have a strong match in result ${index + 1}; ` +
+      `its best-matching patch reaches ${percent(sim.max_similarity, 0)}.`;
+    const pictures = answer.visualizations || {};
+    el.analysisBody.hidden = false;
+    await Promise.all([waitForImage(el.heatmap, pictures.attention_heatmap), waitForImage(el.lines, pictures.top_correspondences)]);
+    if (state.analysis === controller) el.analysisStatus.textContent = `Result ${index + 1} compared with your image.`;
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    el.analysisStatus.textContent = "";
+    showError(el.analysisError, err);
+  } finally {
+    if (state.analysis === controller) state.analysis = null;
+  }
+}
+
+el.dialogClose.addEventListener("click", () => el.dialog.close());
+el.dialog.addEventListener("close", () => {
+  state.analysis?.abort();
+  state.analyzeButton?.focus();
+});
+// A click on the backdrop (outside the dialog's box) closes it too.
+el.dialog.addEventListener("click", (event) => {
+  if (event.target === el.dialog) {
+    const box = el.dialog.getBoundingClientRect();
+    const inside = event.clientX >= box.left && event.clientX <= box.right && event.clientY >= box.top && event.clientY <= box.bottom;
+    if (!inside) el.dialog.close();
+  }
+});
+
+loadModels();
