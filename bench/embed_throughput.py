@@ -31,8 +31,8 @@ from bench.common import embed_server_process, machine_line, rss_mb
 from embed_server.config import MODEL_NAMES, EmbedSettings
 from embed_server.images import decode_image
 from embed_server.model_pool import ServedModel
-from embed_server.models import FAMILIES
-from embed_server.server import configure_torch_threads
+from embed_server.models import CARDS
+from embed_server.runtimes.torch_runtime import configure_torch_threads
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 from tests.support.images import jpeg
 
@@ -54,7 +54,7 @@ def _server_env(variant: str, **extra: str) -> dict[str, str]:
 
 
 def _photos(name: str, count: int) -> np.ndarray:
-    card = FAMILIES[name].card
+    card = CARDS[name]
     return np.stack([card.preprocess(decode_image(jpeg(seed, (640, 480)), 10**8)) for seed in range(count)])
 
 
@@ -68,7 +68,7 @@ def raw_section(models: list[str], variants: list[str], batches: list[int], min_
     print("|---|---|" + "---|" * len(batches))
     for name in models:
         probe = _photos(name, 16)
-        runtimes = {v: ServedModel(FAMILIES[name], _settings(v))._build()[1] for v in variants}
+        runtimes = {v: ServedModel(CARDS[name], _settings(v))._build()[1] for v in variants}
         for variant in variants:
             results[(name, variant)] = {}
         for batch in batches:

@@ -21,7 +21,7 @@ def main() -> int:
         return 2
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s %(message)s")
     from embed_server.model_pool import ServedModel
-    from embed_server.models import FAMILIES
+    from embed_server.models import CARDS
     from embed_server.runtimes.factory import resolve_runtime
 
     if resolve_runtime(settings) != "onnx":
@@ -30,7 +30,7 @@ def main() -> int:
     failed = 0
     for name in settings.models:
         try:
-            _, runtime = ServedModel(FAMILIES[name], settings)._build()
+            _, runtime = ServedModel(CARDS[name], settings)._build()
         except Exception as exc:  # noqa: BLE001 - report every model, then fail
             failed += 1
             print(f"{name}: FAILED: {exc}", file=sys.stderr)

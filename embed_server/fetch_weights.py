@@ -18,7 +18,7 @@ from pathlib import Path  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     from embed_server.config import MODEL_NAMES
-    from embed_server.models import FAMILIES
+    from embed_server.models import CARDS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, required=True, help="folder to fill (EMBED_WEIGHTS_DIR)")
@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from huggingface_hub import snapshot_download
 
     for name in (n.strip() for n in args.models.split(",") if n.strip()):
-        if name not in FAMILIES:
+        if name not in CARDS:
             parser.error(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-        card = FAMILIES[name].card
+        card = CARDS[name]
         target = args.dir / name
         print(f"{name}: {card.pretrained_id} -> {target}", flush=True)
         # Some of these repositories (DINOv3) are gated: set HF_TOKEN after accepting

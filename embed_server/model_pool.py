@@ -15,19 +15,22 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from embed_server.batching import DynamicBatcher
 from embed_server.config import EmbedSettings
 from embed_server.errors import ModelFailed, NoTextTower, UnknownModel
-from embed_server.models import FAMILIES, ModelCard, ModelFamily, Tokenizer, Towers
-from embed_server.models.base import fingerprint_files
-from embed_server.models.weights import locate_pretrained
+from embed_server.models import CARDS, ModelCard, Tokenizer, family
+from embed_server.models.tokenizers import load_tokenizer
+from embed_server.models.weights import fingerprint_files, locate_pretrained
 from embed_server.runtimes.base import Runtime
 from embed_server.runtimes.factory import create_runtime
+
+if TYPE_CHECKING:
+    from embed_server.models.base import Towers
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +74,8 @@ class LoadedModel:
 
 
 class ServedModel:
-    def __init__(self, family: ModelFamily, settings: EmbedSettings) -> None:
-        self.family = family
-        self.card: ModelCard = family.card
+    def __init__(self, card: ModelCard, settings: EmbedSettings) -> None:
+        self.card = card
         self.settings = settings
         self.state = ModelState.NOT_LOADED
         self.error = ""
@@ -129,23 +131,28 @@ class ServedModel:
         return self.loaded
 
     def _build(self) -> tuple[ModelDescription, Runtime]:
-        settings, family, card = self.settings, self.family, self.card
+        settings, card = self.settings, self.card
         folder: Path | None = None
         if settings.weights == "random":
             fingerprint = f"random-{settings.architecture}-seed{settings.seed}"
-
-            def build_towers() -> Towers:
-                with _RANDOM_BUILD_LOCK:
-                    torch.manual_seed(settings.seed + zlib.crc32(card.name.encode()))
-                    return family.build_random(settings.architecture)  # type: ignore[arg-type]
         else:
             folder = locate_pretrained(card, settings.weights_dir)
             fingerprint = fingerprint_files(folder)
 
-            def build_towers() -> Towers:
-                return family.load_pretrained(folder)  # type: ignore[arg-type]
+        def build_towers() -> Towers:
+            # The only place torch is needed: a torch runtime, or an export to make.
+            import torch
 
-        tokenizer = family.tokenizer(folder)
+            from embed_server.runtimes.torch_runtime import configure_torch_threads
+
+            configure_torch_threads(settings.threads)
+            if folder is not None:
+                return family(card.name).load_pretrained(folder)
+            with _RANDOM_BUILD_LOCK:
+                torch.manual_seed(settings.seed + zlib.crc32(card.name.encode()))
+                return family(card.name).build_random(settings.architecture)
+
+        tokenizer = load_tokenizer(card, folder)
         text_length = int(tokenizer(["probe"]).shape[1]) if tokenizer is not None else 0
         # The torch modules are built inside the runtime only if it needs them: an ONNX
         # runtime with a warm export cache never builds them.
@@ -196,7 +203,7 @@ class ModelPool:
 
     def __init__(self, settings: EmbedSettings) -> None:
         self.settings = settings
-        self.models = {name: ServedModel(FAMILIES[name], settings) for name in settings.models}
+        self.models = {name: ServedModel(CARDS[name], settings) for name in settings.models}
 
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name.strip().lower())

@@ -7,7 +7,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -42,20 +41,9 @@ class EmbedServer:
         await self.grpc_server.wait_for_termination()
 
 
-def configure_torch_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-    try:
-        # Inter-op parallelism only oversubscribes the cores the intra-op pool already
-        # uses; forward passes of different models run on their own threads anyway.
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # already set, or parallel work has started: keep what is there
-
-
 async def create_server(settings: EmbedSettings) -> tuple[EmbedServer, int]:
     """Bind, start and begin warming the models. Returns the server and its port
     (useful with EMBED_PORT=0)."""
-    configure_torch_threads(settings.threads)
     pool = ModelPool(settings)
     decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
     grpc_server = grpc.aio.server(

@@ -1,7 +1,13 @@
-"""The model registry: every family by its public name."""
+"""The model registry: each public name's card, and its family loaded on demand.
+
+Cards and tokenizers are torch-free; a family (the torch code that builds or loads a
+model) is imported only when a model must be built, for the torch runtime or for an
+ONNX export that is not cached yet.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 
 # Never reach for the network: the server loads weights from local folders only, and a
@@ -9,17 +15,22 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from embed_server.models.base import ModelCard, ModelFamily, Tokenizer, Towers  # noqa: E402
-from embed_server.models.clip import ClipFamily  # noqa: E402
-from embed_server.models.dino import DINOV2, DINOV2_REG, DINOV3  # noqa: E402
-from embed_server.models.siglip import SiglipFamily  # noqa: E402
+from embed_server.models.cards import CARDS, ModelCard, Tokenizer  # noqa: E402
 
-FAMILIES: dict[str, ModelFamily] = {
-    "clip": ClipFamily(),
-    "dinov2": DINOV2,
-    "dinov2-reg": DINOV2_REG,
-    "dinov3": DINOV3,
-    "siglip": SiglipFamily(),
+_FAMILIES = {
+    "clip": ("embed_server.models.clip", "ClipFamily"),
+    "dinov2": ("embed_server.models.dino", "DINOV2"),
+    "dinov2-reg": ("embed_server.models.dino", "DINOV2_REG"),
+    "dinov3": ("embed_server.models.dino", "DINOV3"),
+    "siglip": ("embed_server.models.siglip", "SiglipFamily"),
 }
 
-__all__ = ["FAMILIES", "ModelCard", "ModelFamily", "Tokenizer", "Towers"]
+
+def family(name: str):  # type: ignore[no-untyped-def]  # -> ModelFamily (torch-typed, see base)
+    """The family that builds model `name` (imports torch)."""
+    module, attribute = _FAMILIES[name]
+    found = getattr(importlib.import_module(module), attribute)
+    return found() if isinstance(found, type) else found
+
+
+__all__ = ["CARDS", "ModelCard", "Tokenizer", "family"]

@@ -12,42 +12,14 @@ one) with a fixed contract, independent of the runtime that will execute it:
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
-from embed_server.preprocess import Preprocess
-
-WeightsKind = Literal["pretrained", "random"]
-Architecture = Literal["full", "tiny"]
-Tokenizer = Callable[[list[str]], np.ndarray]
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """Static facts about a family, known before anything is built."""
-
-    name: str
-    architecture: str
-    pretrained_id: str
-    patch_size: int
-    preprocess: Preprocess
-    supports_text: bool
-    # Dimensions of the full-size architecture (ListModels reports these before a
-    # model is loaded; a loaded model reports its own).
-    global_dim: int
-    patch_dim: int
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.preprocess.image_size // self.patch_size
-        return side, side
+from embed_server.models.cards import Architecture, ModelCard
 
 
 @dataclass
@@ -76,29 +48,8 @@ class ModelFamily(Protocol):
         """Weights and configuration from a local folder, never the network."""
         ...
 
-    def tokenizer(self, folder: Path | None) -> Tokenizer | None:
-        """The text tokenizer: from the weights folder, or one that works without it
-        (folder None, random weights); None for families without a text tower."""
-        ...
-
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
     # An explicit formula rather than F.normalize: it exports to the same few ONNX ops
     # under every exporter, and the epsilon keeps an all-zero row finite.
     return x / torch.clamp(torch.linalg.vector_norm(x, dim=-1, keepdim=True), min=1e-12)
-
-
-def fingerprint_files(folder: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth")) -> str:
-    """Hash of a checkpoint's weight files (name, size and first/last MiB): cheap, and
-    changes whenever a different checkpoint is put in the folder."""
-    digest = hashlib.sha256()
-    files = sorted(path for pattern in patterns for path in folder.glob(pattern))
-    for path in files:
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            if size > 2 << 20:
-                handle.seek(-(1 << 20), 2)
-                digest.update(handle.read())
-    return "pretrained-" + digest.hexdigest()[:16]

@@ -6,24 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import open_clip
 import torch
 from torch import nn
 
-from embed_server.models.base import Architecture, ModelCard, Tokenizer, Towers, l2_normalise
-from embed_server.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocess
+from embed_server.models.base import Towers, l2_normalise
+from embed_server.models.cards import CARDS, Architecture
+from embed_server.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-CARD = ModelCard(
-    name="clip",
-    architecture="open_clip ViT-B-32",
-    pretrained_id="timm/vit_base_patch32_clip_224.openai",
-    patch_size=32,
-    preprocess=Preprocess(224, "shortest_side_then_crop", 224, "bicubic", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    supports_text=True,
-    global_dim=512,
-    patch_dim=512,
-)
+CARD = CARDS["clip"]
 
 # Same classes and patch grid as ViT-B-32, a fraction of the width and depth. The text
 # vocabulary stays full size because the bundled tokenizer emits ids up to 49407.
@@ -73,16 +64,6 @@ class ClipFamily:
 
     def load_pretrained(self, folder: Path) -> Towers:
         return _towers(open_clip.create_model(f"local-dir:{folder}", load_weights=True, require_pretrained=True))
-
-    def tokenizer(self, folder: Path | None) -> Tokenizer:
-        # open_clip ships the BPE vocabulary of OpenAI's tokenizer: works offline, and
-        # the same for every checkpoint of this architecture.
-        tokenize = open_clip.tokenizer.SimpleTokenizer(context_length=77)
-
-        def run(texts: list[str]) -> np.ndarray:
-            return tokenize(texts).numpy().astype(np.int64)
-
-        return run
 
 
 def save_in_open_clip_format(model: open_clip.CLIP, config: dict[str, Any], folder: Path) -> None:

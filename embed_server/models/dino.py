@@ -24,14 +24,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from embed_server.models.base import Architecture, ModelCard, Tokenizer, Towers, l2_normalise
-from embed_server.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-
-# DINOv2's reference transform: short side to 256, centre crop 224, bicubic, ImageNet
-# statistics. (transformers' BitImageProcessor defaults to CLIP's statistics: we set ours.)
-_DINOV2_PREPROCESS = Preprocess(224, "shortest_side_then_crop", 256, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
-# DINOv3's processor resizes straight to 224x224, bilinear, ImageNet statistics.
-_DINOV3_PREPROCESS = Preprocess(224, "squash", 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+from embed_server.models.base import Towers, l2_normalise
+from embed_server.models.cards import CARDS, Architecture, ModelCard
 
 _TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
 
@@ -62,12 +56,40 @@ class DinoFamily:
     def load_pretrained(self, folder: Path) -> Towers:
         return self._towers(self.model_class.from_pretrained(str(folder), local_files_only=True))
 
-    def tokenizer(self, folder: Path | None) -> Tokenizer | None:
-        return None
-
     def _towers(self, model: PreTrainedModel) -> Towers:
+        _bake_position_embeddings(model, self.card.preprocess.image_size)
         prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
         return Towers(image=DinoImageTower(model, prefix))
+
+
+def _bake_position_embeddings(model: PreTrainedModel, image_size: int) -> None:
+    """Interpolate DINOv2's position embeddings to the served size once, not per batch.
+
+    The checkpoints hold embeddings for 518 px (a 37x37 grid); every forward pass at
+    224 px resamples them to 16x16 with antialiased bicubic interpolation. Inputs here
+    are always image_size square, so the result is a constant: computing it once saves
+    that work in every pass, and it is what lets the TorchScript exporter handle
+    DINOv2 with registers, whose antialiased resampling it cannot express (the dynamo
+    exporter could, but ONNX Runtime ran its graph markedly slower). Other sizes still
+    take the original path. The values are identical, so parity with the library holds.
+    """
+    embeddings = getattr(model, "embeddings", None)
+    original = getattr(embeddings, "interpolate_pos_encoding", None)
+    if embeddings is None or original is None:
+        return  # DINOv3: rotary position embeddings, nothing to interpolate
+    patches = (image_size // model.config.patch_size) ** 2
+    tokens = torch.zeros(1, 1 + patches, model.config.hidden_size)
+    with torch.no_grad():
+        baked = original(tokens, image_size, image_size).detach().clone()
+    # A buffer follows the module to other devices and dtypes (fp16 on GPUs).
+    embeddings.register_buffer("baked_position_embeddings", baked, persistent=False)
+
+    def interpolate(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if height == image_size and width == image_size:
+            return embeddings.baked_position_embeddings
+        return original(tokens, height, width)
+
+    embeddings.interpolate_pos_encoding = interpolate
 
 
 _DINOV2_BASE = {
@@ -82,7 +104,7 @@ _DINOV2_BASE = {
 }
 
 DINOV2 = DinoFamily(
-    card=ModelCard("dinov2", "DINOv2 ViT-B/14", "facebook/dinov2-base", 14, _DINOV2_PREPROCESS, False, 768, 768),
+    card=CARDS["dinov2"],
     model_class=Dinov2Model,
     config_class=Dinov2Config,
     full_config=_DINOV2_BASE,
@@ -90,16 +112,7 @@ DINOV2 = DinoFamily(
 )
 
 DINOV2_REG = DinoFamily(
-    card=ModelCard(
-        "dinov2-reg",
-        "DINOv2 ViT-B/14 with 4 registers",
-        "facebook/dinov2-with-registers-base",
-        14,
-        _DINOV2_PREPROCESS,
-        False,
-        768,
-        768,
-    ),
+    card=CARDS["dinov2-reg"],
     model_class=Dinov2WithRegistersModel,
     config_class=Dinov2WithRegistersConfig,
     full_config={**_DINOV2_BASE, "num_register_tokens": 4},
@@ -117,16 +130,7 @@ _DINOV3_SMALL = {
 }
 
 DINOV3 = DinoFamily(
-    card=ModelCard(
-        "dinov3",
-        "DINOv3 ViT-S/16 with 4 registers",
-        "facebook/dinov3-vits16-pretrain-lvd1689m",
-        16,
-        _DINOV3_PREPROCESS,
-        False,
-        384,
-        384,
-    ),
+    card=CARDS["dinov3"],
     model_class=DINOv3ViTModel,
     config_class=DINOv3ViTConfig,
     full_config=_DINOV3_SMALL,

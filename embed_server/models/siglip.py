@@ -4,29 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+from transformers import SiglipConfig, SiglipModel
 
-from embed_server.models.base import Architecture, ModelCard, Tokenizer, Towers, l2_normalise
-from embed_server.models.siglip_vocab import offline_tokenizer
-from embed_server.preprocess import HALF, Preprocess
+from embed_server.models.base import Towers, l2_normalise
+from embed_server.models.cards import CARDS, Architecture
+from embed_server.models.tokenizers import SIGLIP_TEXT_LENGTH
 
-CARD = ModelCard(
-    name="siglip",
-    architecture="SigLIP base patch16-224",
-    pretrained_id="google/siglip-base-patch16-224",
-    patch_size=16,
-    preprocess=Preprocess(224, "squash", 224, "bicubic", HALF, HALF),
-    supports_text=True,
-    global_dim=768,
-    patch_dim=768,
-)
+CARD = CARDS["siglip"]
 
-# SigLIP was trained on text padded to exactly 64 tokens: shorter padding changes the
-# embedding, so the tokenizer always pads to this length.
-TEXT_LENGTH = 64
 
 # The offline vocabulary's special-token ids (see siglip_vocab), used whenever weights
 # are random and so come without SigLIP's own tokenizer files.
@@ -37,7 +24,7 @@ TINY_CONFIG = {
     "text_config": {
         **_TINY_TOWER,
         "vocab_size": 1000,
-        "max_position_embeddings": TEXT_LENGTH,
+        "max_position_embeddings": SIGLIP_TEXT_LENGTH,
         **_OFFLINE_TOKEN_IDS,
     },
 }
@@ -78,17 +65,3 @@ class SiglipFamily:
 
     def load_pretrained(self, folder: Path) -> Towers:
         return _towers(SiglipModel.from_pretrained(str(folder), local_files_only=True))
-
-    def tokenizer(self, folder: Path | None) -> Tokenizer:
-        if folder is None:
-            tokenizer = offline_tokenizer()
-        else:
-            tokenizer = SiglipTokenizer.from_pretrained(str(folder), local_files_only=True)
-
-        def run(texts: list[str]) -> np.ndarray:
-            encoded = tokenizer(
-                texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="np"
-            )
-            return encoded["input_ids"].astype(np.int64)
-
-        return run

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from embed_server.errors import WeightsNotFound
-from embed_server.models.base import ModelCard
+from embed_server.models.cards import ModelCard
 
 FETCH_COMMAND = "python -m embed_server.fetch_weights --dir DIR"
 
@@ -28,3 +29,19 @@ def locate_pretrained(card: ModelCard, weights_dir: Path | None) -> Path:
             f"`{FETCH_COMMAND}`, copy DIR here and set EMBED_WEIGHTS_DIR=DIR; or start with "
             f"EMBED_WEIGHTS=random for a demo with meaningless vectors."
         ) from None
+
+
+def fingerprint_files(folder: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth")) -> str:
+    """Hash of a checkpoint's weight files (name, size and first/last MiB): cheap, and
+    changes whenever a different checkpoint is put in the folder."""
+    digest = hashlib.sha256()
+    files = sorted(path for pattern in patterns for path in folder.glob(pattern))
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), 2)
+                digest.update(handle.read())
+    return "pretrained-" + digest.hexdigest()[:16]

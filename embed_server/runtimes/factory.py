@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from embed_server.config import EmbedSettings
-from embed_server.models.base import ModelCard, Towers
+from embed_server.models.cards import ModelCard
 from embed_server.runtimes.base import Runtime
+
+if TYPE_CHECKING:
+    from embed_server.models.base import Towers
 
 
 def resolve_runtime(settings: EmbedSettings) -> str:

@@ -20,14 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
 # Bump when the exported graphs change meaning (inputs, outputs, wrappers).
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 
 IMAGE_INPUTS = ("pixels",)
 IMAGE_OUTPUTS = ("image_embedding", "patch_tokens")  # not "embedding": see pitfall 4
@@ -100,25 +102,31 @@ class ExportCache:
 
 
 def export_image_tower(tower: nn.Module, image_size: int, target: Path) -> None:
+    import torch
+
     example = (torch.zeros(2, 3, image_size, image_size),)
     _export(tower, example, IMAGE_INPUTS, IMAGE_OUTPUTS, target)
 
 
 def export_text_tower(tower: nn.Module, text_length: int, target: Path) -> None:
+    import torch
+
     example = (torch.ones(2, text_length, dtype=torch.int64),)
     _export(tower, example, TEXT_INPUTS, TEXT_OUTPUTS, target)
 
 
 def _export(
-    module: nn.Module, example: tuple[torch.Tensor, ...], inputs: tuple[str, ...], outputs: tuple[str, ...], target: Path
+    module: nn.Module, example: tuple, inputs: tuple[str, ...], outputs: tuple[str, ...], target: Path  # type: ignore[type-arg]
 ) -> None:
     with _EXPORT_LOCK:
         _export_unlocked(module, example, inputs, outputs, target)
 
 
 def _export_unlocked(
-    module: nn.Module, example: tuple[torch.Tensor, ...], inputs: tuple[str, ...], outputs: tuple[str, ...], target: Path
+    module: nn.Module, example: tuple, inputs: tuple[str, ...], outputs: tuple[str, ...], target: Path  # type: ignore[type-arg]
 ) -> None:
+    import torch
+
     module.eval()
     dynamic_axes = {name: {0: "batch"} for name in (*inputs, *outputs)}
     try:

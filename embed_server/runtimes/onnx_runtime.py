@@ -7,14 +7,17 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
-from embed_server.models.base import ModelCard, Towers
+from embed_server.models.cards import ModelCard
 from embed_server.runtimes import onnx_export
 from embed_server.runtimes.onnx_export import ExportCache, ExportKey
+
+if TYPE_CHECKING:
+    from embed_server.models.base import Towers
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,16 @@ import torch
 from embed_server.models.base import Towers
 
 
+def configure_torch_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        # Inter-op parallelism only oversubscribes the cores the intra-op pool already
+        # uses; forward passes of different models run on their own threads anyway.
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set, or parallel work has started: keep what is there
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")

@@ -11,7 +11,8 @@ import torch
 
 from embed_server.config import MODEL_NAMES
 from embed_server.images import decode_image
-from embed_server.models import FAMILIES
+from embed_server.models import CARDS, family
+from embed_server.models.tokenizers import load_tokenizer
 from embed_server.runtimes.onnx_export import ExportCache
 from embed_server.runtimes.onnx_runtime import OnnxRuntime
 from embed_server.runtimes.torch_runtime import TorchRuntime
@@ -24,17 +25,17 @@ GALLERY = 16
 
 
 def _pixels(name: str, seeds: range) -> np.ndarray:
-    card = FAMILIES[name].card
+    card = CARDS[name]
     return np.stack([card.preprocess(decode_image(jpeg(seed), 10**8)) for seed in seeds])
 
 
 def _runtimes(name: str, tmp_path: Path, precision: str) -> tuple[TorchRuntime, OnnxRuntime]:
     torch.manual_seed(99)
-    towers = FAMILIES[name].build_random("tiny")
-    tokenizer = FAMILIES[name].tokenizer(None)
+    towers = family(name).build_random("tiny")
+    tokenizer = load_tokenizer(CARDS[name], None)
     text_length = tokenizer(["x"]).shape[1] if tokenizer else 0
     onnx = OnnxRuntime(
-        FAMILIES[name].card, "parity", lambda: towers, cache=ExportCache(tmp_path), device="cpu",
+        CARDS[name], "parity", lambda: towers, cache=ExportCache(tmp_path), device="cpu",
         precision=precision, threads=2, max_batch_size=8, text_length=text_length,
     )
     return TorchRuntime(towers, torch.device("cpu")), onnx
@@ -63,7 +64,7 @@ def test_onnx_fp32_matches_torch(name: str, tmp_path: Path) -> None:
     # Batch size is dynamic: one image alone gives the same vector as inside a batch.
     alone, _ = onnx.run_image(pixels[3:4])
     assert _cosines(alone, onnx_global[3:4]).min() >= 0.9999
-    tokenizer = FAMILIES[name].tokenizer(None)
+    tokenizer = load_tokenizer(CARDS[name], None)
     if tokenizer is not None:
         ids = tokenizer(["a rose tattoo", "geometric wolf", "koi fish sleeve"])
         assert _cosines(onnx.run_text(ids), reference.run_text(ids)).min() >= 0.9999
@@ -113,3 +114,43 @@ def _key_of(path: Path):  # type: ignore[no-untyped-def]
     model, rest = path.stem.split("-", 1)
     fingerprint, tower, precision, _, _ = rest.rsplit("-", 4)
     return ExportKey(model, fingerprint, tower, precision)
+
+
+TORCH_FREE_PROBE = """
+import asyncio, sys
+import grpc
+from embed_server.config import EmbedSettings
+from embed_server.server import create_server
+from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
+from tests.support.images import jpeg
+
+async def main():
+    server, port = await create_server(EmbedSettings.from_env())
+    assert await server.pool.preload()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = embed_pb2_grpc.EmbedServiceStub(channel)
+        for model in ("clip", "siglip", "dinov2-reg"):
+            await stub.Embed(embed_pb2.EmbedRequest(model=model, images=[jpeg(1)]))
+        for model in ("clip", "siglip"):
+            await stub.EmbedText(embed_pb2.EmbedTextRequest(model=model, texts=["rose"]))
+    await server.stop(0)
+    print("torch imported:", "torch" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+def test_a_warm_export_cache_serves_without_importing_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.embed_server.conftest import TINY
+
+    env = {**TINY, "EMBED_MODELS": "clip,siglip,dinov2-reg", "EMBED_RUNTIME": "onnx",
+           "EMBED_ONNX_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    exported = subprocess.run([sys.executable, "-m", "embed_server.export"], env=env, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    served = subprocess.run([sys.executable, "-c", TORCH_FREE_PROBE], env=env, capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr
+    # torch costs about 700 MB of resident memory that a cached ONNX server never uses.
+    assert "torch imported: False" in served.stdout

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 from transformers import BitImageProcessor, DINOv3ViTImageProcessor, SiglipImageProcessor
 
-from embed_server.models import FAMILIES
+from embed_server.models import CARDS
 from embed_server.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from tests.support.images import noise_image
 
@@ -29,11 +29,11 @@ def _reference(name: str):
     return lambda image: np.asarray(processor(images=image, return_tensors="np")["pixel_values"][0])
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(CARDS))
 @pytest.mark.parametrize("size", [(320, 240), (240, 320), (224, 224), (1000, 333)])
 def test_matches_the_reference_pipeline(name: str, size: tuple[int, int]) -> None:
     image = noise_image(3, size)
-    ours = FAMILIES[name].card.preprocess(image)
+    ours = CARDS[name].preprocess(image)
     assert ours.shape == (3, 224, 224) and ours.dtype == np.float32
     reference = _reference(name)(image)
     # Same resize (Pillow) and statistics; crop offsets may differ by a pixel between

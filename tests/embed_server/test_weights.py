@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 
 from embed_server.config import MODEL_NAMES
 from embed_server.images import decode_image
-from embed_server.models import FAMILIES
+from embed_server.models import CARDS
 from embed_server.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 from tests.embed_server.conftest import embed_server
@@ -28,7 +28,7 @@ PRETRAINED = {"EMBED_WEIGHTS": "pretrained", "EMBED_ARCHITECTURE": "full"}
 def test_a_saved_checkpoint_loads_through_the_pretrained_path(tmp_path: Path, name: str) -> None:
     reference_image, reference_text, tokenizer = write_tiny_checkpoint(name, tmp_path)
     images = [jpeg(11), jpeg(12, size=(200, 300))]
-    card = FAMILIES[name].card
+    card = CARDS[name]
     pixels = torch.from_numpy(np.stack([card.preprocess(decode_image(data, 10**8)) for data in images]))
     with torch.inference_mode():
         expected = reference_image(pixels).numpy()
