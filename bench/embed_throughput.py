@@ -60,7 +60,9 @@ def _photos(name: str, count: int) -> np.ndarray:
 
 def raw_section(models: list[str], variants: list[str], batches: list[int], min_seconds: float) -> dict:
     """Variants of one model are timed interleaved (torch, onnx, int8, torch, ...), so
-    drift in the shared machine's speed hits all of them alike; medians per cell."""
+    drift in the shared machine's speed hits all of them alike; medians per cell. A
+    short pause precedes each pass: the previous runtime's idle threads may still be
+    spinning (torch's OpenMP pool does), and would otherwise steal the cores."""
     results: dict[tuple[str, str], dict[int, float]] = {}
     accuracy: dict[str, tuple[float, float]] = {}
     print("## Raw image tower, images/s (median of interleaved runs)\n")
@@ -80,6 +82,7 @@ def raw_section(models: list[str], variants: list[str], batches: list[int], min_
             rounds = 0
             while rounds < 3 or time.perf_counter() - started < min_seconds * len(variants):
                 for variant, runtime in runtimes.items():
+                    time.sleep(0.05)
                     begin = time.perf_counter()
                     runtime.run_image(pixels)
                     times[variant].append(time.perf_counter() - begin)

@@ -97,8 +97,12 @@ class EmbedSettings:
         )
         if settings.architecture == "tiny" and settings.weights != "random":
             raise SettingsError("EMBED_ARCHITECTURE=tiny needs EMBED_WEIGHTS=random")
-        if settings.max_queue_size < settings.max_batch_size:
-            raise SettingsError("EMBED_MAX_QUEUE_SIZE must be at least EMBED_MAX_BATCH_SIZE")
+        if settings.max_queue_size < max(settings.max_batch_size, settings.max_images_per_request):
+            # A request must fit in an empty queue, or it would be refused as "overloaded"
+            # however idle the server is.
+            raise SettingsError(
+                "EMBED_MAX_QUEUE_SIZE must be at least EMBED_MAX_BATCH_SIZE and EMBED_MAX_IMAGES_PER_REQUEST"
+            )
         return settings
 
 

@@ -43,7 +43,8 @@ def test_batches_never_exceed_the_maximum_size() -> None:
 def test_a_full_queue_answers_resource_exhausted_at_once() -> None:
     # The first request waits out a long queue delay (its batch is not full); the
     # second does not fit in the queue and must be refused while the first still waits.
-    env = dict(EMBED_MODELS="clip", EMBED_MAX_BATCH_SIZE="8", EMBED_MAX_QUEUE_SIZE="8", EMBED_MAX_QUEUE_DELAY_MS="3000")
+    env = dict(EMBED_MODELS="clip", EMBED_MAX_BATCH_SIZE="8", EMBED_MAX_QUEUE_SIZE="8", EMBED_MAX_IMAGES_PER_REQUEST="8",
+               EMBED_MAX_QUEUE_DELAY_MS="3000")
     with embed_server(**env) as server:
         with grpc.insecure_channel(server.target) as channel:
             wait_for_health(channel)

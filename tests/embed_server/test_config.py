@@ -29,6 +29,7 @@ def test_values_are_parsed() -> None:
         ({"EMBED_MAX_BATCH_SIZE": "0"}, "EMBED_MAX_BATCH_SIZE='0' must be at least 1"),
         ({"EMBED_DEVICE": "tpu"}, "EMBED_DEVICE"),
         ({"EMBED_PRELOAD": "maybe"}, "EMBED_PRELOAD"),
+        ({"EMBED_MAX_QUEUE_SIZE": "16"}, "EMBED_MAX_QUEUE_SIZE must be at least"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
