@@ -34,6 +34,13 @@ say() { echo "run-local: $*" >&2; }
 
 mkdir -p var
 "$PY" -m scraper_service.demo_catalog --dir var/demo --port "$DEMO_PORT" >var/demo-catalog.log 2>&1 & pids+=($!)
+# The catalog draws and writes its manifest before it serves: once it answers, the
+# manifest the scraper reads is complete.
+for _ in $(seq 1 120); do
+  curl -fsS "http://127.0.0.1:$DEMO_PORT/" >/dev/null 2>&1 && break
+  kill -0 "${pids[0]}" 2>/dev/null || { say "the demo catalog exited: see var/demo-catalog.log"; exit 1; }
+  sleep 0.5
+done
 "$PY" -m embed_server & pids+=($!)
 "$PY" -m scraper_service & pids+=($!)
 "$PY" -m search_gateway & pids+=($!)
