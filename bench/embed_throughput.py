@@ -196,7 +196,8 @@ def main() -> None:
     args = parser.parse_args()
     configure_torch_threads(EmbedSettings().threads)
     print(f"machine: {machine_line()}\n")
-    raw = raw_section(args.models.split(","), args.variants.split(","), [int(b) for b in args.batches.split(",")], args.min_seconds)
+    models = [m for m in args.models.split(",") if m]
+    raw = raw_section(models, args.variants.split(","), [int(b) for b in args.batches.split(",")], args.min_seconds) if models else {}
     plan = [tuple(item.split(":")) for item in args.served.split(",") if item]
     if plan:
         served_section(plan, raw, args.clients, args.served_seconds)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ def create_runtime(
             threads=settings.threads,
             max_batch_size=settings.max_batch_size,
             text_length=text_length,
+            memory_arena=settings.onnx_memory_arena,
         )
     from embed_server.runtimes.torch_runtime import TorchRuntime, resolve_device
 

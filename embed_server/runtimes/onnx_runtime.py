@@ -79,6 +79,7 @@ class OnnxRuntime:
         threads: int,
         max_batch_size: int,
         text_length: int,
+        memory_arena: bool = False,
     ) -> None:
         providers = choose_providers(device)
         on_gpu = bool(GPU_PROVIDERS & set(providers))
@@ -103,7 +104,7 @@ class OnnxRuntime:
         # Exports are done: the torch modules are not kept resident.
         self._towers = None
 
-        options = _session_options(threads)
+        options = _session_options(threads, memory_arena)
         provider_list = _provider_options(providers, precision, cache.folder, max_batch_size, card.preprocess.image_size)
         self._image = ort.InferenceSession(str(image_path), options, providers=provider_list)
         self._text = ort.InferenceSession(str(text_path), options, providers=provider_list) if text_path else None
@@ -153,8 +154,9 @@ class OnnxRuntime:
         return self._towers
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def _session_options(threads: int, memory_arena: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = memory_arena  # see EmbedSettings.onnx_memory_arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # One forward pass at a time per model (the batcher serialises them), so the
     # intra-op pool gets the cores and inter-op parallelism would only oversubscribe.

@@ -9,12 +9,15 @@ def test_defaults() -> None:
     settings = EmbedSettings.from_env({})
     assert settings.port == 50051 and settings.models == MODEL_NAMES
     assert settings.weights == "pretrained" and settings.architecture == "full"
+    assert settings.onnx_memory_arena is False
 
 
 def test_values_are_parsed() -> None:
     settings = EmbedSettings.from_env(
-        {"EMBED_MODELS": " CLIP, siglip ,clip", "EMBED_MAX_BATCH_SIZE": "16", "EMBED_PRELOAD": "no", "EMBED_DEVICE": "cuda:1"}
+        {"EMBED_MODELS": " CLIP, siglip ,clip", "EMBED_MAX_BATCH_SIZE": "16", "EMBED_PRELOAD": "no", "EMBED_DEVICE": "cuda:1",
+         "EMBED_ONNX_MEMORY_ARENA": "true"}
     )
+    assert settings.onnx_memory_arena is True
     assert settings.models == ("clip", "siglip") and settings.max_batch_size == 16
     assert settings.preload is False and settings.device == "cuda:1"
 
