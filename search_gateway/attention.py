@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from search_gateway.backends import decode_index_matrix, decode_matrix
+from embed_server.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2
 
 # A query patch whose best match is at least this cosine counts as a strong match.
@@ -40,14 +40,14 @@ def summarize(query_h: int, query_w: int, cand: embed_pb2.CandidateAttention) ->
         "candidate_grid_size": int(cand.grid_height),
         "query_grid": [int(query_h), int(query_w)],
         "candidate_grid": [int(cand.grid_height), int(cand.grid_width)],
-        "attention_summary": summary_of(decode_matrix(cand.max_similarity)),
+        "attention_summary": summary_of(to_numpy(cand.max_similarity)),
     }
 
 
 def correspondences(query_h: int, query_w: int, cand: embed_pb2.CandidateAttention, limit: int = 10) -> list[dict[str, Any]]:
     """The ``limit`` strongest query-patch -> candidate-patch matches, best first."""
-    indices = decode_index_matrix(cand.top_indices)
-    scores = decode_matrix(cand.top_scores)
+    indices = to_numpy(cand.top_indices)
+    scores = to_numpy(cand.top_scores)
     if indices.size == 0:
         return []
     best_per_query = scores[:, 0]
@@ -114,13 +114,13 @@ def heatmap_picture(query: Image.Image, candidate: Image.Image, query_grid: tupl
     """Both images with their patch heat: each query patch's best cosine, and for the
     candidate, the best cosine any query patch reaches there."""
     qh, qw = query_grid
-    q_heat = decode_matrix(cand.max_similarity).reshape(qh, qw)
+    q_heat = to_numpy(cand.max_similarity).reshape(qh, qw)
     ch, cw = int(cand.grid_height), int(cand.grid_width)
     if cand.similarity_matrix.rows:
-        c_heat = decode_matrix(cand.similarity_matrix).max(axis=0).reshape(ch, cw)
+        c_heat = to_numpy(cand.similarity_matrix).max(axis=0).reshape(ch, cw)
     else:  # fall back on the top-k lists when the full matrix was not sent
         c_heat = np.full(ch * cw, np.nan, dtype=np.float32)
-        idx, sc = decode_index_matrix(cand.top_indices), decode_matrix(cand.top_scores)
+        idx, sc = to_numpy(cand.top_indices), to_numpy(cand.top_scores)
         for i, s in zip(idx.ravel(), sc.ravel(), strict=True):
             c_heat[i] = s if np.isnan(c_heat[i]) else max(c_heat[i], s)
         c_heat = np.nan_to_num(c_heat, nan=float(np.nanmin(c_heat)) if np.isfinite(c_heat).any() else 0.0).reshape(ch, cw)

@@ -17,8 +17,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from embed_server.tensors import to_numpy  # torch-free: numpy and generated code only
 from search_gateway.errors import BackendUnavailable, BadRequest
-from tattoo_search.v1 import embed_pb2, embed_pb2_grpc, scraper_pb2, scraper_pb2_grpc, tensor_pb2
+from tattoo_search.v1 import embed_pb2, embed_pb2_grpc, scraper_pb2, scraper_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,6 @@ def _translate(exc: grpc.aio.AioRpcError, backend: str) -> Exception:
         return BackendUnavailable(f"The {backend} is unavailable ({detail}).", backend=backend, retry_after=2)
     log.warning("%s answered %s: %s", backend, code.name, detail)
     return BackendUnavailable(f"The {backend} failed ({code.name}).", backend=backend, retry_after=5)
-
-
-def decode_matrix(m: tensor_pb2.FloatMatrix) -> np.ndarray:
-    return np.frombuffer(m.data, "<f4").reshape(m.rows, m.cols)
-
-
-def decode_index_matrix(m: tensor_pb2.IndexMatrix) -> np.ndarray:
-    return np.frombuffer(m.data, "<i4").reshape(m.rows, m.cols)
 
 
 @dataclass(frozen=True)
@@ -135,14 +128,14 @@ class EmbedClient(_Client):
 
     async def embed(self, model: str, images: Sequence[bytes], *, timeout: float | None = None) -> np.ndarray:
         reply = await self._unary(self._stub.Embed, embed_pb2.EmbedRequest(model=model, images=list(images)), timeout)
-        vectors = decode_matrix(reply.embeddings)
+        vectors = to_numpy(reply.embeddings)
         if vectors.shape[0] != len(images):
             raise BackendUnavailable("The embed server returned the wrong number of vectors.", backend=self.backend)
         return vectors
 
     async def embed_text(self, model: str, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:
         reply = await self._unary(self._stub.EmbedText, embed_pb2.EmbedTextRequest(model=model, texts=list(texts)), timeout)
-        return decode_matrix(reply.embeddings)
+        return to_numpy(reply.embeddings)
 
     async def cross_attention(
         self, model: str, query: bytes, candidates: Sequence[bytes], *, top_k: int = 1,

@@ -14,6 +14,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from embed_server.tensors import to_numpy
 from search_gateway import attention
 from search_gateway.errors import BadRequest, GatewayError, MissingField, UploadTooLarge, to_response
 from search_gateway.images import decode_rgb
@@ -210,7 +211,7 @@ async def analyze_attention(request: Request) -> Response:
         "similarity_analysis": {
             "overall_similarity": round(float(cand.overall_similarity), 6),
             "global_similarity": round(float(cand.global_similarity), 6),
-            **attention.summary_of(attention.decode_matrix(cand.max_similarity)),
+            **attention.summary_of(to_numpy(cand.max_similarity)),
         },
         "attention_matrix_shape": [qh * qw, ch * cw],
         "query_grid": [qh, qw],
