@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from embed_server.tensors import to_numpy
+from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 
 

@@ -20,7 +20,7 @@ from embed_server.images import ImageDecodeError, decode_image
 from embed_server.model_pool import ImageOutput, LoadedModel, ModelPool, ModelState, ServedModel
 from embed_server.models.cards import ModelCard
 from embed_server.runtimes.factory import resolve_runtime
-from embed_server.tensors import float_matrix, index_matrix
+from service_common.tensors import float_matrix, index_matrix
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 
 log = logging.getLogger(__name__)

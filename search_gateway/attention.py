@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from embed_server.tensors import to_numpy
+from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2
 
 # A query patch whose best match is at least this cosine counts as a strong match.

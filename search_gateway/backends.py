@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embed_server.tensors import to_numpy  # torch-free: numpy and generated code only
+from service_common.tensors import to_numpy  # torch-free: numpy and generated code only
 from search_gateway.errors import BackendUnavailable, BadRequest
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc, scraper_pb2, scraper_pb2_grpc
 

@@ -14,7 +14,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from embed_server.tensors import to_numpy
+from service_common.tensors import to_numpy
 from search_gateway import attention
 from search_gateway.errors import BadRequest, GatewayError, MissingField, UploadTooLarge, to_response
 from search_gateway.images import decode_rgb

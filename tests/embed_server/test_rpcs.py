@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from embed_server.config import MODEL_NAMES
-from embed_server.tensors import to_numpy
+from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2
 from tests.support.background import wait_for_health
 from tests.support.images import jpeg

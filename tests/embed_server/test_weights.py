@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from embed_server.config import MODEL_NAMES
 from embed_server.images import decode_image
 from embed_server.models import CARDS
-from embed_server.tensors import to_numpy
+from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 from tests.embed_server.conftest import embed_server
 from tests.support.background import wait_for_health
