@@ -6,6 +6,7 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY scraper_service ./scraper_service
+COPY service_common ./service_common
 COPY docker/healthcheck.py ./docker/
 RUN pip install grpcio-tools \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/tattoo_search/v1/*.proto \

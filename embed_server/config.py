@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from service_common.unknown_settings import unknown_settings_message
+
 MODEL_NAMES = ("clip", "dinov2", "dinov2-reg", "dinov3", "siglip")
 WEIGHTS_CHOICES = ("pretrained", "random")
 ARCHITECTURE_CHOICES = ("full", "tiny")
@@ -45,6 +47,10 @@ class EmbedSettings:
     # Load every configured model at start-up (health turns SERVING once all are warm);
     # when false, each model loads on its first request.
     preload: bool = True
+    # A model that failed to load (weights not there yet, out of memory) is tried again
+    # in the background, the wait doubling from the first value up to the second.
+    load_retry_initial_s: float = 5.0
+    load_retry_max_s: float = 300.0
     max_batch_size: int = 8
     max_queue_delay_ms: float = 5.0
     max_queue_size: int = 128
@@ -78,6 +84,10 @@ class EmbedSettings:
             onnx_cache_dir=reader.get("EMBED_ONNX_CACHE_DIR", Path, default.onnx_cache_dir),
             onnx_memory_arena=reader.get("EMBED_ONNX_MEMORY_ARENA", _boolean, default.onnx_memory_arena),
             preload=reader.get("EMBED_PRELOAD", _boolean, default.preload),
+            load_retry_initial_s=reader.get(
+                "EMBED_LOAD_RETRY_INITIAL_S", float, default.load_retry_initial_s, minimum=0.01
+            ),
+            load_retry_max_s=reader.get("EMBED_LOAD_RETRY_MAX_S", float, default.load_retry_max_s, minimum=0.01),
             max_batch_size=reader.get("EMBED_MAX_BATCH_SIZE", int, default.max_batch_size, minimum=1),
             max_queue_delay_ms=reader.get(
                 "EMBED_MAX_QUEUE_DELAY_MS", float, default.max_queue_delay_ms, minimum=0
@@ -100,6 +110,12 @@ class EmbedSettings:
             decode_workers=reader.get("EMBED_DECODE_WORKERS", int, default.decode_workers, minimum=1),
             log_level=reader.get("EMBED_LOG_LEVEL", str.upper, default.log_level),
         )
+        # Every EMBED_* name is known once all were read: anything else is a typo.
+        unknown = unknown_settings_message(env, "EMBED_", reader.keys)
+        if unknown is not None:
+            raise SettingsError(unknown)
+        if settings.load_retry_max_s < settings.load_retry_initial_s:
+            raise SettingsError("EMBED_LOAD_RETRY_MAX_S must be at least EMBED_LOAD_RETRY_INITIAL_S")
         if settings.architecture == "tiny" and settings.weights != "random":
             raise SettingsError("EMBED_ARCHITECTURE=tiny needs EMBED_WEIGHTS=random")
         if settings.max_queue_size < max(settings.max_batch_size, settings.max_images_per_request):
@@ -114,6 +130,7 @@ class EmbedSettings:
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
+        self.keys: set[str] = set()  # every variable asked for: the valid names
 
     def get(
         self,
@@ -122,6 +139,7 @@ class _Reader:
         default: T,
         minimum: float | None = None,
     ) -> T:
+        self.keys.add(key)
         raw = self._env.get(key, "").strip()
         if not raw:
             return default

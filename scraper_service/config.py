@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
+from service_common.unknown_settings import unknown_settings, unknown_settings_message
+
 PREFIX = "SCRAPER_"
 KNOWN_ENGINES = ("duckduckgo", "catalog")
 _SAFESEARCH = ("on", "moderate", "off")
@@ -101,6 +103,11 @@ class ScraperSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ScraperSettings:
         """Build settings from ``SCRAPER_*`` variables; raise ``ValueError`` naming a bad key."""
         env = os.environ if environ is None else environ
+        # A misspelt variable would otherwise do nothing, silently: refuse it, naming the
+        # closest valid name.
+        unknown = unknown_settings_message(env, PREFIX, _known_keys())
+        if unknown is not None:
+            raise ValueError(unknown)
         values: dict[str, object] = {}
         for f in fields(cls):
             key = PREFIX + f.name.upper()
@@ -112,10 +119,13 @@ class ScraperSettings:
 
 
 def unknown_keys(environ: Mapping[str, str] | None = None) -> list[str]:
-    """``SCRAPER_*`` variables that match no setting: most likely typos worth a warning."""
+    """``SCRAPER_*`` variables that match no setting (``from_env`` refuses them)."""
     env = os.environ if environ is None else environ
-    known = {PREFIX + f.name.upper() for f in fields(ScraperSettings)}
-    return sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+    return unknown_settings(env, PREFIX, _known_keys())
+
+
+def _known_keys() -> set[str]:
+    return {PREFIX + f.name.upper() for f in fields(ScraperSettings)}
 
 
 def _engines(raw: str) -> tuple[str, ...]:

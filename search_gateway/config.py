@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from service_common.unknown_settings import unknown_settings_message
+
 PREFIX = "GATEWAY_"
 
 # The embed server's public model names (see embed.proto). Requests are checked
@@ -131,9 +133,9 @@ class GatewaySettings:
             except ValueError as exc:
                 raise ConfigError(f"{key}={raw!r} is invalid: {exc}") from None
         known = {PREFIX + f.name.upper() for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in source if k.startswith(PREFIX) and k not in known)
-        if unknown:
-            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        unknown = unknown_settings_message(source, PREFIX, known)
+        if unknown is not None:
+            raise ConfigError(unknown)
         return cls(**values)
 
     def _validate(self) -> None:

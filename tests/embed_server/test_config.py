@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from embed_server.config import MODEL_NAMES, EmbedSettings, SettingsError
@@ -33,8 +35,12 @@ def test_values_are_parsed() -> None:
         ({"EMBED_DEVICE": "tpu"}, "EMBED_DEVICE"),
         ({"EMBED_PRELOAD": "maybe"}, "EMBED_PRELOAD"),
         ({"EMBED_MAX_QUEUE_SIZE": "16"}, "EMBED_MAX_QUEUE_SIZE must be at least"),
+        # A misspelt name would do nothing, silently: refused with the name meant.
+        ({"EMBED_TORCH_THREADS": "1"}, "unknown setting: EMBED_TORCH_THREADS (did you mean EMBED_THREADS?)"),
+        ({"EMBED_MAX_BATCH": "32"}, "EMBED_MAX_BATCH (did you mean EMBED_MAX_BATCH_SIZE?)"),
+        ({"EMBED_LOAD_RETRY_INITIAL_S": "10", "EMBED_LOAD_RETRY_MAX_S": "1"}, "EMBED_LOAD_RETRY_MAX_S must be at least"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SettingsError, match=re.escape(message)):
         EmbedSettings.from_env(env)

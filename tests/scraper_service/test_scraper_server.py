@@ -110,6 +110,8 @@ def test_main_logs_its_address_and_stops_on_sigterm(tmp_path: Path) -> None:
         ({"SCRAPER_ENGINES": "duckduckgo,bing"}, "SCRAPER_ENGINES"),
         ({"SCRAPER_ENGINES": "catalog"}, "SCRAPER_CATALOG"),
         ({"SCRAPER_ENGINES": "catalog", "SCRAPER_CATALOG": "/nonexistent/manifest.jsonl"}, "SCRAPER_CATALOG"),
+        # A misspelt name is refused with the name meant, not ignored with a warning.
+        ({"SCRAPER_PROT": "0"}, "unknown setting: SCRAPER_PROT (did you mean SCRAPER_PORT?)"),
     ],
 )
 def test_main_refuses_bad_settings_naming_the_key(env: dict[str, str], key: str) -> None:

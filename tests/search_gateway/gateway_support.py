@@ -28,7 +28,7 @@ from tests.support.background import BackgroundServer
 from tests.support.images import encode, jpeg, noise_image
 
 TINY_EMBED = {"EMBED_WEIGHTS": "random", "EMBED_ARCHITECTURE": "tiny", "EMBED_MODELS": "clip,dinov2",
-              "EMBED_HOST": "127.0.0.1", "EMBED_PORT": "0", "EMBED_TORCH_THREADS": "1"}
+              "EMBED_HOST": "127.0.0.1", "EMBED_PORT": "0", "EMBED_THREADS": "1"}
 
 
 def embed_server(port: int = 0, **env: str) -> BackgroundServer:
