@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_TEMPERATURE = 0.1  # cosines live in [-1, 1]; 1.0 would give a near-uniform softmax
+# Below the minimum the softmax is a hard argmax to float precision; above the maximum
+# it is uniform. Requests outside are refused rather than answered with noise.
+MIN_TEMPERATURE = 1e-3
+MAX_TEMPERATURE = 100.0
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,11 @@ def correspond(
     top_values = np.take_along_axis(top_values, order, axis=1)
     attention = None
     if include_attention:
-        logits = similarity / temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        weights = np.exp(logits)
+        # Shift before dividing: (s - max) / t is in [-2 / t, 0], so a tiny temperature
+        # gives -inf (weight 0) rather than inf - inf = NaN, and the best patch keeps
+        # weight exp(0) = 1: the sum is never 0.
+        shifted = similarity.astype(np.float64) - similarity.max(axis=1, keepdims=True)
+        weights = np.exp(shifted / float(temperature))
         attention = weights / weights.sum(axis=1, keepdims=True)
     return Correspondence(
         overall_similarity=float(similarity.mean()),

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from embed_server.config import EmbedSettings
 from embed_server.model_pool import ModelPool
 from embed_server.service import EmbedServicer
+from service_common.grpc_requests import RequestDecodingInterceptor
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ async def create_server(settings: EmbedSettings) -> tuple[EmbedServer, int]:
     pool = ModelPool(settings)
     decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
     grpc_server = grpc.aio.server(
+        interceptors=[RequestDecodingInterceptor()],  # undecodable bytes: INVALID_ARGUMENT
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", 256 * 1024 * 1024),

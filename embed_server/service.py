@@ -134,8 +134,11 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
         if top_k > MAX_TOP_K:
             raise InvalidInput(f"top_k {top_k} is over the limit of {MAX_TOP_K}")
         temperature = request.temperature or attention.DEFAULT_TEMPERATURE
-        if not np.isfinite(temperature) or temperature <= 0:
-            raise InvalidInput("temperature must be a positive number")
+        if not attention.MIN_TEMPERATURE <= temperature <= attention.MAX_TEMPERATURE:  # NaN fails too
+            raise InvalidInput(
+                f"temperature {temperature:g} is outside the allowed range {attention.MIN_TEMPERATURE:g} to "
+                f"{attention.MAX_TEMPERATURE:g} (0 means the default, {attention.DEFAULT_TEMPERATURE:g})"
+            )
         loaded = await model.ready()
         # The query and every candidate go through the model once, in one submission.
         query, *candidates = await self._forward(

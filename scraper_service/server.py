@@ -17,6 +17,7 @@ from scraper_service.protocol import CacheKey
 from scraper_service.retry import RetryPolicy
 from scraper_service.search import TieredSearch
 from scraper_service.servicer import ScraperServicer
+from service_common.grpc_requests import RequestDecodingInterceptor
 from tattoo_search.v1 import scraper_pb2, scraper_pb2_grpc
 
 SERVICE_NAME: str = scraper_pb2.DESCRIPTOR.services_by_name["ScraperService"].full_name
@@ -39,7 +40,12 @@ async def create_server(settings: ScraperSettings, *, clock: Clock = time.monoto
 
     # grpc enables SO_REUSEPORT by default, which lets a second scraper start on a busy port
     # and silently take half the traffic; a clear bind error is what an operator needs.
-    server = grpc.aio.server(maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS, options=[("grpc.so_reuseport", 0)])
+    # The interceptor answers undecodable request bytes INVALID_ARGUMENT instead of UNKNOWN.
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        interceptors=[RequestDecodingInterceptor()],
+        options=[("grpc.so_reuseport", 0)],
+    )
     servicer = ScraperServicer(settings, search, cache)
     scraper_pb2_grpc.add_ScraperServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # generated
 

@@ -126,3 +126,50 @@ async def test_a_busy_port_fails_at_start(web: FakeWeb, start_scraper) -> None:
     scraper = await start_scraper()
     with pytest.raises(OSError, match="SCRAPER_PORT"):
         await create_server(ScraperSettings(port=scraper.port))
+
+
+_TRUNCATED_SEARCH = scraper_pb2.SearchRequest(query="rose tattoo", max_results=5).SerializeToString()[:-4]
+
+
+@pytest.mark.parametrize(
+    ("method", "streaming", "raw", "message"),
+    [
+        ("/tattoo_search.v1.ScraperService/Search", True, b"\xff\xff\xff\xff", "SearchRequest"),
+        ("/tattoo_search.v1.ScraperService/Search", True, _TRUNCATED_SEARCH, "SearchRequest"),
+        ("/grpc.health.v1.Health/Check", False, b"\x0a\x10abc", "HealthCheckRequest"),
+    ],
+)
+async def test_undecodable_request_bytes_are_invalid_argument(
+    web: FakeWeb, start_scraper, method: str, streaming: bool, raw: bytes, message: str
+) -> None:
+    scraper = await start_scraper()
+    # No serializer: the bytes go on the wire exactly as given.
+    if streaming:
+        call = scraper.channel.unary_stream(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            [reply async for reply in call(raw, timeout=5)]
+    else:
+        unary = scraper.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unary(raw, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert f"the request is not a valid {message} message" in (caught.value.details() or "")
+    assert web.calls == []
+
+
+async def test_an_undecodable_message_in_a_request_stream_is_invalid_argument(web: FakeWeb, start_scraper) -> None:
+    # Reflection is the one stream-stream method: a good request, then a broken one.
+    scraper = await start_scraper()
+    call = scraper.channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=None,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    good = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+    replies = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for reply in call(iter([good, b"\x12\x40short"]), timeout=5):
+            replies.append(reply)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert "the request is not a valid ServerReflectionRequest message" in (caught.value.details() or "")
+    assert len(replies) == 1 and replies[0].list_services_response.service
