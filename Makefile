@@ -14,12 +14,13 @@ install: $(VENV)/.installed protos
 
 # torch and torchvision go in first and pinned: pip then takes the builds on this
 # machine's disk instead of resolving a multi-GB download for whatever asks for torch.
+# Then every service's extra: a checkout runs (and tests) all three; each image takes one.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q grpcio-tools
 	$(MAKE) --no-print-directory protos
-	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
+	$(PY) -m pip install -q -e ".[embed,scraper,gateway,$(EXTRA),dev]"
 	touch $@
 
 protos: $(GENERATED)

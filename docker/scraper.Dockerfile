@@ -1,5 +1,5 @@
-# The scraper: CPU only and light. The project's torch dependencies are for the embed
-# server, so only what the scraper imports is installed (and the package without deps).
+# The scraper: CPU only and light. Its dependencies are pyproject.toml's core plus the
+# scraper extra (no torch: that is the embed extra's).
 FROM python:3.11-slim
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
@@ -10,8 +10,7 @@ COPY service_common ./service_common
 COPY docker/healthcheck.py ./docker/
 RUN pip install grpcio-tools \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/tattoo_search/v1/*.proto \
- && pip install "grpcio>=1.70" "grpcio-health-checking>=1.70" "grpcio-reflection>=1.70" "protobuf>=5.29" "ddgs>=9.0" \
- && pip install --no-deps . \
+ && pip install ".[scraper]" \
  && pip uninstall -y grpcio-tools
 RUN useradd --create-home app
 USER app

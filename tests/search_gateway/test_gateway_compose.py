@@ -34,5 +34,5 @@ def test_compose_wires_three_healthy_services_and_every_embed_replica() -> None:
     env = services["gateway"]["environment"]
     assert env["GATEWAY_EMBED_TARGET"] == "dns:///embed-server:50051"  # DNS: every replica, round robin
     assert services["gateway"]["depends_on"]["embed-server"]["condition"] == "service_healthy"
-    assert ".[gpu]" in (ROOT / "docker" / "embed-server.Dockerfile").read_text()
+    assert ".[embed,gpu]" in (ROOT / "docker" / "embed-server.Dockerfile").read_text()
     assert "torch" not in (ROOT / "docker" / "gateway.Dockerfile").read_text().split("no torch", 1)[1]
