@@ -1,0 +1,167 @@
+"""The gallery's narrow store interface: vector spaces, points, hits, filters, errors.
+
+Two engines implement :class:`GalleryStore` (``edge.py`` in-process, ``qdrant.py``
+for a Qdrant server or cluster); everything above them (``gallery.py``, later the
+search pipeline) sees only what is defined here, so the engines stay swappable and
+the contract tests in ``tests/gallery/contract.py`` hold for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+# The named vector inside each space. Named (not the default unnamed vector) so that
+# a later per-patch multivector can sit next to it in the same points.
+IMAGE_VECTOR = "image"
+
+# Fixed forever: changing it would re-key every stored point.
+_POINT_NAMESPACE = uuid.UUID("6f1d2a0c-3b7e-5c61-9d5e-7a2f0e4b9c11")
+
+
+class GalleryError(Exception):
+    """Base of the gallery's errors; the message is a sentence for the operator."""
+
+
+class GalleryUnavailable(GalleryError):
+    """The store cannot answer now (server down, re-indexing, shard held elsewhere): retry later."""
+
+
+class GalleryCorrupt(GalleryError):
+    """Stored data cannot be read (damaged, or written by an incompatible version).
+
+    Raised when the store is opened: the service must refuse to start rather than
+    wipe or overwrite what is there. The message names the path and what to do.
+    """
+
+
+@dataclass(frozen=True)
+class VectorSpace:
+    """Where vectors of one model with one set of weights live, never mixed with others.
+
+    Switching weights (or dimension) gives a different space, hence a fresh index,
+    and leaves the old one untouched.
+    """
+
+    model: str
+    weights_fingerprint: str
+    dimension: int
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.weights_fingerprint:
+            raise ValueError("a vector space needs a model name and a weights fingerprint")
+        if not 1 <= self.dimension <= 65_536:
+            raise ValueError(f"vector dimension must be between 1 and 65536, got {self.dimension}")
+
+    @property
+    def name(self) -> str:
+        """A readable, collision-proof name safe as a Qdrant collection and a directory.
+
+        Only ``[a-z0-9-]``; the hash suffix keeps two inputs that slug alike apart
+        (``dinov2.reg`` and ``dinov2-reg``).
+        """
+        digest = hashlib.sha256(
+            f"{self.model}\0{self.weights_fingerprint}\0{self.dimension}".encode()
+        ).hexdigest()[:10]
+        return f"{_slug(self.model, 24)}-{_slug(self.weights_fingerprint, 24)}-d{self.dimension}-{digest}"
+
+
+def _slug(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "x"
+
+
+def point_id(collection: str, content_hash: str) -> str:
+    """The point's id: the same picture in the same collection is always the same point."""
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{collection}\0{content_hash}"))
+
+
+@dataclass(frozen=True)
+class GalleryPoint:
+    """One image as the gallery keeps it; its identity is (collection, content hash)."""
+
+    content_hash: str
+    # Unit-normalised by the engines (cosine); None on search hits, which skip it.
+    vector: tuple[float, ...] | None
+    collection: str = "web"
+    # None for the public collections; set on later private per-tenant collections.
+    tenant: str | None = None
+    urls: tuple[str, ...] = ()
+    source_pages: tuple[str, ...] = ()
+    platform: str = ""
+    title: str = ""
+    engine: str = ""
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    width: int | None = None
+    height: int | None = None
+    # Machine style/subject tags and their scores.
+    tags: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return point_id(self.collection, self.content_hash)
+
+
+@dataclass(frozen=True)
+class GalleryHit:
+    point: GalleryPoint
+    score: float
+
+
+@dataclass(frozen=True)
+class GalleryFilter:
+    """What a search or count is restricted to; empty fields do not restrict.
+
+    ``tags`` must ALL be present on a point; ``collections`` and ``content_hashes``
+    match ANY of the values given.
+    """
+
+    collections: tuple[str, ...] = ()
+    tenant: str | None = None
+    tags: tuple[str, ...] = ()
+    content_hashes: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.collections or self.tenant is not None or self.tags or self.content_hashes)
+
+
+@runtime_checkable
+class GalleryStore(Protocol):
+    """Upsert, delete, search with filter, count, retrieve: nothing else crosses this line.
+
+    Each method is async and never blocks the event loop. Reads of a space that was
+    never written answer empty, without creating it.
+    """
+
+    async def upsert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
+        """Insert or replace whole points; when it returns they are durable."""
+
+    async def delete(self, space: VectorSpace, ids: Sequence[str]) -> None:
+        """Remove points by id; unknown ids are ignored."""
+
+    async def search(
+        self,
+        space: VectorSpace,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        filter: GalleryFilter | None = None,
+        min_score: float | None = None,
+    ) -> list[GalleryHit]:
+        """The nearest points by cosine, best first, without their vectors."""
+
+    async def count(self, space: VectorSpace, filter: GalleryFilter | None = None) -> int: ...
+
+    async def retrieve(self, space: VectorSpace, ids: Sequence[str]) -> list[GalleryPoint]:
+        """The points found among ``ids`` (with vectors), in no particular order."""
+
+    async def optimize(self, space: VectorSpace) -> bool:
+        """Build pending indexes now; False where nothing was to do or the engine does it itself."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,150 @@
+"""The gallery's operations over a :class:`GalleryStore`: remember, find, forget, count, get.
+
+The store only upserts whole points; merging what is already known about a picture
+(the URLs and pages it was seen on, first and last seen) with a new sighting
+happens here, so both engines merge the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import numpy as np
+
+from search_gateway.gallery.base import GalleryFilter, GalleryHit, GalleryPoint, GalleryStore, VectorSpace, point_id
+
+# A picture reposted everywhere must not grow its point without bound; the most
+# recent sightings are kept (older URLs are the likeliest to be dead).
+MAX_URLS = 32
+MAX_LIMIT = 1000
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _merge_recent(old: Sequence[str], new: Iterable[str]) -> tuple[str, ...]:
+    # Known ones keep their order, new ones are appended, and one seen again moves to
+    # the end (most recent), so the cap drops the longest-unseen first.
+    fresh = list(dict.fromkeys(new))
+    again = set(fresh)
+    merged = [u for u in old if u not in again] + fresh
+    return tuple(merged[-MAX_URLS:])
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return min(x for x in (a, b) if x is not None) if (a or b) else None
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return max(x for x in (a, b) if x is not None) if (a or b) else None
+
+
+def merge(known: GalleryPoint, seen: GalleryPoint) -> GalleryPoint:
+    """What the gallery knows after seeing ``seen`` again (same collection and hash)."""
+    return replace(
+        seen,
+        urls=_merge_recent(known.urls, seen.urls),
+        source_pages=_merge_recent(known.source_pages, seen.source_pages),
+        # The first sighting names the picture; later ones only fill gaps.
+        platform=known.platform or seen.platform,
+        title=known.title or seen.title,
+        engine=known.engine or seen.engine,
+        first_seen=_earliest(known.first_seen, seen.first_seen),
+        last_seen=_latest(known.last_seen, seen.last_seen),
+        width=seen.width if seen.width is not None else known.width,
+        height=seen.height if seen.height is not None else known.height,
+        tags=dict(seen.tags) if seen.tags else dict(known.tags),
+        vector=seen.vector if seen.vector is not None else known.vector,
+    )
+
+
+def _unit_vector(vector: Sequence[float] | np.ndarray, space: VectorSpace) -> tuple[float, ...]:
+    array = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if array.shape[0] != space.dimension:
+        raise ValueError(f"expected a {space.dimension}-d vector for {space.model}, got {array.shape[0]} values")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("the vector has values that are not finite numbers")
+    norm = float(np.linalg.norm(array))
+    if norm == 0.0 or not math.isfinite(norm):
+        raise ValueError("the vector is all zeros: it has no direction to compare by cosine")
+    return tuple((array / norm).tolist())
+
+
+class Gallery:
+    """Every image the product has embedded, per vector space, searchable at once."""
+
+    def __init__(self, store: GalleryStore, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.store = store
+        self._clock = clock
+        # remember() reads, merges and writes: two overlapping remembers of one picture
+        # must not drop each other's URLs. One writer per process is enough while the
+        # gateway owns the store (several gateway replicas on one server can still race).
+        self._write_lock = asyncio.Lock()
+
+    async def remember(self, space: VectorSpace, sightings: Sequence[GalleryPoint]) -> list[GalleryPoint]:
+        """Upsert sightings, merged with what is stored for the same (collection, hash)."""
+        now = self._clock()
+        incoming: dict[str, GalleryPoint] = {}
+        for seen in sightings:
+            if not seen.content_hash:
+                raise ValueError("a gallery point needs the image's content hash")
+            if seen.vector is None:
+                raise ValueError(f"point {seen.content_hash!r} has no vector")
+            seen = replace(
+                seen,
+                vector=_unit_vector(seen.vector, space),
+                first_seen=seen.first_seen or now,
+                last_seen=seen.last_seen or now,
+            )
+            earlier = incoming.get(seen.id)
+            incoming[seen.id] = merge(earlier, seen) if earlier else seen
+        if not incoming:
+            return []
+        async with self._write_lock:
+            known = {p.id: p for p in await self.store.retrieve(space, list(incoming))}
+            merged = [merge(known[i], p) if i in known else p for i, p in incoming.items()]
+            await self.store.upsert(space, merged)
+        return merged
+
+    async def find(
+        self,
+        space: VectorSpace,
+        vector: Sequence[float] | np.ndarray,
+        *,
+        limit: int = 50,
+        collections: Sequence[str] = ("web",),
+        tags: Sequence[str] = (),
+        min_score: float | None = None,
+        tenant: str | None = None,
+    ) -> list[GalleryHit]:
+        """The most similar remembered images, best first."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        if min_score is not None and not -1.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score is a cosine similarity between -1 and 1, got {min_score}")
+        spec = GalleryFilter(collections=tuple(collections), tenant=tenant, tags=tuple(tags))
+        return await self.store.search(
+            space, _unit_vector(vector, space), limit=limit, filter=spec, min_score=min_score
+        )
+
+    async def forget(self, space: VectorSpace, content_hashes: Sequence[str], collection: str = "web") -> None:
+        await self.store.delete(space, [point_id(collection, h) for h in content_hashes])
+
+    async def count(
+        self,
+        space: VectorSpace,
+        *,
+        collections: Sequence[str] = (),
+        tenant: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> int:
+        return await self.store.count(space, GalleryFilter(tuple(collections), tenant, tuple(tags)))
+
+    async def get(self, space: VectorSpace, content_hash: str, collection: str = "web") -> GalleryPoint | None:
+        found = await self.store.retrieve(space, [point_id(collection, content_hash)])
+        return found[0] if found else None

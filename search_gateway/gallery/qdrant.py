@@ -1,0 +1,231 @@
+"""The production gallery store: a Qdrant server or cluster through qdrant-client.
+
+One Qdrant collection per vector space, named ``<prefix><space.name>``, with the same
+named vector, payload layout and payload indexes as the embedded store. Location
+``":memory:"`` is qdrant-client's in-process local mode (tests only: exact search,
+no payload indexes, "not for production").
+
+The server builds its indexes itself; writes wait for the server's acknowledgement
+(``wait=True``), so a returned upsert is in the server's WAL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from qdrant_client import AsyncQdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from search_gateway.gallery.base import (
+    IMAGE_VECTOR,
+    GalleryCorrupt,
+    GalleryError,
+    GalleryFilter,
+    GalleryHit,
+    GalleryPoint,
+    GalleryUnavailable,
+    VectorSpace,
+)
+from search_gateway.gallery.schema import KEYWORD_INDEXES, TENANT_INDEX, from_payload, image_vector, to_payload
+
+MEMORY = ":memory:"
+
+# What a network, server or overload failure looks like from qdrant-client (REST).
+_TRANSIENT: tuple[type[BaseException], ...] = (ResponseHandlingException, httpx.HTTPError, OSError, TimeoutError)
+
+
+def _qdrant_filter(spec: GalleryFilter | None) -> qm.Filter | None:
+    if spec is None or spec.is_empty:
+        return None
+    must: list[Any] = []
+    if spec.collections:
+        must.append(qm.FieldCondition(key="collection", match=qm.MatchAny(any=list(spec.collections))))
+    if spec.tenant is not None:
+        must.append(qm.FieldCondition(key="tenant", match=qm.MatchValue(value=spec.tenant)))
+    for tag in spec.tags:
+        must.append(qm.FieldCondition(key="tags", match=qm.MatchValue(value=tag)))
+    if spec.content_hashes:
+        must.append(qm.FieldCondition(key="content_hash", match=qm.MatchAny(any=list(spec.content_hashes))))
+    return qm.Filter(must=must)
+
+
+class QdrantGalleryStore:
+    """:class:`GalleryStore` over ``AsyncQdrantClient``. Open with :meth:`open`."""
+
+    def __init__(self, client: AsyncQdrantClient, location: str, prefix: str, hnsw_ef: int | None) -> None:
+        self._client = client
+        self._location = location
+        self._local = location == MEMORY
+        self._prefix = prefix
+        self._hnsw_ef = hnsw_ef
+        self._known: set[str] = set()
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        api_key: str | None = None,
+        prefix: str = "gallery-",
+        hnsw_ef: int | None = 128,
+        timeout_s: int = 10,
+    ) -> QdrantGalleryStore:
+        """Connect and check the server answers, so a wrong URL fails at start with its name."""
+        if url == MEMORY:
+            client = AsyncQdrantClient(location=MEMORY)
+        else:
+            # No version probe at construction: it would warn instead of failing; the
+            # listing below fails clearly instead.
+            client = AsyncQdrantClient(url=url, api_key=api_key, timeout=timeout_s, check_compatibility=False)
+        store = cls(client, url, prefix, hnsw_ef)
+        try:
+            await store._guard(client.get_collections())
+        except BaseException:
+            await client.close()
+            raise
+        return store
+
+    def _collection(self, space: VectorSpace) -> str:
+        return f"{self._prefix}{space.name}"
+
+    async def _guard(self, call: Any) -> Any:
+        try:
+            return await call
+        except GalleryError:
+            raise
+        except UnexpectedResponse as exc:
+            status = exc.status_code or 0
+            if status in (429, 502, 503, 504) or status >= 500:
+                raise GalleryUnavailable(f"The Qdrant server at {self._location} answered {status}.") from exc
+            raise GalleryError(
+                f"The Qdrant server at {self._location} refused a gallery request ({status}): "
+                f"{exc.content[:300].decode(errors='replace')}"
+            ) from exc
+        except _TRANSIENT as exc:
+            raise GalleryUnavailable(f"The Qdrant server at {self._location} cannot be reached: {exc}") from exc
+
+    async def _exists(self, space: VectorSpace) -> bool:
+        name = self._collection(space)
+        if name in self._known:
+            return True
+        if await self._guard(self._client.collection_exists(name)):
+            await self._check(space)
+            self._known.add(name)
+            return True
+        return False
+
+    async def _check(self, space: VectorSpace) -> None:
+        name = self._collection(space)
+        info = await self._guard(self._client.get_collection(name))
+        vectors = info.config.params.vectors
+        params = vectors.get(IMAGE_VECTOR) if isinstance(vectors, dict) else None
+        if params is None or params.size != space.dimension or params.distance != qm.Distance.COSINE:
+            raise GalleryCorrupt(
+                f"The Qdrant collection {name} at {self._location} does not hold {space.dimension}-d cosine "
+                f"'{IMAGE_VECTOR}' vectors; it was not created by this gallery. Nothing was changed: "
+                "rename or delete that collection, or choose another prefix."
+            )
+
+    async def _ensure(self, space: VectorSpace) -> str:
+        name = self._collection(space)
+        if await self._exists(space):
+            return name
+        try:
+            await self._guard(
+                self._client.create_collection(
+                    name,
+                    vectors_config={IMAGE_VECTOR: qm.VectorParams(size=space.dimension, distance=qm.Distance.COSINE)},
+                )
+            )
+        except GalleryError:
+            # Another gateway replica may have created it first.
+            if not await self._guard(self._client.collection_exists(name)):
+                raise
+        if not self._local:  # local mode has no payload indexes (and warns)
+            for field in KEYWORD_INDEXES:
+                await self._guard(
+                    self._client.create_payload_index(name, field, field_schema=qm.PayloadSchemaType.KEYWORD)
+                )
+            await self._guard(
+                self._client.create_payload_index(
+                    name,
+                    TENANT_INDEX,
+                    field_schema=qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True),
+                )
+            )
+        await self._check(space)
+        self._known.add(name)
+        return name
+
+    async def upsert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
+        if not points:
+            return
+        batch = []
+        for point in points:
+            if point.vector is None or len(point.vector) != space.dimension:
+                raise ValueError(f"point {point.content_hash!r} needs a {space.dimension}-d vector for {space.name}")
+            batch.append(qm.PointStruct(id=point.id, vector={IMAGE_VECTOR: list(point.vector)}, payload=to_payload(point)))
+        name = await self._ensure(space)
+        await self._guard(self._client.upsert(name, points=batch, wait=True))
+
+    async def delete(self, space: VectorSpace, ids: Sequence[str]) -> None:
+        if not ids or not await self._exists(space):
+            return
+        wanted: list[Any] = [str(uuid.UUID(i)) for i in ids]
+        await self._guard(
+            self._client.delete(self._collection(space), points_selector=qm.PointIdsList(points=wanted), wait=True)
+        )
+
+    async def search(
+        self,
+        space: VectorSpace,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        filter: GalleryFilter | None = None,
+        min_score: float | None = None,
+    ) -> list[GalleryHit]:
+        if not await self._exists(space):
+            return []
+        params = qm.SearchParams(hnsw_ef=self._hnsw_ef) if self._hnsw_ef and not self._local else None
+        answer = await self._guard(
+            self._client.query_points(
+                self._collection(space),
+                query=[float(x) for x in vector],
+                using=IMAGE_VECTOR,
+                query_filter=_qdrant_filter(filter),
+                score_threshold=min_score,
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
+                search_params=params,
+            )
+        )
+        return [GalleryHit(from_payload(hit.payload or {}, None), float(hit.score)) for hit in answer.points]
+
+    async def count(self, space: VectorSpace, filter: GalleryFilter | None = None) -> int:
+        if not await self._exists(space):
+            return 0
+        answer = await self._guard(
+            self._client.count(self._collection(space), count_filter=_qdrant_filter(filter), exact=True)
+        )
+        return int(answer.count)
+
+    async def retrieve(self, space: VectorSpace, ids: Sequence[str]) -> list[GalleryPoint]:
+        if not ids or not await self._exists(space):
+            return []
+        wanted: list[Any] = [str(uuid.UUID(i)) for i in ids]
+        records = await self._guard(
+            self._client.retrieve(self._collection(space), ids=wanted, with_payload=True, with_vectors=True)
+        )
+        return [from_payload(r.payload or {}, image_vector(r.vector)) for r in records]
+
+    async def optimize(self, space: VectorSpace) -> bool:
+        return False  # the server's own optimizers build indexes in the background
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,82 @@
+"""How a :class:`GalleryPoint` is laid out as a Qdrant payload, shared by both engines.
+
+One layout for both engines means a point written by the embedded store reads back
+the same from a server (and a later migration is a copy, not a transformation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from search_gateway.gallery.base import IMAGE_VECTOR, GalleryPoint
+
+# Bumped when the payload layout changes incompatibly; stored in every point so a
+# reader can tell old points from new ones.
+PAYLOAD_VERSION = 1
+
+# Fields that filters use get a payload index ("keyword"); ``tenant`` is marked as the
+# tenant key so Qdrant can co-locate each tenant's points.
+KEYWORD_INDEXES: tuple[str, ...] = ("collection", "tags", "content_hash")
+TENANT_INDEX = "tenant"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+def _moment(raw: Any) -> datetime | None:
+    return datetime.fromisoformat(raw) if isinstance(raw, str) else None
+
+
+def to_payload(point: GalleryPoint) -> dict[str, Any]:
+    return {
+        "v": PAYLOAD_VERSION,
+        "content_hash": point.content_hash,
+        "collection": point.collection,
+        "tenant": point.tenant,
+        "urls": list(point.urls),
+        "source_pages": list(point.source_pages),
+        "platform": point.platform,
+        "title": point.title,
+        "engine": point.engine,
+        "first_seen": _iso(point.first_seen),
+        "last_seen": _iso(point.last_seen),
+        "width": point.width,
+        "height": point.height,
+        # Names alone for filtering (keyword index), scores beside them.
+        "tags": sorted(point.tags),
+        "tag_scores": {name: float(score) for name, score in point.tags.items()},
+    }
+
+
+def from_payload(payload: Mapping[str, Any], vector: list[float] | None) -> GalleryPoint:
+    return GalleryPoint(
+        content_hash=str(payload["content_hash"]),
+        vector=tuple(float(x) for x in vector) if vector is not None else None,
+        collection=str(payload.get("collection", "web")),
+        tenant=payload.get("tenant"),
+        urls=tuple(payload.get("urls") or ()),
+        source_pages=tuple(payload.get("source_pages") or ()),
+        platform=payload.get("platform") or "",
+        title=payload.get("title") or "",
+        engine=payload.get("engine") or "",
+        first_seen=_moment(payload.get("first_seen")),
+        last_seen=_moment(payload.get("last_seen")),
+        width=payload.get("width"),
+        height=payload.get("height"),
+        tags={str(k): float(v) for k, v in (payload.get("tag_scores") or {}).items()},
+    )
+
+
+def image_vector(raw: Any) -> list[float] | None:
+    """The image vector out of an engine's record (a dict of named vectors, or None)."""
+    if isinstance(raw, Mapping):
+        found = raw.get(IMAGE_VECTOR)
+        return list(found) if found is not None else None
+    return None

@@ -1,0 +1,181 @@
+"""The contract every GalleryStore keeps, as one abstract test class.
+
+Subclassed once per backend (``test_edge_store.py``, ``test_qdrant_store.py``), each
+subclass providing ``make_store``; every test gets an empty store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from search_gateway.gallery import Gallery, GalleryFilter, GalleryPoint, GalleryStore, VectorSpace, point_id
+
+DIM = 16
+SPACE = VectorSpace("clip", "random-clip-seed0", DIM)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def unit(seed: int, dim: int = DIM) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def at_cosine(base: np.ndarray, cosine: float, seed: int) -> np.ndarray:
+    """A unit vector whose cosine to the unit vector ``base`` is exactly ``cosine``."""
+    other = unit(seed, base.shape[0])
+    orth = other - (other @ base) * base
+    orth /= np.linalg.norm(orth)
+    return (cosine * base + np.sqrt(1.0 - cosine**2) * orth).astype(np.float32)
+
+
+def sample_point(n: int, **fields: object) -> GalleryPoint:
+    values: dict[str, object] = dict(
+        content_hash=f"sha256-{n:04d}",
+        vector=tuple(unit(n).tolist()),
+        urls=(f"https://img.example/{n}.jpg",),
+        source_pages=(f"https://pins.example/{n}",),
+        platform="pinterest",
+        title=f"tattoo {n}",
+        engine="ddgs",
+        first_seen=T0,
+        last_seen=T0,
+        width=640,
+        height=480,
+        tags={"geometric": 0.31, "mandala": 0.22},
+    )
+    values.update(fields)
+    return GalleryPoint(**values)  # type: ignore[arg-type]
+
+
+class GalleryStoreContract:
+    """Not collected itself (no ``Test`` prefix); backends subclass it."""
+
+    async def make_store(self, tmp_path: Path) -> GalleryStore:
+        raise NotImplementedError
+
+    @pytest_asyncio.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[GalleryStore]:
+        opened = await self.make_store(tmp_path)
+        try:
+            yield opened
+        finally:
+            await opened.close()
+
+    @pytest_asyncio.fixture
+    async def gallery(self, store: GalleryStore) -> Gallery:
+        return Gallery(store, clock=lambda: T0)
+
+    async def test_upsert_then_retrieve_round_trips_every_field(self, store: GalleryStore) -> None:
+        point = sample_point(1, tenant=None, collection="web")
+        await store.upsert(SPACE, [point])
+        [back] = await store.retrieve(SPACE, [point.id])
+        assert back.id == point.id == point_id("web", "sha256-0001")
+        assert back.vector is not None and np.allclose(back.vector, point.vector, atol=1e-5)
+        assert back == GalleryPoint(**{**point.__dict__, "vector": back.vector})
+        assert await store.retrieve(SPACE, [point_id("web", "never-stored")]) == []
+
+    async def test_repeated_upsert_is_idempotent(self, store: GalleryStore) -> None:
+        point = sample_point(2)
+        for _ in range(3):
+            await store.upsert(SPACE, [point])
+        assert await store.count(SPACE) == 1
+        [back] = await store.retrieve(SPACE, [point.id])
+        assert back.urls == point.urls
+
+    async def test_remember_merges_urls_and_sightings_of_one_picture(self, store: GalleryStore) -> None:
+        clock = iter([T0, T0 + timedelta(hours=1)])
+        gallery = Gallery(store, clock=lambda: next(clock))
+        first = sample_point(3, urls=("https://a.example/x.jpg",), source_pages=("https://a.example/p",),
+                             first_seen=None, last_seen=None)
+        again = sample_point(3, urls=("https://b.example/y.jpg",), source_pages=("https://b.example/q",),
+                             title="", platform="reddit", first_seen=None, last_seen=None)
+        await gallery.remember(SPACE, [first])
+        await gallery.remember(SPACE, [again])
+        assert await store.count(SPACE) == 1
+        stored = await gallery.get(SPACE, "sha256-0003")
+        assert stored is not None
+        assert stored.urls == ("https://a.example/x.jpg", "https://b.example/y.jpg")
+        assert stored.source_pages == ("https://a.example/p", "https://b.example/q")
+        assert (stored.first_seen, stored.last_seen) == (T0, T0 + timedelta(hours=1))
+        assert (stored.title, stored.platform) == ("tattoo 3", "pinterest")  # the first sighting names it
+
+    async def test_same_picture_in_two_collections_is_two_points(self, gallery: Gallery) -> None:
+        await gallery.remember(SPACE, [sample_point(4), sample_point(4, collection="private-a", tenant="a")])
+        assert await gallery.count(SPACE) == 2
+        assert await gallery.count(SPACE, collections=["web"]) == 1
+
+    async def test_filters_by_collection_tenant_and_tags(self, gallery: Gallery) -> None:
+        await gallery.remember(SPACE, [
+            sample_point(10, tags={"geometric": 0.4}),
+            sample_point(11, tags={"geometric": 0.3, "mandala": 0.2}),
+            sample_point(12, collection="private-a", tenant="a", tags={"mandala": 0.5}),
+            sample_point(13, collection="private-b", tenant="b", tags={"geometric": 0.5, "mandala": 0.1}),
+        ])
+        query = unit(11)
+
+        async def found(**kwargs: object) -> set[str]:
+            hits = await gallery.find(SPACE, query, limit=10, **kwargs)  # type: ignore[arg-type]
+            return {h.point.content_hash for h in hits}
+
+        assert await found() == {"sha256-0010", "sha256-0011"}  # "web" by default
+        assert await found(collections=["web", "private-a", "private-b"]) == {f"sha256-00{n}" for n in (10, 11, 12, 13)}
+        assert await found(collections=["private-a", "private-b"], tenant="a") == {"sha256-0012"}
+        assert await found(collections=["web", "private-b"], tags=["geometric", "mandala"]) == {"sha256-0011", "sha256-0013"}
+        assert await found(tags=["no-such-tag"]) == set()
+        assert await gallery.count(SPACE, tenant="b") == 1
+        assert await gallery.count(SPACE, tags=["mandala"]) == 3
+        assert await gallery.store.count(SPACE, GalleryFilter(content_hashes=("sha256-0010", "sha256-0012"))) == 2
+
+    async def test_search_ranks_by_cosine_and_min_score_drops_weak_hits(self, gallery: Gallery) -> None:
+        base = unit(100)
+        cosines = [0.99, 0.8, 0.4, -0.2]
+        points = [sample_point(20 + i, vector=tuple(at_cosine(base, c, 200 + i).tolist()))
+                  for i, c in enumerate(cosines)]
+        await gallery.remember(SPACE, points)
+        hits = await gallery.find(SPACE, base, limit=10)
+        assert [h.point.content_hash for h in hits] == [p.content_hash for p in points]
+        assert np.allclose([h.score for h in hits], cosines, atol=1e-4)
+        assert all(h.point.vector is None and h.point.urls for h in hits)
+        cut = 0.6
+        strong = await gallery.find(SPACE, base, limit=10, min_score=cut)
+        assert [h.point.content_hash for h in strong] == [points[0].content_hash, points[1].content_hash]
+        assert len(await gallery.find(SPACE, base, limit=1)) == 1
+
+    async def test_forget_deletes_and_count_follows(self, gallery: Gallery) -> None:
+        await gallery.remember(SPACE, [sample_point(n) for n in range(30, 35)])
+        assert await gallery.count(SPACE) == 5
+        await gallery.forget(SPACE, ["sha256-0031", "sha256-0033", "never-stored"])
+        assert await gallery.count(SPACE) == 3
+        assert await gallery.get(SPACE, "sha256-0031") is None
+        assert await gallery.get(SPACE, "sha256-0032") is not None
+        hits = await gallery.find(SPACE, unit(31), limit=10)
+        assert "sha256-0031" not in {h.point.content_hash for h in hits}
+
+    async def test_vector_spaces_are_isolated(self, gallery: Gallery) -> None:
+        pretrained = VectorSpace("clip", "sha256:ab12pretrained", DIM)
+        other_model = VectorSpace("dinov2", "random-clip-seed0", 8)
+        await gallery.remember(SPACE, [sample_point(40), sample_point(41)])
+        await gallery.remember(pretrained, [sample_point(42)])
+        assert await gallery.count(SPACE) == 2 and await gallery.count(pretrained) == 1
+        assert await gallery.count(other_model) == 0
+        assert {h.point.content_hash for h in await gallery.find(pretrained, unit(40), limit=10)} == {"sha256-0042"}
+        assert await gallery.find(other_model, unit(1, 8), limit=10) == []
+        await gallery.forget(pretrained, ["sha256-0042"])
+        assert await gallery.count(SPACE) == 2  # the old space is untouched
+
+    async def test_bad_vectors_are_refused_with_a_sentence(self, gallery: Gallery) -> None:
+        with pytest.raises(ValueError, match="16-d"):
+            await gallery.remember(SPACE, [sample_point(50, vector=(1.0, 2.0))])
+        with pytest.raises(ValueError, match="zeros"):
+            await gallery.find(SPACE, np.zeros(DIM), limit=5)
+        with pytest.raises(ValueError, match="finite"):
+            await gallery.find(SPACE, np.full(DIM, np.nan), limit=5)
+        with pytest.raises(ValueError, match="limit"):
+            await gallery.find(SPACE, unit(1), limit=0)
+        assert await gallery.count(SPACE) == 0
