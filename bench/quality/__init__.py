@@ -1,0 +1,1 @@
+"""Search quality: does a search find the right images? (`python -m bench.quality`)."""
