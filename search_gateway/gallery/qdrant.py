@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -34,8 +33,9 @@ from search_gateway.gallery.schema import KEYWORD_INDEXES, TENANT_INDEX, from_pa
 
 MEMORY = ":memory:"
 
-# What a network, server or overload failure looks like from qdrant-client (REST).
-_TRANSIENT: tuple[type[BaseException], ...] = (ResponseHandlingException, httpx.HTTPError, OSError, TimeoutError)
+# What a network or transport failure looks like from qdrant-client: its REST layer
+# wraps httpx's errors in ResponseHandlingException.
+_TRANSIENT: tuple[type[BaseException], ...] = (ResponseHandlingException, OSError, TimeoutError)
 
 
 def _qdrant_filter(spec: GalleryFilter | None) -> qm.Filter | None:
