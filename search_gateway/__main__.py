@@ -9,6 +9,7 @@ import uvicorn
 
 from search_gateway.app import create_app
 from search_gateway.config import ConfigError, GatewaySettings
+from search_gateway.server import uvicorn_config
 
 
 def main() -> int:
@@ -18,16 +19,9 @@ def main() -> int:
         print(f"search_gateway: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        # The gateway streams NDJSON and holds searches open for their budget; a
-        # graceful stop waits that long and no longer.
-        timeout_graceful_shutdown=int(settings.search_budget_s) + 5,
-        proxy_headers=False,  # the client address feeds the rate limit: never trust it from headers
-    )
+    # The same configuration the tests serve with (server.py): slow-client deadlines,
+    # the per-address connection cap, no proxy headers.
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
     return 0
 
 

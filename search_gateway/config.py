@@ -52,6 +52,13 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # Slow clients (search_gateway/server.py): the request line and headers must arrive
+    # within header_timeout_s, a request body may pause at most body_idle_timeout_s
+    # between chunks, and one peer address may hold this many connections (0: no cap;
+    # set 0 behind a load balancer, where every connection comes from its address).
+    header_timeout_s: float = 10.0
+    body_idle_timeout_s: float = 15.0
+    max_connections_per_client: int = 64
     # --- backends: gRPC target strings, e.g. "dns:///embed:50051" or
     # "ipv4:10.0.0.5:50051,10.0.0.6:50051"; balanced round robin.
     embed_target: str = "127.0.0.1:50051"
@@ -93,6 +100,12 @@ class GatewaySettings:
     # --- embedding cache
     cache_size: int = 20_000
     cache_ttl_s: float = 3600.0
+    # --- failed downloads, remembered by URL (failed_downloads.py): lasting failures
+    # (4xx, not an image, too large) for the long time, transient ones (timeout, 5xx,
+    # connection refused) for the short one.
+    failed_download_ttl_s: float = 3600.0
+    failed_download_retry_s: float = 60.0
+    failed_download_entries: int = 20_000
     # --- captioning
     caption_mode: str = "offline"
     caption_model: str = "clip"
@@ -154,7 +167,8 @@ class GatewaySettings:
             need(self.caption_url.startswith(("http://", "https://")), "caption_url", "remote captioning needs an http(s) URL")
             need(bool(self.caption_remote_model), "caption_remote_model", "remote captioning needs a model name")
         for name in ("search_budget_s", "embed_timeout_s", "scraper_timeout_s", "connect_timeout_s",
-                     "read_timeout_s", "download_timeout_s", "caption_timeout_s", "thumbnail_ttl_s"):
+                     "read_timeout_s", "download_timeout_s", "caption_timeout_s", "thumbnail_ttl_s",
+                     "header_timeout_s", "body_idle_timeout_s"):
             need(getattr(self, name) > 0, name, "must be > 0")
         for name in ("max_candidates", "max_results", "max_results_limit", "embed_batch", "embed_concurrency",
                      "upload_max_bytes", "download_max_bytes", "max_pixels", "download_concurrency",
@@ -162,7 +176,8 @@ class GatewaySettings:
                      "thumbnail_max_side", "reconnect_backoff_max_ms"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("rpc_retries", "download_retries", "attention_top", "embed_batch_wait_ms",
-                     "rate_limit_per_minute", "retry_backoff_s", "cache_ttl_s"):
+                     "rate_limit_per_minute", "retry_backoff_s", "cache_ttl_s", "max_connections_per_client",
+                     "failed_download_ttl_s", "failed_download_retry_s", "failed_download_entries"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.max_results <= self.max_results_limit, "max_results", "must be <= GATEWAY_MAX_RESULTS_LIMIT")
         need(0 <= self.max_redirects <= 5, "max_redirects", "must be 0..5")

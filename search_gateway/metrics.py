@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34)
@@ -30,6 +32,17 @@ class Metrics:
         self.backend_errors = Counter("gateway_backend_errors_total", "Backend calls that failed.",
                                       ("backend",), registry=r)
         self.in_flight = Gauge("gateway_searches_in_flight", "Searches running now.", registry=r)
+        self.failed_download_skips = Counter(
+            "gateway_failed_download_skips_total",
+            "Candidates not fetched because their URL failed recently, by the remembered reason.",
+            ("reason",), registry=r)
+        self.failed_download_entries = Gauge("gateway_failed_download_entries",
+                                             "Failed download URLs remembered now.", registry=r)
+        self.slow_clients = Counter(
+            "gateway_slow_client_closes_total",
+            "Connections answered 408/429 and closed: header_timeout, body_timeout, too_many_connections.",
+            ("kind",), registry=r)
+        self.connections = Gauge("gateway_client_connections", "HTTP connections open now.", registry=r)
 
     def stage(self, name: str, seconds: float) -> None:
         self.stage_seconds.labels(name).observe(seconds)
@@ -44,6 +57,20 @@ class Metrics:
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
+
+    def failed_download_skipped(self, reason: str) -> None:
+        self.failed_download_skips.labels(reason).inc()
+
+    def watch_failed_downloads(self, entries: Callable[[], int]) -> None:
+        """Read the number of remembered failures at scrape time (it shrinks as entries expire)."""
+        self.failed_download_entries.set_function(entries)
+
+    # --- server.SlowClientEvents
+    def slow_client(self, kind: str) -> None:
+        self.slow_clients.labels(kind).inc()
+
+    def client_connections(self, total: int) -> None:
+        self.connections.set(total)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
