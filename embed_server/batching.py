@@ -10,6 +10,14 @@ The queue is bounded: a request that does not fit is refused at once (the caller
 answers RESOURCE_EXHAUSTED) rather than waiting behind an unbounded backlog. A
 cancelled request (client gone, deadline passed) withdraws its items; those not yet
 in a forward pass never reach one.
+
+Admission comes before the expensive part: a request first reserves room for its
+items (`reserve`), and only then decodes its images. Reserved room counts as taken,
+so concurrent requests cannot all pass the check and then overfill the queue, and a
+refused request never pays for (nor holds the memory of) decoding. The reservation
+turns into queued items on `submit`, or is returned when the request fails or is
+cancelled first. Queued plus reserved items never exceed `max_queue_size`, which
+therefore also bounds the decoded images a model holds in memory.
 """
 
 from __future__ import annotations
@@ -36,6 +44,33 @@ class BatchCounters:
     items: int = 0
     largest_batch: int = 0
     rejected: int = 0
+
+
+class Reservation:
+    """Room for `count` items in a batcher's queue, held while they are prepared.
+
+    A context manager: leaving it returns whatever `submit` did not take, whether the
+    request failed, was cancelled or succeeded. Releasing twice is harmless.
+    """
+
+    def __init__(self, batcher: DynamicBatcher, count: int) -> None:  # type: ignore[type-arg]
+        self.count = count
+        self._batcher: DynamicBatcher | None = batcher  # type: ignore[type-arg]
+
+    def release(self) -> None:
+        if self._batcher is not None:
+            self._batcher._reserved -= self.count
+            self._batcher = None
+
+    @property
+    def held(self) -> bool:
+        return self._batcher is not None
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass
@@ -67,23 +102,40 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._reserved = 0  # items admitted but not queued yet (being decoded)
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
-    async def submit(self, items: Sequence[ItemT]) -> list[ResultT]:
-        """Results for `items`, in order, once the forward passes holding them ran."""
-        if self._closed:
-            raise ModelUnavailable(f"{self.name} is shutting down")
+    @property
+    def reserved(self) -> int:
+        return self._reserved
+
+    def reserve(self, count: int) -> Reservation:
+        """Hold room for `count` items, or raise Overloaded at once when there is none."""
+        self._check_room(count)
+        self._reserved += count
+        return Reservation(self, count)
+
+    async def submit(self, items: Sequence[ItemT], reservation: Reservation | None = None) -> list[ResultT]:
+        """Results for `items`, in order, once the forward passes holding them ran.
+
+        With a held `reservation` for these items the room is already theirs; without
+        one, the items are admitted (or refused) here.
+        """
         if not items:
+            if reservation is not None:
+                reservation.release()
             return []
-        if len(self._queue) + len(items) > self.max_queue_size:
-            self.counters.rejected += 1
-            raise Overloaded(
-                f"{self.name} is overloaded: {len(self._queue)} items are queued "
-                f"(limit {self.max_queue_size}); retry shortly"
-            )
+        if reservation is not None and reservation.held and reservation.count == len(items):
+            if self._closed:
+                raise ModelUnavailable(f"{self.name} is shutting down")
+            # Released and queued with no await in between: the room passes from the
+            # reservation to the queue without a moment in which another request could take it.
+            reservation.release()
+        else:
+            self._check_room(len(items))
         self._start_worker()
         loop = asyncio.get_running_loop()
         pending = [_Pending[ItemT, ResultT](item, loop.create_future()) for item in items]
@@ -94,6 +146,16 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         except BaseException:
             self._withdraw(pending)
             raise
+
+    def _check_room(self, count: int) -> None:
+        if self._closed:
+            raise ModelUnavailable(f"{self.name} is shutting down")
+        if len(self._queue) + self._reserved + count > self.max_queue_size:
+            self.counters.rejected += 1
+            raise Overloaded(
+                f"{self.name} is overloaded: {len(self._queue)} items are queued and {self._reserved} "
+                f"being prepared (limit {self.max_queue_size}); retry shortly"
+            )
 
     async def close(self) -> None:
         self._closed = True

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -74,6 +76,9 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
         self.pool = pool
         self.settings = settings
         self.decode_pool = decode_pool
+        # Images whose decoding began, per model: shows that refused requests decode nothing.
+        self.images_decoded: Counter[str] = Counter()
+        self._decoded_lock = threading.Lock()  # incremented on the decode threads
 
     @_rpc
     async def Embed(self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> embed_pb2.EmbedResponse:
@@ -174,7 +179,12 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
     async def ListModels(
         self, request: embed_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.ListModelsResponse:
-        return embed_pb2.ListModelsResponse(models=[_model_info(m, self.settings) for m in self.pool.models.values()])
+        infos = []
+        for model in self.pool.models.values():
+            info = _model_info(model, self.settings)
+            _add_load_and_admission(info, model, self.images_decoded[model.card.name])
+            infos.append(info)
+        return embed_pb2.ListModelsResponse(models=infos)
 
     def _check_image_count(self, count: int) -> None:
         if count == 0:
@@ -187,16 +197,29 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
         max_pixels = self.settings.max_image_pixels
 
         def prepare(index: int, data: bytes) -> np.ndarray:
+            with self._decoded_lock:
+                self.images_decoded[card.name] += 1
             try:
                 picture = decode_image(data, max_pixels, draft_size=card.preprocess.draft_size)
             except ImageDecodeError as exc:
                 raise InvalidInput(f"image {index} is not usable: {exc}") from None
             return card.preprocess(picture)
 
-        pixels = await asyncio.gather(
-            *(loop.run_in_executor(self.decode_pool, prepare, index, data) for index, data in enumerate(images))
-        )
-        return await loaded.images.submit(pixels)
+        # Admission before decoding: a request the queue has no room for is refused
+        # without decoding anything, and the room stays reserved while it decodes (and
+        # is returned if it fails or is cancelled), so decoded images in memory never
+        # exceed the queue's size (batching.py).
+        with loaded.images.reserve(len(images)) as reservation:
+            jobs = [loop.run_in_executor(self.decode_pool, prepare, index, data) for index, data in enumerate(images)]
+            try:
+                pixels = await asyncio.gather(*jobs)
+            except BaseException:
+                # One image failed or the call was cancelled: drop the decodes that have
+                # not started (a running one finishes on its thread; decode_workers bound those).
+                for job in jobs:
+                    job.cancel()
+                raise
+            return await loaded.images.submit(pixels, reservation)
 
 
 def _provenance(model: ServedModel, loaded: LoadedModel) -> embed_pb2.Provenance:
@@ -263,3 +286,13 @@ def _model_info(model: ServedModel, settings: EmbedSettings) -> embed_pb2.ModelI
             field.rejected = counters.rejected
             field.queued = batcher.queued
     return info
+
+
+def _add_load_and_admission(info: embed_pb2.ModelInfo, model: ServedModel, images_decoded: int) -> None:
+    """The fields of ModelInfo about load retries and request admission."""
+    info.images_decoded = images_decoded
+    loaded = model.loaded
+    if loaded is not None:
+        info.image_batches.reserved = loaded.images.reserved
+        if loaded.texts is not None:
+            info.text_batches.reserved = loaded.texts.reserved
