@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -26,6 +26,7 @@ from search_gateway.cache import EmbeddingCache
 from search_gateway.caption import CaptionChain, Captioner, RemoteCaptioner, ZeroShotCaptioner
 from search_gateway.config import GatewaySettings
 from search_gateway.downloader import Downloader, DownloadLimits
+from search_gateway.failed_downloads import FailedDownloads
 from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
 from search_gateway.netguard import parse_allowlist
@@ -63,7 +64,8 @@ def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
 
 
 @contextlib.asynccontextmanager
-async def _open(settings: GatewaySettings, metrics: Metrics) -> AsyncIterator[Gateway]:
+async def _open(settings: GatewaySettings, metrics: Metrics,
+                failure_timer: Callable[[], float] = time.monotonic) -> AsyncIterator[Gateway]:
     backoff = settings.reconnect_backoff_max_ms
     embed_channel = open_channel(settings.embed_target, reconnect_backoff_max_ms=backoff)
     scraper_channel = open_channel(settings.scraper_target, reconnect_backoff_max_ms=backoff)
@@ -81,8 +83,12 @@ async def _open(settings: GatewaySettings, metrics: Metrics) -> AsyncIterator[Ga
     )
     cache = EmbeddingCache(settings.cache_size, settings.cache_ttl_s, on_lookup=metrics.cache_lookup)
     captions = _captions(settings, embed)
+    failures = FailedDownloads(settings.failed_download_entries, settings.failed_download_ttl_s,
+                               settings.failed_download_retry_s, timer=failure_timer,
+                               on_skip=metrics.failed_download_skipped)
+    metrics.watch_failed_downloads(failures.__len__)
     pipeline = SearchPipeline(settings=settings, embed=embed, scraper=scraper, downloader=downloader,
-                              captions=captions, cache=cache, metrics=metrics)
+                              captions=captions, cache=cache, metrics=metrics, failures=failures)
     try:
         yield Gateway(settings, metrics, embed, scraper, downloader, ModelCatalog(embed), pipeline,
                       ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions)
@@ -127,14 +133,18 @@ class _RequestMetrics:
             self.metrics.request(self._route(scope["path"]), scope["method"], status, time.monotonic() - start)
 
 
-def create_app(settings: GatewaySettings | None = None) -> Starlette:
-    """Build the app; backends are connected when the lifespan starts."""
+def create_app(settings: GatewaySettings | None = None, *,
+               failure_timer: Callable[[], float] = time.monotonic) -> Starlette:
+    """Build the app; backends are connected when the lifespan starts.
+
+    ``failure_timer`` is the clock of the failed-download memory (tests move it on).
+    """
     settings = settings or GatewaySettings.from_env()
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with _open(settings, metrics) as gateway:
+        async with _open(settings, metrics, failure_timer) as gateway:
             app.state.gateway = gateway
             log.info("gateway: embed=%s scraper=%s", settings.embed_target, settings.scraper_target)
             yield

@@ -213,6 +213,10 @@ class Downloader:
                             continue
                         if resp.status >= 500:
                             raise _Retryable("http_5xx", f"{url} answered {resp.status}.")
+                        if resp.status in (408, 429):
+                            # "Not now" rather than "not here": a 4xx that passes (the
+                            # failed-download memory keeps it only briefly).
+                            raise DownloadFailed(f"{url} answered {resp.status}.", reason="throttled")
                         if resp.status != 200:
                             raise DownloadFailed(f"{url} answered {resp.status}.", reason="http_4xx" if resp.status < 500 else "http_other")
                         return await self._read_capped(resp)

@@ -25,6 +25,7 @@ from search_gateway.caption import CaptionChain
 from search_gateway.config import GatewaySettings
 from search_gateway.downloader import Downloader
 from search_gateway.errors import BackendUnavailable, DownloadFailed, GatewayError
+from search_gateway.failed_downloads import FailedDownloads
 from search_gateway.images import PreparedImage, prepare
 from search_gateway.metrics import Metrics
 from tattoo_search.v1 import scraper_pb2
@@ -110,7 +111,8 @@ class SearchPipeline:
     """Shared by all searches of one gateway: the clients, the downloader and the cache."""
 
     def __init__(self, *, settings: GatewaySettings, embed: EmbedClient, scraper: ScraperClient,
-                 downloader: Downloader, captions: CaptionChain, cache: EmbeddingCache, metrics: Metrics) -> None:
+                 downloader: Downloader, captions: CaptionChain, cache: EmbeddingCache, metrics: Metrics,
+                 failures: FailedDownloads | None = None) -> None:
         self.settings = settings
         self.embed = embed
         self.scraper = scraper
@@ -118,6 +120,7 @@ class SearchPipeline:
         self.captions = captions
         self.cache = cache
         self.metrics = metrics
+        self.failures = failures
         # Bounds the embed calls in flight across all searches, so that one big search
         # cannot queue the embed server full for everyone else.
         self.embed_slots = asyncio.Semaphore(max(1, settings.embed_concurrency * 2))
@@ -178,9 +181,12 @@ class _Run:
         start = self._stage_start.setdefault(stage, now)
         self.timings[f"{stage}_ms"] = round((now - start) * 1000, 1)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, url: str | None = None) -> None:
         self.stats.failed[reason] += 1
         self.p.metrics.download_failed(reason)
+        # A timeout because this search's own budget ran out says nothing about the URL.
+        if url is not None and self.p.failures is not None and self.remaining() > 0:
+            self.p.failures.remember(url, reason)
 
     # --- vectors
     def image_vector(self, model: str) -> asyncio.Future[np.ndarray]:
@@ -305,15 +311,19 @@ class _Run:
             self.stats.from_cache += 1
             self._add(candidate, sha, vector, await query_vector, None)
             return
+        known = self.p.failures.reason(candidate.url) if self.p.failures is not None else None
+        if known is not None:  # failed recently: counted as failed again, not fetched again
+            self.stats.failed[known] += 1
+            return
         self._span("download")
         try:
             data = await self.p.downloader.fetch(candidate.url, candidate.headers, timeout=max(0.01, self.remaining()))
             image = await self.p.prepare_image(data, "candidate image", full_check=False)
         except DownloadFailed as exc:
-            self._fail(exc.reason)
+            self._fail(exc.reason, candidate.url)
             return
         except GatewayError as exc:  # not an image, truncated, pixel bomb, empty
-            self._fail(exc.code)
+            self._fail(exc.code, candidate.url)
             return
         self._span("download")
         self.stats.downloaded += 1

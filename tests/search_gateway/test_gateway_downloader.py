@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from search_gateway.downloader import Downloader, DownloadLimits
 from search_gateway.errors import DownloadFailed, DownloadRefused
 from search_gateway.netguard import parse_allowlist
 from tests.search_gateway.conftest import Site
+from tests.search_gateway.gateway_support import serve_aiohttp
 from tests.support.images import jpeg
 
 LIMITS = DownloadLimits(max_bytes=1024 * 1024, connect_timeout_s=1, read_timeout_s=0.3, attempt_timeout_s=1,
@@ -85,3 +87,23 @@ async def test_the_whole_fetch_has_a_budget(downloader: Downloader, site: Site) 
     with pytest.raises(DownloadFailed) as failed:
         await downloader.fetch(f"{site.base}/slow.jpg", timeout=0.2)
     assert failed.value.reason == "timeout"
+
+
+async def test_408_and_429_are_throttled_not_a_lasting_4xx() -> None:
+    # "Not now" answers: the failed-download memory keeps them briefly, not like a 404.
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["status"]))
+
+    app = web.Application()
+    app.router.add_get("/{status}", handle)
+    async with serve_aiohttp(app) as port:
+        d = Downloader(LIMITS, parse_allowlist([f"127.0.0.1:{port}"]))
+        try:
+            reasons = []
+            for status in (408, 429, 404):
+                with pytest.raises(DownloadFailed) as failed:
+                    await d.fetch(f"http://127.0.0.1:{port}/{status}")
+                reasons.append(failed.value.reason)
+        finally:
+            await d.close()
+    assert reasons == ["throttled", "throttled", "http_4xx"]
