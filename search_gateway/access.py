@@ -7,14 +7,18 @@ other error.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_gateway.errors import RateLimited, Unauthorized, UploadTooLarge, to_response
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Probes and scrapers must work without a key and without spending a client's quota.
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -33,13 +37,124 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def client_key(scope: Scope) -> str:
-    """The API key when one was sent, otherwise the peer address."""
-    key = _header(scope, b"x-api-key")
-    if key:
-        return "key:" + key
-    client = scope.get("client")
-    return "ip:" + (client[0] if client else "unknown")
+def _given_key(scope: Scope) -> str | None:
+    """The API key the request presents: X-API-Key, else a Bearer token."""
+    given = _header(scope, b"x-api-key")
+    auth = _header(scope, b"authorization")
+    if not given and auth and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return given or None
+
+
+def parse_trusted_proxies(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """``GATEWAY_TRUSTED_PROXIES`` entries: addresses or CIDR ranges."""
+    networks: list[IPNetwork] = []
+    for raw in entries:
+        entry = raw.strip()
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an IP address or CIDR range") from None
+    return tuple(networks)
+
+
+def _address(text: str) -> IPAddress | None:
+    """An address from a forwarded-chain entry: ``1.2.3.4``, ``1.2.3.4:80``, ``[v6]:80``, bare v6."""
+    text = text.strip().strip('"').strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # IPv4 with a port; bare IPv6 has several colons
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; count them as IPv4.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    parts, current, quoted, escaped = [], [], False, False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _forwarded_for(value: str) -> list[str]:
+    """The ``for=`` node of each element of an RFC 7239 ``Forwarded`` header, in order."""
+    nodes = []
+    for element in _split_outside_quotes(value, ","):
+        node = ""
+        for pair in _split_outside_quotes(element, ";"):
+            name, _, raw = pair.strip().partition("=")
+            if name.strip().lower() == "for":
+                node = raw.strip().strip('"').replace('\\"', '"')
+        nodes.append(node)
+    return nodes
+
+
+def _headers(scope: Scope, name: bytes) -> list[str]:
+    # A header sent on several lines is one comma-separated list, in order.
+    return [value.decode("latin-1") for key, value in scope.get("headers", []) if key == name]
+
+
+class ClientIdentity:
+    """Who a request counts against: its configured API key, else its client address.
+
+    A key that is not configured is a string anyone can invent, so it never picks a
+    bucket. The client address is the connecting peer, unless that peer is a trusted
+    proxy: then it is the right-most address in the forwarded chain that is not a
+    trusted proxy itself (entries further left were written by whoever sent the
+    request and prove nothing). X-Forwarded-For is read when present, else RFC 7239
+    ``Forwarded``.
+    """
+
+    def __init__(self, keys: Iterable[str] = (), trusted_proxies: Iterable[str] = ()) -> None:
+        self.keys = frozenset(keys)
+        self.proxies = parse_trusted_proxies(trusted_proxies)
+
+    def _trusted(self, ip: IPAddress | None) -> bool:
+        return ip is not None and any(ip.version == net.version and ip in net for net in self.proxies)
+
+    def address(self, scope: Scope) -> str:
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        peer_ip = _address(peer)
+        if not self._trusted(peer_ip):
+            return str(peer_ip) if peer_ip is not None else peer
+        forwarded = _headers(scope, b"x-forwarded-for")
+        chain = [part for line in forwarded for part in line.split(",")] if forwarded else [
+            node for line in _headers(scope, b"forwarded") for node in _forwarded_for(line)]
+        chain = [entry.strip() for entry in chain if entry.strip()]
+        for entry in reversed(chain):
+            ip = _address(entry)
+            if not self._trusted(ip):
+                # Written by the nearest trusted proxy, whatever its form ("unknown", an
+                # obfuscated name): bounded so a bucket name stays small.
+                return str(ip) if ip is not None else "node:" + entry[:64]
+        # Every hop is a trusted proxy: the request started on one of them.
+        return str(_address(chain[0])) if chain else str(peer_ip)
+
+    def key(self, scope: Scope) -> str:
+        given = _given_key(scope)
+        if given is not None and given in self.keys:
+            return "key:" + given
+        return "ip:" + self.address(scope)
 
 
 class ApiKeyMiddleware:
@@ -53,10 +168,7 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or not self.keys or _is_open(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-api-key")
-        auth = _header(scope, b"authorization")
-        if not given and auth and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
+        given = _given_key(scope)
         # Constant-time comparison against every key, so timing says nothing.
         ok = bool(given) and any(hmac.compare_digest(given.encode(), k) for k in self.keys)  # type: ignore[union-attr]
         if not ok:
@@ -96,15 +208,16 @@ class TokenBuckets:
 
 
 class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, buckets: TokenBuckets | None) -> None:
+    def __init__(self, app: ASGIApp, buckets: TokenBuckets | None, identity: ClientIdentity | None = None) -> None:
         self.app = app
         self.buckets = buckets
+        self.identity = identity or ClientIdentity()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.buckets is None or _is_open(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        wait = self.buckets.take(client_key(scope))
+        wait = self.buckets.take(self.identity.key(scope))
         if wait > 0:
             await to_response(RateLimited(f"Too many requests; retry in {math.ceil(wait)} s.", retry_after=wait))(scope, receive, send)
             return

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_gateway import errors, routes, web
-from search_gateway.access import ApiKeyMiddleware, BodyLimitMiddleware, RateLimitMiddleware, TokenBuckets
+from search_gateway.access import ApiKeyMiddleware, BodyLimitMiddleware, ClientIdentity, RateLimitMiddleware, TokenBuckets
 from search_gateway.backends import EmbedClient, ScraperClient, open_channel
 from search_gateway.cache import EmbeddingCache
 from search_gateway.caption import CaptionChain, Captioner, RemoteCaptioner, ZeroShotCaptioner
@@ -31,6 +31,7 @@ from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
 from search_gateway.netguard import parse_allowlist
 from search_gateway.pipeline import SearchPipeline
+from search_gateway.requestid import RequestIdMiddleware, install_log_stamp
 from search_gateway.thumbnails import ThumbnailSigner
 
 log = logging.getLogger(__name__)
@@ -162,13 +163,18 @@ def create_app(settings: GatewaySettings | None = None, *,
         *web.routes(),  # the search page at / and its files under /static
     ]
     buckets = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None
-    # Outermost first: metrics see every answer, CORS headers go on errors too.
+    install_log_stamp()
+    # Outermost first: every answer gets a request id, metrics see every answer, CORS
+    # headers go on errors too.
     middleware = [
+        Middleware(RequestIdMiddleware),
         Middleware(_RequestMetrics, metrics=metrics, paths=frozenset(r.path for r in route_list)),
         Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                   allow_headers=["Content-Type", "X-API-Key", "Authorization"], max_age=600),
+                   allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
+                   expose_headers=["X-Request-ID", "Retry-After"], max_age=600),
         Middleware(ApiKeyMiddleware, keys=settings.api_keys),
-        Middleware(RateLimitMiddleware, buckets=buckets),
+        Middleware(RateLimitMiddleware, buckets=buckets,
+                   identity=ClientIdentity(settings.api_keys, settings.trusted_proxies)),
         Middleware(BodyLimitMiddleware, max_bytes=settings.upload_max_bytes + _FORM_OVERHEAD),
     ]
     app = Starlette(

@@ -54,18 +54,24 @@ def open_channel(target: str, *, reconnect_backoff_max_ms: int) -> grpc.aio.Chan
 
 
 def _translate(exc: grpc.aio.AioRpcError, backend: str) -> Exception:
+    # gRPC's details name the backend's address and its connection error (and the
+    # embed server's may quote a decoder's exception): they go to the log line that
+    # errors.to_response writes with the request id, never into the reply.
     code = exc.code()
-    detail = exc.details() or code.name
+    detail = f"{backend} answered {code.name}: {exc.details() or '(no detail)'}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return BackendRejected(detail)
+        return BackendRejected(f"The {backend} could not use the request's content (an image or text it cannot read).",
+                               log_detail=detail)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return BackendUnavailable(f"The {backend} is overloaded; try again shortly.", backend=backend, retry_after=1)
+        return BackendUnavailable(f"The {backend} is overloaded; try again shortly.", backend=backend, retry_after=1,
+                                  log_detail=detail)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return BackendUnavailable(f"The {backend} did not answer in time.", backend=backend, retry_after=2)
+        return BackendUnavailable(f"The {backend} did not answer in time.", backend=backend, retry_after=2,
+                                  log_detail=detail)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.FAILED_PRECONDITION):
-        return BackendUnavailable(f"The {backend} is unavailable ({detail}).", backend=backend, retry_after=2)
-    log.warning("%s answered %s: %s", backend, code.name, detail)
-    return BackendUnavailable(f"The {backend} failed ({code.name}).", backend=backend, retry_after=5)
+        return BackendUnavailable(f"The {backend} is unavailable; try again shortly.", backend=backend, retry_after=2,
+                                  log_detail=detail)
+    return BackendUnavailable(f"The {backend} failed.", backend=backend, retry_after=5, log_detail=detail)
 
 
 @dataclass(frozen=True)

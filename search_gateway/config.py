@@ -116,6 +116,10 @@ class GatewaySettings:
     # --- access
     cors_origins: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = ()
+    # Addresses or CIDR ranges of reverse proxies whose X-Forwarded-For / Forwarded
+    # headers name the client (access.py). Empty: those headers are ignored, and the
+    # rate limit counts by the connecting address.
+    trusted_proxies: tuple[str, ...] = ()
     rate_limit_per_minute: int = 120
     rate_limit_burst: int = 30
     # --- result thumbnails
@@ -191,6 +195,12 @@ class GatewaySettings:
             parse_allowlist(self.fetch_allow)
         except ValueError as exc:
             raise ConfigError(f"{PREFIX}FETCH_ALLOW is invalid: {exc}") from None
+        from search_gateway.access import parse_trusted_proxies
+
+        try:
+            parse_trusted_proxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"{PREFIX}TRUSTED_PROXIES is invalid: {exc}") from None
 
 
 def _parser_for(annotation: object) -> Callable[[str], Any]:

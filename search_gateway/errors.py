@@ -3,6 +3,11 @@
 Core modules raise these (or plain exceptions); only :func:`to_response` decides
 the status code, headers and body. Anything unexpected becomes a plain-sentence 500
 with no stack trace in the body; the trace goes to the log.
+
+A reply never carries internal detail (backend addresses, gRPC error text, exception
+names, the URL a download failed on): such detail rides on the exception as
+``log_detail`` and goes to ONE log line, which carries the request id that the reply
+also carries.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from search_gateway import requestid
+
 log = logging.getLogger(__name__)
 
 
@@ -23,10 +30,12 @@ class GatewayError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, log_detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        # For the operator, never for the reply: what exactly failed and where.
+        self.log_detail = log_detail
 
 
 class BadRequest(GatewayError):
@@ -88,8 +97,8 @@ class BackendUnavailable(GatewayError):
 
     status, code = 503, "backend_unavailable"
 
-    def __init__(self, message: str, *, backend: str, retry_after: float = 2.0) -> None:
-        super().__init__(message, retry_after=retry_after)
+    def __init__(self, message: str, *, backend: str, retry_after: float = 2.0, log_detail: str | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, log_detail=log_detail)
         self.backend = backend
 
 
@@ -99,7 +108,10 @@ class DownloadFailed(GatewayError):
     status, code = 502, "download_failed"
 
     def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
+        # The downloader's sentence names the URL and what went wrong with it (an
+        # address, a client library's error): the log keeps it, the reply says the
+        # reason in plain words.
+        super().__init__(message, log_detail=message)
         self.reason = reason
 
 
@@ -109,21 +121,52 @@ class DownloadRefused(DownloadFailed):
     status, code = 400, "url_refused"
 
 
+# What a failed download is called in a reply, by its reason label.
+_DOWNLOAD_SENTENCES = {
+    "bad_scheme": "Only http and https image URLs can be fetched.",
+    "bad_url": "The image URL is not valid (or carries credentials).",
+    "blocked_address": "The image URL points to an address that is not public; it was not fetched.",
+    "timeout": "The image took too long to download.",
+    "http_4xx": "The image's server refused the request or does not have it.",
+    "http_5xx": "The image's server failed to send it.",
+    "throttled": "The image's server asked to wait before trying again.",
+    "http_other": "The image's server answered with an unexpected status.",
+    "connect_error": "The image's server could not be reached.",
+    "bad_redirect": "The image's server sent a broken redirect.",
+    "too_many_redirects": "The image's server redirected too many times.",
+    "broken_body": "The image's server sent a broken reply.",
+    "too_large": "The image is larger than the download limit.",
+    "encoded_body": "The image's server sent a compressed body, which is not accepted for images.",
+}
+
+
+def _reply_sentence(exc: GatewayError) -> str:
+    if isinstance(exc, DownloadFailed):
+        return _DOWNLOAD_SENTENCES.get(exc.reason, "The image could not be downloaded.")
+    return exc.message
+
+
 def to_response(exc: Exception) -> Response:
-    """Map any exception to a JSON answer: ``{"error": code, "detail": sentence}``."""
+    """Map any exception to a JSON answer: ``{"error": code, "detail": sentence, "request_id": id}``."""
     headers: dict[str, str] = {}
+    request_id = requestid.current()
     if isinstance(exc, GatewayError):
-        status, code, detail = exc.status, exc.code, exc.message
+        status, code, detail = exc.status, exc.code, _reply_sentence(exc)
         if exc.retry_after is not None:
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        if exc.log_detail:
+            level = logging.WARNING if status >= 500 else logging.INFO
+            log.log(level, "request %s: %d %s: %s", request_id, status, code, exc.log_detail)
     elif isinstance(exc, HTTPException):
         # Starlette's own: 404 for unknown routes, 405, and 400 from the form parser.
         status, code, detail = exc.status_code, "http_error", str(exc.detail)
         headers.update(exc.headers or {})
     else:
-        log.exception("unexpected error", exc_info=exc)
+        log.error("request %s: unexpected error", request_id, exc_info=exc)
         status, code, detail = 500, "internal_error", "The gateway failed unexpectedly; the error was logged."
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    if request_id != "-":
+        headers[requestid.HEADER] = request_id
+    return JSONResponse({"error": code, "detail": detail, "request_id": request_id}, status_code=status, headers=headers)
 
 
 async def handle(request: Request, exc: Exception) -> Response:

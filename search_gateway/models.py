@@ -40,6 +40,11 @@ class ModelCatalog:
         except BackendUnavailable:
             return self._models  # the last answer, however old, or None
 
+    async def names(self) -> list[str]:
+        """The model names requests may name: what the embed server serves (the fallback while it cannot be asked)."""
+        served = await self._served_or_none()
+        return [m.name for m in served] if served else list(KNOWN_MODELS)
+
     async def describe(self, name: str) -> ModelDescription | None:
         for model in await self._served_or_none() or []:
             if model.name == name:

@@ -61,13 +61,92 @@ def is_public_address(ip: IPAddress) -> bool:
     return True
 
 
+# What an all-numeric host that no parser accepts (``1.2.3.999999``) stands for: an
+# address that is never permitted, so the URL is refused instead of being handed to a
+# URL library or resolver that might read it some other way.
+_NO_ADDRESS = ipaddress.IPv4Address(0)
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One part of an inet_aton-style address: decimal, 0x hex or 0-led octal."""
+    if part[:2] in ("0x", "0X"):
+        digits, base = part[2:], 16
+        if digits == "":
+            return 0  # "0x" alone is zero, as inet_aton and browsers read it
+    elif len(part) > 1 and part.startswith("0"):
+        digits, base = part[1:], 8
+    else:
+        digits, base = part, 10
+    allowed = "0123456789abcdefABCDEF"[: base if base <= 10 else 22]
+    if not digits or any(c not in allowed for c in digits):
+        return None
+    return int(digits, base)
+
+
+def _looks_numeric(label: str) -> bool:
+    return label != "" and (all(c in "0123456789" for c in label)
+                            or (label[:2] in ("0x", "0X") and all(c in "0123456789abcdefABCDEF" for c in label[2:])))
+
+
+def _inet_aton(host: str) -> IPAddress | None:
+    """Read ``host`` as browsers and inet_aton do: 1-4 parts, the last filling the rest.
+
+    ``127.1``, ``2130706433``, ``0x7f.1``, ``017700000001`` and ``0177.0.0.1`` are all
+    127.0.0.1. Returns None when the host is a name (its last label is not numeric),
+    and ``_NO_ADDRESS`` when it is numeric but no valid address.
+    """
+    parts = host.split(".")
+    if not _looks_numeric(parts[-1]):
+        return None
+    numbers = [_ipv4_number(p) if p else None for p in parts]
+    if len(parts) > 4 or any(n is None for n in numbers):
+        return _NO_ADDRESS
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (4 - len(head)):  # type: ignore[operator]
+        return _NO_ADDRESS
+    value = 0
+    for n in head:
+        value = value * 256 + n  # type: ignore[operator]
+    return ipaddress.IPv4Address(value * 256 ** (4 - len(head)) + last)  # type: ignore[operator]
+
+
+def _bare(text: str) -> str:
+    """The host without IPv6 brackets, zone, one trailing dot; lower case."""
+    host = text.strip().strip("[]").split("%", 1)[0].lower()
+    return host[:-1] if host.endswith(".") else host
+
+
 def parse_ip(text: str) -> IPAddress | None:
-    """An address from a host string (brackets and IPv6 zone stripped), or None for a name."""
-    host = text.strip("[]").split("%", 1)[0]
+    """The address a host string stands for without asking DNS, or None for a name.
+
+    IP literals in every spelling a URL library, inet_aton or a browser accepts count
+    (shorthand, decimal, octal and hex parts, a trailing dot), and so do the reserved
+    ``localhost`` names, which always mean loopback (RFC 6761) whatever DNS says.
+    """
+    host = _bare(text)
     try:
         return ipaddress.ip_address(host)
     except ValueError:
-        return None
+        pass
+    if host == "localhost" or host.endswith(".localhost"):
+        return _LOOPBACK
+    return _inet_aton(host)
+
+
+def is_canonical_ip(text: str) -> bool:
+    """True for a host that is not an address literal, or one written the usual way.
+
+    ``127.1``, ``0177.0.0.1``, ``2130706433`` or ``1.2.3.4.`` are not: whatever they
+    stand for, they are refused rather than handed on, since the next parser (the URL
+    library, the resolver) may read them differently from the check.
+    """
+    host = text.strip().strip("[]").split("%", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return _inet_aton(_bare(text)) is None
 
 
 @dataclass(frozen=True)
@@ -127,5 +206,11 @@ def _port(raw: str, text: str) -> int:
 
 
 def permitted(host: str, port: int, ip: IPAddress, allow: Allowlist) -> bool:
-    """The single rule: a public address, or one the allowlist admits for this host/port."""
+    """The single rule: a public address, or one the allowlist admits for this host/port.
+
+    A host spelt as a non-canonical address literal is never permitted (see
+    :func:`is_canonical_ip`).
+    """
+    if not is_canonical_ip(host):
+        return False
     return is_public_address(ip) or allow.admits(host, port, ip)

@@ -1,86 +1,200 @@
-"""The OpenAPI description of the HTTP API, written by hand to match routes.py."""
+"""The OpenAPI description of the HTTP API, written by hand to match routes.py exactly.
+
+Exact means: every status a route can answer is listed with the body it carries, every
+limit the route enforces is in the schema, and the model enum is what the embed server
+serves now (so a schema-driven client or fuzzer never learns a model it cannot use).
+tests/search_gateway/test_gateway_openapi_fuzz.py holds the server to it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-_MODEL = {"name": "embedding_model", "in": "query", "schema": {"type": "string",
-          "enum": ["clip", "dinov2", "dinov2-reg", "dinov3", "siglip"], "default": "clip"}}
-_ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-_ERRORS = {str(code): _ERROR for code in (400, 401, 413, 415, 422, 429, 503)}
+from search_gateway.config import GatewaySettings
+from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
 
-_SEARCH_BODY = {
-    "required": True,
-    "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
-        "file": {"type": "string", "format": "binary", "description": "The query image."},
-        "text": {"type": "string", "description": "Instead of file: a text query (clip, siglip)."},
-    }}}},
-}
-_SEARCH_PARAMS = [
-    _MODEL,
-    {"name": "include_patch_attention", "in": "query", "schema": {"type": "boolean", "default": False}},
-    {"name": "max_results", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-]
+_JSON = "application/json"
+# Errors every admitted request may meet: no key (401), over the rate limit (429).
+_ACCESS = (401, 429)
+# Errors of the POST routes with a body: malformed (400), over the size limit (413).
+_BODY = (400, 413)
+# Errors from the uploaded image: not an image (415), truncated or a pixel bomb (422).
+_IMAGE = (415, 422)
 
 
-def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
+def _error(description: str = "Error") -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): _error() for code in codes}
+
+
+def _model_param(models: list[str], default: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "enum": models}
+    if default in models:
+        schema["default"] = default
+    return {"name": "embedding_model", "in": "query", "schema": schema,
+            "description": "A model the embed server serves (GET /models)."}
+
+
+def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
+    # Spaces are collapsed before the length is checked, so the query needs a visible character.
+    text = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"\S",
+            "description": "A text query (models with a text tower: clip, siglip); at most 300 characters."}
     return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "The query image."},
+                    "text": {**text, "description": "Instead of file: a text query."},
+                },
+                "anyOf": [{"required": ["file"]}, {"required": ["text"]}],
+            }},
+            "application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["text"],
+                                                             "properties": {"text": text}}},
+            _JSON: {"schema": {
+                "type": "object", "required": ["text"], "additionalProperties": False,
+                "properties": {
+                    "text": text,
+                    "embedding_model": {"type": "string", "enum": models},
+                    "max_results": {"type": "integer", "minimum": 1, "maximum": max_results},
+                },
+            }},
+        },
+    }
+
+
+def _search_params(models: list[str], default: str, max_results: int) -> list[dict[str, Any]]:
+    return [
+        _model_param(models, default),
+        {"name": "include_patch_attention", "in": "query", "schema": {"type": "boolean", "default": False}},
+        {"name": "max_results", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": max_results}},
+    ]
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error", "detail", "request_id"], "properties": {
+        "error": {"type": "string", "description": "A stable machine-readable code."},
+        "detail": {"type": "string", "description": "What went wrong, in a sentence."},
+        "request_id": {"type": "string", "description": "Quote it to an operator: the log has the detail."}}},
+    "SearchResult": {"type": "object", "required": ["url", "score"], "properties": {
+        "url": {"type": "string"}, "source_url": {"type": "string"}, "platform": {"type": "string"},
+        "title": {"type": "string"}, "engine": {"type": "string"}, "score": {"type": "number"},
+        "thumbnail_url": {"type": "string"},
+        "patch_attention": {"type": "object", "properties": {
+            "overall_similarity": {"type": "number"}, "query_grid_size": {"type": "integer"},
+            "candidate_grid_size": {"type": "integer"}, "attention_summary": {"type": "object"}}},
+    }},
+    "SearchResponse": {"type": "object", "required": ["caption", "results", "embedding_model"], "properties": {
+        "caption": {"type": "string"}, "caption_source": {"type": "string"},
+        "results": {"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}},
+        "embedding_model": {"type": "string"}, "embedding_weights": {"type": "string"},
+        "patch_attention_enabled": {"type": "boolean"},
+        "partial": {"type": "boolean"}, "stats": {"type": "object"}, "timings": {"type": "object"},
+    }},
+    "AttentionResponse": {"type": "object", "required": ["candidate_url", "embedding_model", "similarity_analysis"],
+                          "properties": {
+        "candidate_url": {"type": "string"}, "embedding_model": {"type": "string"},
+        "query_image_size": {"type": "array", "items": {"type": "integer"}},
+        "candidate_image_size": {"type": "array", "items": {"type": "integer"}},
+        "similarity_analysis": {"type": "object"}, "attention_matrix_shape": {"type": "array"},
+        "query_grid": {"type": "array"}, "candidate_grid": {"type": "array"},
+        "top_correspondences": {"type": "array"}, "visualizations": {"type": "object"},
+    }},
+    "Models": {"type": "object", "required": ["models", "default_model"], "properties": {
+        "models": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "supports_text": {"type": "boolean"}, "state": {"type": "string"},
+            "weights": {"type": "string"}, "error": {"type": "string"}}}},
+        "default_model": {"type": "string"}}},
+    "Readiness": {"type": "object", "required": ["status", "checks"], "properties": {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}}}},
+}
+
+
+def openapi_document(settings: GatewaySettings | None = None, models: list[str] | None = None,
+                     version: str = "0.1.0") -> dict[str, Any]:
+    """The description for this gateway's settings and the models its embed server serves."""
+    s = settings or GatewaySettings()
+    served = list(models) if models else [s.default_model]
+    limit = s.max_results_limit
+    search_responses = {"200": {"description": "Ranked results", "content": {_JSON: {
+        "schema": {"$ref": "#/components/schemas/SearchResponse"}}}}, **_errors(*_BODY, *_ACCESS, *_IMAGE, 503)}
+    paths: dict[str, Any] = {
+        "/search": {"post": {
+            "summary": "Search by image (or text); JSON answer when the search ends or its time budget does.",
+            "parameters": _search_params(served, s.default_model, limit),
+            "requestBody": _search_body(served, limit),
+            "responses": search_responses,
+        }},
+        "/search/stream": {"post": {
+            "summary": "The same search as NDJSON progress events: caption, candidates, downloaded, ranked, final.",
+            "parameters": _search_params(served, s.default_model, limit),
+            "requestBody": _search_body(served, limit),
+            "responses": {**search_responses, "200": {
+                "description": "One JSON object a line; the last has event=final or event=error.",
+                "content": {"application/x-ndjson": {}}}},
+        }},
+        "/analyze-attention": {"post": {
+            "summary": "Patch-level correspondences between the query image and one candidate.",
+            "parameters": [
+                {"name": "candidate_url", "in": "query", "required": True,
+                 "schema": {"type": "string", "minLength": 1},
+                 "description": "The candidate image's http(s) URL; private and loopback addresses are refused."},
+                _model_param(served, s.default_model),
+                {"name": "include_visualizations", "in": "query", "schema": {"type": "boolean", "default": True}},
+            ],
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["query_file"],
+                "properties": {"query_file": {"type": "string", "format": "binary"}}}}}},
+            "responses": {"200": {"description": "Analysis", "content": {_JSON: {
+                "schema": {"$ref": "#/components/schemas/AttentionResponse"}}}},
+                **_errors(*_BODY, *_ACCESS, *_IMAGE, 502, 503)},
+        }},
+        "/models": {"get": {"summary": "Models the embed server serves.", "responses": {
+            "200": {"description": "Models", "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Models"}}}},
+            **_errors(*_ACCESS, 503)}}},
+        "/health": {"get": {"summary": "The gateway process lives.", "responses": {
+            "200": {"description": "Alive", "content": {_JSON: {"schema": {"type": "object"}}}}}}},
+        "/ready": {"get": {"summary": "Both backends reachable and the default model ready.", "responses": {
+            code: {"description": what, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Readiness"}}}}
+            for code, what in (("200", "Ready"), ("503", "Not ready"))}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {
+            "200": {"description": "Text format", "content": {"text/plain": {}}}}}},
+        "/thumbnails/{token}": {"get": {
+            "summary": "A result image, resized; only for links from a recent search result.",
+            "parameters": [
+                {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16,
+                                                            "maximum": s.thumbnail_max_side, "default": 256}}],
+            "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                          **_errors(400, *_ACCESS, 404, *_IMAGE, 502)},
+        }},
+    }
+    # Every reply, errors from the access checks included, names its request id.
+    request_id = {REQUEST_ID_HEADER: {"required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                                      "description": "Sent by the client when well formed, else generated."}}
+    for item in paths.values():
+        for operation in item.values():
+            for response in operation["responses"].values():
+                response["headers"] = request_id
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Tattoo search gateway", "version": version,
                  "description": "Visual search for tattoo designs: upload an image, get similar designs from the web."},
-        "paths": {
-            "/search": {"post": {
-                "summary": "Search by image (or text); JSON answer when the search ends or its time budget does.",
-                "parameters": _SEARCH_PARAMS, "requestBody": _SEARCH_BODY,
-                "responses": {"200": {"description": "Ranked results", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/SearchResponse"}}}}, **_ERRORS},
-            }},
-            "/search/stream": {"post": {
-                "summary": "The same search as NDJSON progress events: caption, candidates, downloaded, ranked, final.",
-                "parameters": _SEARCH_PARAMS, "requestBody": _SEARCH_BODY,
-                "responses": {"200": {"description": "One JSON object a line; the last has event=final or event=error.",
-                                      "content": {"application/x-ndjson": {}}}, **_ERRORS},
-            }},
-            "/analyze-attention": {"post": {
-                "summary": "Patch-level correspondences between the query image and one candidate.",
-                "parameters": [
-                    {"name": "candidate_url", "in": "query", "required": True, "schema": {"type": "string"}},
-                    _MODEL,
-                    {"name": "include_visualizations", "in": "query", "schema": {"type": "boolean", "default": True}},
-                ],
-                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                    "type": "object", "properties": {"query_file": {"type": "string", "format": "binary"}}}}}},
-                "responses": {"200": {"description": "Analysis", "content": {"application/json": {}}},
-                              "502": _ERROR, **_ERRORS},
-            }},
-            "/models": {"get": {"summary": "Models the embed server serves.", "responses": {"200": {"description": "Models"}, "503": _ERROR}}},
-            "/health": {"get": {"summary": "The gateway process lives.", "responses": {"200": {"description": "Alive"}}}},
-            "/ready": {"get": {"summary": "Both backends reachable and the default model ready.",
-                               "responses": {"200": {"description": "Ready"}, "503": _ERROR}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "Text format"}}}},
-            "/thumbnails/{token}": {"get": {
-                "summary": "A result image, resized; only for links from a recent search result.",
-                "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
-                               {"name": "size", "in": "query", "schema": {"type": "integer", "default": 256}}],
-                "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {}}}, "404": _ERROR, "502": _ERROR},
-            }},
-        },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error", "detail"], "properties": {
-                "error": {"type": "string"}, "detail": {"type": "string"}}},
-            "SearchResult": {"type": "object", "required": ["url", "score"], "properties": {
-                "url": {"type": "string"}, "source_url": {"type": "string"}, "platform": {"type": "string"},
-                "title": {"type": "string"}, "engine": {"type": "string"}, "score": {"type": "number"},
-                "thumbnail_url": {"type": "string"},
-                "patch_attention": {"type": "object", "properties": {
-                    "overall_similarity": {"type": "number"}, "query_grid_size": {"type": "integer"},
-                    "candidate_grid_size": {"type": "integer"}, "attention_summary": {"type": "object"}}},
-            }},
-            "SearchResponse": {"type": "object", "required": ["caption", "results", "embedding_model"], "properties": {
-                "caption": {"type": "string"},
-                "results": {"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}},
-                "embedding_model": {"type": "string"}, "patch_attention_enabled": {"type": "boolean"},
-                "partial": {"type": "boolean"}, "stats": {"type": "object"}, "timings": {"type": "object"},
-            }},
-        }},
+        "paths": paths,
+        "components": {"schemas": _SCHEMAS},
     }
+    if s.api_keys:
+        document["components"]["securitySchemes"] = {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "bearer": {"type": "http", "scheme": "bearer"},
+        }
+        for path, item in paths.items():
+            if path not in ("/health", "/ready", "/metrics"):
+                for operation in item.values():
+                    operation["security"] = [{"apiKey": []}, {"bearer": []}]
+    return document

@@ -291,6 +291,7 @@ class _Run:
                 if self.stats.candidates_found == 0:
                     raise
                 # Candidates already in hand are still worth ranking.
+                log.warning("scraper stream ended early: %s", exc.log_detail or exc.message)
                 self.stats.scraper_error = exc.message
                 self.partial = True
             self._mark("scrape", start)
@@ -392,6 +393,7 @@ class _Run:
                 self._fail("rejected_by_embed_server")
             return
         except BackendUnavailable as exc:
+            log.warning("embed batch failed: %s", exc.log_detail or exc.message)
             self.stats.embed_error = exc.message
             self.p.metrics.backend_errors.labels("embed").inc()
             for _ in batch:
@@ -452,7 +454,11 @@ class _Run:
             for result, cand in zip(top, reply.candidates, strict=True):
                 result["patch_attention"] = attention.summarize(reply.query_grid_height, reply.query_grid_width, cand)
         except (GatewayError, ValueError) as exc:
-            self.stats.attention_error = getattr(exc, "message", str(exc))
+            # The reply says what failed in plain words (a download's message names its
+            # URL, a ValueError's text is internal); the detail goes to the log.
+            log.warning("patch attention failed: %s", getattr(exc, "log_detail", None) or exc)
+            self.stats.attention_error = (exc.message if isinstance(exc, BackendUnavailable)
+                                          else "Patch attention could not be computed for the top results.")
             self.partial = True
         self._mark("attention", start)
 

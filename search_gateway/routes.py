@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
@@ -23,16 +24,20 @@ from search_gateway.openapi import openapi_document
 from search_gateway.pipeline import SearchQuery
 from tattoo_search.v1 import embed_pb2
 
+log = logging.getLogger(__name__)
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
+# The fields a JSON body of /search may carry (text search only: images are uploads).
+JSON_FIELDS = ("text", "embedding_model", "max_results")
 
 
 def _gateway(request: Request):  # type: ignore[no-untyped-def]
     return request.app.state.gateway
 
 
-def _param(request: Request, form: FormData | None, name: str) -> str | None:
-    """Query parameters first (the seed's frontend), form fields second (the seed's curl example)."""
+def _param(request: Request, form: Mapping[str, Any] | None, name: str) -> str | None:
+    """Query parameters first (the seed's frontend), form or JSON fields second (the seed's curl example)."""
     value = request.query_params.get(name)
     if value is None and form is not None:
         field = form.get(name)
@@ -40,7 +45,44 @@ def _param(request: Request, form: FormData | None, name: str) -> str | None:
     return value
 
 
-def _bool(request: Request, form: FormData | None, name: str, default: bool) -> bool:
+def _json_string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"The field {name!r} must be a string, not {_json_type(value)}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON can spell a lone UTF-16 surrogate ("\ud800"); no backend can take one.
+        raise BadRequest(f"The field {name!r} is not valid Unicode text (it holds a lone surrogate).") from None
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object", str: "a string"}
+    return "null" if value is None else names.get(type(value), "another type")
+
+
+def _json_fields(raw: bytes) -> dict[str, str]:
+    """The fields of a JSON body, type-checked, as the strings a form would carry."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise BadRequest("The JSON body could not be parsed.") from None
+    if not isinstance(payload, dict):
+        raise BadRequest('The JSON body must be an object, such as {"text": "rose tattoo"}.')
+    unknown = [name for name in payload if name not in JSON_FIELDS]
+    if unknown:
+        # repr escapes anything a JSON reply could not carry (a lone surrogate).
+        raise BadRequest(f"Unknown field {unknown[0]!r} in the JSON body; the fields are {', '.join(JSON_FIELDS)}.")
+    fields = {name: _json_string(payload[name], name) for name in ("text", "embedding_model") if name in payload}
+    if "max_results" in payload:
+        value = payload["max_results"]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadRequest(f"The field 'max_results' must be an integer, not {_json_type(value)}.")
+        fields["max_results"] = str(value)  # the range is checked with the query parameter's
+    return fields
+
+
+def _bool(request: Request, form: Mapping[str, Any] | None, name: str, default: bool) -> bool:
     raw = _param(request, form, name)
     if raw is None:
         return default
@@ -51,7 +93,7 @@ def _bool(request: Request, form: FormData | None, name: str, default: bool) -> 
     raise BadRequest(f"Parameter {name!r} must be true or false, not {raw!r}.")
 
 
-def _int(request: Request, form: FormData | None, name: str, default: int, low: int, high: int) -> int:
+def _int(request: Request, form: Mapping[str, Any] | None, name: str, default: int, low: int, high: int) -> int:
     raw = _param(request, form, name)
     if raw is None or raw == "":
         return default
@@ -92,15 +134,13 @@ async def _search_query(request: Request) -> SearchQuery:
     form = await _form(request)
     try:
         text: str | None = None
+        fields: Mapping[str, Any] | None = form
         if form is None and request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                payload = json.loads(await request.body())
-            except ValueError:
-                raise BadRequest("The JSON body could not be parsed.") from None
-            text = payload.get("text") if isinstance(payload, dict) else None
-        model = _param(request, form, "embedding_model") or s.default_model
+            fields = _json_fields(await request.body())
+            text = fields.get("text")
+        model = _param(request, fields, "embedding_model") or s.default_model
         include_attention = _bool(request, form, "include_patch_attention", False)
-        max_results = _int(request, form, "max_results", s.max_results, 1, s.max_results_limit)
+        max_results = _int(request, fields, "max_results", s.max_results, 1, s.max_results_limit)
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
         if form is not None and data is None:
             field = form.get("text")
@@ -246,9 +286,21 @@ async def list_models(request: Request) -> Response:
             "grid": [info.grid_height, info.grid_width], "image_size": info.image_size,
             "supports_text": m.supports_text, "state": _enum_name(info.state, "MODEL_STATE_"),
             "weights": _enum_name(info.weights, "WEIGHTS_SOURCE_"), "runtime": info.runtime,
-            "device": info.device, "precision": info.precision, **({"error": info.error} if info.error else {}),
+            "device": info.device, "precision": info.precision,
+            **({"error": _model_error(m.name, info.error)} if info.error else {}),
         })
     return JSONResponse({"models": models, "default_model": gw.settings.default_model})
+
+
+_logged_model_errors: set[tuple[str, str]] = set()
+
+
+def _model_error(name: str, error: str) -> str:
+    """A plain sentence for the reply; the embed server's text (paths, exception names) goes to the log, once."""
+    if (name, error) not in _logged_model_errors and len(_logged_model_errors) < 256:
+        _logged_model_errors.add((name, error))
+        log.warning("embed server reports model %s failed: %s", name, error)
+    return "The model failed to load; the embed server's log has the reason."
 
 
 def _enum_name(value: int, prefix: str) -> str:
@@ -284,7 +336,8 @@ async def metrics_text(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document())
+    gw = _gateway(request)
+    return JSONResponse(openapi_document(gw.settings, await gw.catalog.names()))
 
 
 async def thumbnail(request: Request) -> Response:

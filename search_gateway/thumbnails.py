@@ -49,6 +49,14 @@ class ThumbnailSigner:
             data = json.loads(payload)
         except (ValueError, TypeError):
             raise invalid from None
-        if not isinstance(data, dict) or data.get("e", 0) < self._clock():
+        # A valid signature proves who wrote the payload, not its shape: a payload
+        # signed with a leaked or reused secret, or by an older gateway version, is
+        # checked like anything else read from outside.
+        if not isinstance(data, dict):
             raise invalid
-        return str(data["u"]), {str(k): str(v) for k, v in dict(data.get("h") or {}).items()}
+        url, headers, expires = data.get("u"), data.get("h", {}), data.get("e")
+        if (not isinstance(url, str) or not url or not isinstance(headers, dict)
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+                or not isinstance(expires, int) or isinstance(expires, bool) or expires < self._clock()):
+            raise invalid
+        return url, headers

@@ -1,5 +1,7 @@
 // Talking to the gateway: requests, the NDJSON progress stream, and errors in plain words.
-// Everything here is same-origin: the page is served by the gateway it calls.
+// Everything here is same-origin: the page is served by the gateway it calls. When the
+// gateway requires an API key, every call carries it in the X-API-Key header (key.js).
+import { askForKey, forgetKey, storedKey } from "./key.js";
 
 /** An error a person can read: `message` says what happened and what to do. */
 export class PlainError extends Error {
@@ -29,7 +31,7 @@ function plainError(status, body, retryAfter) {
     no_text_tower: "This model cannot search by text. Pick a model marked “text”, or search with an image.",
     unknown_model: "That model is not available on this server. Please pick another one.",
     rate_limited: "Too many searches at once." + wait,
-    unauthorized: "This server needs an API key, which this page cannot send.",
+    unauthorized: "This server needs an API key. Search again (or load the models again) to enter it.",
     backend_unavailable: UNAVAILABLE,
     download_failed: "The result's picture could not be downloaded from its site. It may have moved or been removed.",
     url_refused: "The result's address is not allowed to be fetched by this server.",
@@ -55,17 +57,47 @@ async function readError(response) {
   return plainError(response.status, body, response.headers.get("Retry-After"));
 }
 
-/** fetch() with network failures turned into plain words; aborts pass through. */
-async function send(url, init) {
-  let response;
-  try {
-    response = await fetch(url, init);
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new PlainError(UNAVAILABLE, { detail: "The server could not be reached." });
+/**
+ * fetch() with the API key (when one is kept) and network failures turned into plain
+ * words; aborts pass through. A 401 asks for a key (again, if the one sent was refused)
+ * and repeats the request with it; cancelling the dialog gives the 401's error.
+ */
+async function send(url, init = {}, { ask = true } = {}) {
+  for (;;) {
+    const key = storedKey();
+    const headers = new Headers(init.headers || {});
+    if (key) headers.set("X-API-Key", key);
+    let response;
+    try {
+      response = await fetch(url, { ...init, headers });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new PlainError(UNAVAILABLE, { detail: "The server could not be reached." });
+    }
+    if (response.status === 401 && ask) {
+      if (key) forgetKey(key);
+      const typed = await askForKey({ rejected: Boolean(key) });
+      if (typed && !init.signal?.aborted) continue;
+    }
+    if (!response.ok) throw await readError(response);
+    return response;
   }
-  if (!response.ok) throw await readError(response);
-  return response;
+}
+
+/** Whether calls carry a key: then pictures must be fetched with it too (see `imageUrl`). */
+export function usingKey() {
+  return Boolean(storedKey());
+}
+
+/**
+ * A URL an <img> can show for a gateway picture (a result thumbnail). With a key kept,
+ * the picture is fetched with the key in its header and shown from a blob: URL, so the
+ * key never goes into a link; the caller revokes the blob: URL when done with it. A 401
+ * here does not open the key dialog: each picture would ask again on its retry.
+ */
+export async function imageUrl(url, signal) {
+  const response = await send(url, { headers: { Accept: "image/*" }, signal }, { ask: false });
+  return URL.createObjectURL(await response.blob());
 }
 
 export async function listModels() {

@@ -1,7 +1,7 @@
 // The search page: picking the query, the streaming search with its progress bar,
 // the results grid and the attention view. No framework; the DOM is built with
 // textContent and attributes only (never innerHTML with data from the network).
-import { PlainError, analyzeAttention, listModels, streamSearch } from "./api.js";
+import { PlainError, analyzeAttention, imageUrl, listModels, streamSearch, usingKey } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -30,6 +30,7 @@ const state = {
   analysis: null,        // AbortController of the running analysis
   analyzeButton: null,   // where focus returns when the analysis closes
   modelPicked: false,    // the person chose a model: reloading the list keeps it
+  thumbUrls: [],         // blob: URLs of thumbnails fetched with the API key, revoked with their results
 };
 
 // ---------- small helpers
@@ -266,6 +267,7 @@ async function runSearch() {
   el.caption.textContent = file ? "Reading your image…" : `Looking for: “${text}”`;
   el.counts.textContent = "Starting the search…";
   el.results.replaceChildren();
+  releaseThumbnails();
   el.resultsSummary.replaceChildren();
   el.resultsPanel.classList.remove("partial");
   el.emptyHint.hidden = true;
@@ -314,20 +316,38 @@ function thumbnail(result, index) {
     return holder;
   }
   const src = `${result.thumbnail_url}?size=${THUMB_SIZE}`;
-  const img = make("img", { src, alt, loading: "lazy", decoding: "async" });
+  const img = make("img", { alt, loading: "lazy", decoding: "async" });
+  const show = (url) => {
+    if (!usingKey()) {
+      img.src = url;
+      return;
+    }
+    // An <img> cannot send the API key (and the key must not go into the link): fetch
+    // the picture with the key in its header and show it from a blob: URL.
+    imageUrl(url).then((blobUrl) => {
+      state.thumbUrls.push(blobUrl);
+      img.src = blobUrl;
+    }, () => img.dispatchEvent(new Event("error")));
+  };
   let retried = false;
   img.addEventListener("error", () => {
     if (!retried) {
       // One more try: the site may have been slow, or the rate limit hit by many thumbnails at once.
       retried = true;
-      setTimeout(() => { img.src = `${src}&retry=1`; }, IMAGE_RETRY_MS);
+      setTimeout(() => show(`${src}&retry=1`), IMAGE_RETRY_MS);
       return;
     }
     holder.replaceChildren(placeholder());
     holder.closest(".card")?.classList.add("broken");
   });
+  show(src);
   holder.append(img);
   return holder;
+}
+
+function releaseThumbnails() {
+  for (const url of state.thumbUrls) URL.revokeObjectURL(url);
+  state.thumbUrls = [];
 }
 
 function placeholder() {

@@ -195,7 +195,9 @@ async def run_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGateway
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    # proxy_headers=False as in production: uvicorn would otherwise take the client
+    # address from X-Forwarded-For on loopback, before the gateway's own rule.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1, proxy_headers=False)
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:

@@ -134,3 +134,32 @@ def test_candidates_pass_through_unless_cut_short(fmt: str) -> None:
     assert prepared.embed_bytes is data and (prepared.width, prepared.height) == (120, 90)
     with pytest.raises(TruncatedImage):
         prepare(data[: len(data) * 3 // 4], max_pixels=10**7, short_side=448, full_check=False)
+
+
+@pytest.mark.parametrize(("host", "address"), [
+    ("127.1", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("017700000001", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"),
+    ("0", "0.0.0.0"), ("127.000.000.002", "127.0.0.2"), ("0x7F.1", "127.0.0.1"), ("0x7f000001", "127.0.0.1"),
+    ("10.1.0x102", "10.1.1.2"), ("127.0.0.1.", "127.0.0.1"), ("localhost.", "127.0.0.1"), ("a.LOCALHOST", "127.0.0.1"),
+    ("[::1]", "::1"), ("1.2.3.4.5", "0.0.0.0"), ("1.2.3.256", "0.0.0.0"), ("1.09.0.1", "0.0.0.0"),
+])
+def test_hosts_are_read_the_way_inet_aton_and_browsers_read_them(host: str, address: str) -> None:
+    from search_gateway.netguard import parse_ip
+
+    assert str(parse_ip(host)) == address
+
+
+@pytest.mark.parametrize("host", ["example.com", "1.example", "example.com.", "cafe", "0x.example"])
+def test_names_are_not_addresses(host: str) -> None:
+    from search_gateway.netguard import is_canonical_ip, parse_ip
+
+    assert parse_ip(host) is None and is_canonical_ip(host)
+
+
+def test_non_canonical_addresses_are_refused_even_when_allowlisted_or_public() -> None:
+    allow = parse_allowlist(["127.0.0.1:8080", "127.0.0.0/8"])
+    lo = ipaddress.ip_address("127.0.0.1")
+    assert permitted("127.0.0.1", 8080, lo, allow)
+    for host in ("127.1", "2130706433", "127.0.0.1.", "0177.0.0.1"):
+        assert not permitted(host, 8080, lo, allow)
+    assert not permitted("134744072", 80, ipaddress.ip_address("8.8.8.8"), parse_allowlist([]))  # 8.8.8.8, spelt oddly
+    assert permitted("8.8.8.8", 80, ipaddress.ip_address("8.8.8.8"), parse_allowlist([]))
