@@ -12,8 +12,6 @@ import asyncio
 import ctypes
 import enum
 import logging
-import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +24,14 @@ from embed_server.config import EmbedSettings
 from embed_server.errors import ModelFailed, NoTextTower, UnknownModel
 from embed_server.models import CARDS, ModelCard, Tokenizer, family
 from embed_server.models.tokenizers import load_tokenizer
-from embed_server.models.weights import fingerprint_files, locate_pretrained
-from embed_server.runtimes.base import Runtime
+from embed_server.models.weights import fingerprint_files, locate_pretrained, random_source
+from embed_server.runtimes.base import ModelWeights, Runtime
 from embed_server.runtimes.factory import create_runtime
 
 if TYPE_CHECKING:
     from embed_server.models.base import Towers
 
 log = logging.getLogger(__name__)
-
-# torch's default generator is process-wide: random builds take turns so that each
-# model's weights depend only on its seed, not on which thread ran first.
-_RANDOM_BUILD_LOCK = threading.Lock()
-
 
 def _return_freed_memory() -> None:
     """Hand memory freed while loading back to the OS.
@@ -150,29 +143,26 @@ class ServedModel:
         settings, card = self.settings, self.card
         folder: Path | None = None
         if settings.weights == "random":
-            fingerprint = f"random-{settings.architecture}-seed{settings.seed}"
+            source = random_source(card, settings.architecture, settings.seed)
         else:
             folder = locate_pretrained(card, settings.weights_dir)
-            fingerprint = fingerprint_files(folder)
+            source = fingerprint_files(folder)
 
         def build_towers() -> Towers:
             # The only place torch is needed: a torch runtime, or an export to make.
-            import torch
-
+            from embed_server.models.seeded import build_random
             from embed_server.runtimes.torch_runtime import configure_torch_threads
 
             configure_torch_threads(settings.threads)
             if folder is not None:
                 return family(card.name).load_pretrained(folder)
-            with _RANDOM_BUILD_LOCK:
-                torch.manual_seed(settings.seed + zlib.crc32(card.name.encode()))
-                return family(card.name).build_random(settings.architecture)
+            # From the model's own generator, never torch's global one (see seeded).
+            return build_random(card.name, settings.architecture, settings.seed)
 
         tokenizer = load_tokenizer(card, folder)
-        text_length = int(tokenizer(["probe"]).shape[1]) if tokenizer is not None else 0
         # The torch modules are built inside the runtime only if it needs them: an ONNX
         # runtime with a warm export cache never builds them.
-        runtime = create_runtime(card, fingerprint, build_towers, settings, text_length)
+        runtime = create_runtime(card, ModelWeights(source, build_towers), settings, tokenizer)
         # One forward pass checks the grid and warms the runtime before traffic arrives.
         size = card.preprocess.image_size
         global_vecs, patches = runtime.run_image(np.zeros((1, 3, size, size), np.float32))
@@ -184,7 +174,7 @@ class ServedModel:
         description = ModelDescription(
             card=card,
             weights=settings.weights,
-            fingerprint=fingerprint,
+            fingerprint=runtime.weights_fingerprint,
             global_dim=int(global_vecs.shape[-1]),
             patch_dim=int(patches.shape[-1]),
             tokenizer=tokenizer,

@@ -230,6 +230,7 @@ def _provenance(model: ServedModel, loaded: LoadedModel) -> embed_pb2.Provenance
         runtime=runtime.name,
         device=runtime.device,
         precision=runtime.precision,
+        weights_fingerprint=loaded.description.fingerprint,
     )
 
 
@@ -276,6 +277,8 @@ def _model_info(model: ServedModel, settings: EmbedSettings) -> embed_pb2.ModelI
     info.global_dim, info.patch_dim = loaded.description.global_dim, loaded.description.patch_dim
     info.providers.extend(loaded.runtime.providers)
     info.exports_from_cache = bool(getattr(loaded.runtime, "exports_from_cache", False))
+    info.weights_fingerprint = loaded.description.fingerprint
+    info.runtime_fallback = loaded.runtime.fallback
     info.runtime, info.device, info.precision = loaded.runtime.name, loaded.runtime.device, loaded.runtime.precision
     for batcher, field in ((loaded.images, info.image_batches), (loaded.texts, info.text_batches)):
         if batcher is not None:

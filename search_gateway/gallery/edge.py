@@ -213,7 +213,8 @@ class EdgeGalleryStore:
     def __init__(self, root: Path, shards: dict[str, _Shard], hnsw_ef: int | None, hnsw: qe.HnswIndexConfig | None):
         self.root = root
         self._shards = shards
-        self._hnsw_ef = hnsw_ef
+        # Search-time HNSW beam width; public so a benchmark can sweep it.
+        self.hnsw_ef = hnsw_ef
         self._hnsw = hnsw
         self._creating = asyncio.Lock()
 
@@ -340,7 +341,7 @@ class EdgeGalleryStore:
             score_threshold=min_score,
             with_payload=True,
             with_vector=False,
-            params=qe.SearchParams(hnsw_ef=self._hnsw_ef) if self._hnsw_ef else None,
+            params=qe.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None,
         )
         found = await shard.call(lambda engine: engine.query(request))
         return [GalleryHit(from_payload(hit.payload or {}, None), float(hit.score)) for hit in found]
@@ -381,7 +382,15 @@ class EdgeGalleryStore:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-            out, err = await child.communicate()
+            try:
+                out, err = await child.communicate()
+            except BaseException:
+                # Cancelled (shutdown): the child holds the shard's lock, so it must be
+                # gone before the shard is reopened here. The engine's optimizer swaps
+                # segments in atomically, so an interrupted build leaves the old ones.
+                child.kill()
+                await child.wait()
+                raise
         finally:
             engine = await shard.run_on_worker(functools.partial(_load_engine, shard.path, space))
             shard.engine = engine

@@ -61,7 +61,8 @@ class QdrantGalleryStore:
         self._location = location
         self._local = location == MEMORY
         self._prefix = prefix
-        self._hnsw_ef = hnsw_ef
+        # Search-time HNSW beam width; public so a benchmark can sweep it.
+        self.hnsw_ef = hnsw_ef
         self._known: set[str] = set()
 
     @classmethod
@@ -191,7 +192,7 @@ class QdrantGalleryStore:
     ) -> list[GalleryHit]:
         if not await self._exists(space):
             return []
-        params = qm.SearchParams(hnsw_ef=self._hnsw_ef) if self._hnsw_ef and not self._local else None
+        params = qm.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef and not self._local else None
         answer = await self._guard(
             self._client.query_points(
                 self._collection(space),
