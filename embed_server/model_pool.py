@@ -1,9 +1,11 @@
 """The served models: each one's loading, state, runtime and batchers.
 
 Each model loads on its own thread, so one slow or broken model never delays or
-breaks another. A model that failed to load stays FAILED with its reason (reported by
-ListModels and in every request's error) until the server restarts: a broken
-checkpoint does not heal by retrying.
+breaks another. A model that failed to load is FAILED with its reason (reported by
+ListModels and in every request's error) and is tried again in the background, the
+wait doubling from EMBED_LOAD_RETRY_INITIAL_S up to EMBED_LOAD_RETRY_MAX_S: weights
+copied in later, or memory freed by another process, are picked up without a
+restart. Requests meanwhile fail at once rather than each starting a load.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import ctypes
 import enum
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,6 +84,9 @@ class LoadedModel:
     texts: DynamicBatcher[np.ndarray, np.ndarray] | None
 
 
+StateListener = Callable[["ServedModel"], Awaitable[None]]
+
+
 class ServedModel:
     def __init__(self, card: ModelCard, settings: EmbedSettings) -> None:
         self.card = card
@@ -88,7 +94,12 @@ class ServedModel:
         self.state = ModelState.NOT_LOADED
         self.error = ""
         self.loaded: LoadedModel | None = None
+        self.load_attempts = 0
+        self.next_retry_at: float | None = None  # Unix time of the next background try
+        # Told of every change of state (the server keeps per-model health with it).
+        self.listener: StateListener | None = None
         self._loading: asyncio.Task[LoadedModel] | None = None
+        self._retry: asyncio.Task[None] | None = None
 
     @property
     def weights(self) -> str:
@@ -99,13 +110,15 @@ class ServedModel:
         if self.loaded is not None:
             return self.loaded
         if self.state is ModelState.FAILED:
-            raise ModelFailed(f"model {self.card.name} failed to load: {self.error}")
+            raise ModelFailed(f"model {self.card.name} failed to load: {self.error}{self._next_try()}")
         if self._loading is None:
             self._loading = asyncio.get_running_loop().create_task(self._load())
         # shield: a cancelled request must not cancel a load other requests wait on.
         return await asyncio.shield(self._loading)
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         if self.loaded is not None:
             await self.loaded.images.close()
             if self.loaded.texts is not None:
@@ -113,17 +126,28 @@ class ServedModel:
 
     async def _load(self) -> LoadedModel:
         self.state = ModelState.LOADING
+        self.load_attempts += 1
+        self.next_retry_at = None
         log.info("loading %s (%s, weights=%s)", self.card.name, self.card.architecture, self.settings.weights)
+        await self._notify()
         try:
             description, runtime = await asyncio.to_thread(self._build)
         except Exception as exc:
             self.state = ModelState.FAILED
             self.error = str(exc) or type(exc).__name__
-            log.error("model %s failed to load: %s", self.card.name, self.error)
-            raise ModelFailed(f"model {self.card.name} failed to load: {self.error}") from None
+            delay = self._retry_delay()
+            self.next_retry_at = time.time() + delay
+            self._retry = asyncio.get_running_loop().create_task(self._retry_after(delay))
+            _return_freed_memory()  # whatever the failed attempt allocated
+            log.error("model %s failed to load (attempt %d): %s%s", self.card.name, self.load_attempts, self.error,
+                      self._next_try())
+            await self._notify()
+            raise ModelFailed(f"model {self.card.name} failed to load: {self.error}{self._next_try()}") from None
         self.loaded = self._batchers(description, runtime)
         self.state = ModelState.READY
+        self.error = ""
         _return_freed_memory()
+        await self._notify()
         random = description.weights == "random"
         level = logging.WARNING if random else logging.INFO
         log.log(
@@ -138,6 +162,33 @@ class ServedModel:
             ",".join(runtime.providers),
         )
         return self.loaded
+
+    def _retry_delay(self) -> float:
+        # Doubling per failed attempt: a missing checkpoint is retried often at first,
+        # then rarely, never more often than every EMBED_LOAD_RETRY_MAX_S in the long run.
+        initial, cap = self.settings.load_retry_initial_s, self.settings.load_retry_max_s
+        return min(cap, initial * 2.0 ** min(self.load_attempts - 1, 60))
+
+    def _next_try(self) -> str:
+        if self.next_retry_at is None:
+            return ""
+        return f" (tried {self.load_attempts} times; next try in {max(0.0, self.next_retry_at - time.time()):.1f} s)"
+
+    async def _retry_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._loading = asyncio.get_running_loop().create_task(self._load())
+        try:
+            await self._loading
+        except ModelFailed:
+            pass  # logged, and the next try scheduled, by _load
+
+    async def _notify(self) -> None:
+        if self.listener is None:
+            return
+        try:
+            await self.listener(self)
+        except Exception:  # a broken listener must not turn a load into a failure
+            log.exception("state listener of %s failed", self.card.name)
 
     def _build(self) -> tuple[ModelDescription, Runtime]:
         settings, card = self.settings, self.card

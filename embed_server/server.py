@@ -1,4 +1,16 @@
-"""Building the gRPC server: servicer, health, reflection, model warm-up."""
+"""Building the gRPC server: servicer, health, reflection, model warm-up.
+
+Health (grpc.health.v1) reports the whole server under "" and the EmbedService name,
+and each model under `tattoo_search.v1.EmbedService/<model>` (model_health_name), so a
+balancer or the gateway can route one model's requests away from a replica that lacks
+it while the replica serves the others:
+
+- per model: SERVING once the model is READY; with EMBED_PRELOAD=false also while it
+  is not loaded yet (it loads on first use), and NOT_SERVING while it is FAILED.
+- overall: with preloading, SERVING once every configured model is READY (a model
+  that loads on a later background retry turns it SERVING then); without, SERVING
+  from the start, as models load on first use.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from embed_server.config import EmbedSettings
-from embed_server.model_pool import ModelPool
+from embed_server.model_pool import ModelPool, ModelState, ServedModel
 from embed_server.service import EmbedServicer
 from service_common.grpc_requests import RequestDecodingInterceptor
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
@@ -20,6 +32,11 @@ from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name
+
+
+def model_health_name(model: str) -> str:
+    """The health service name of one model: `tattoo_search.v1.EmbedService/clip`."""
+    return f"{SERVICE_NAME}/{model}"
 
 
 class EmbedServer:
@@ -64,8 +81,14 @@ async def create_server(settings: EmbedSettings) -> tuple[EmbedServer, int]:
     port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, *map(model_health_name, pool.models)):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def on_model_change(model: ServedModel) -> None:
+        await _update_health(pool, health, settings.preload)
+
+    for model in pool.models.values():
+        model.listener = on_model_change
     await grpc_server.start()
     server = EmbedServer(grpc_server, pool, decode_pool)
     server._warm_up = asyncio.get_running_loop().create_task(_warm_up(pool, health, settings.preload))
@@ -74,9 +97,18 @@ async def create_server(settings: EmbedSettings) -> tuple[EmbedServer, int]:
 
 async def _warm_up(pool: ModelPool, health: health_aio.HealthServicer, preload: bool) -> None:
     if preload and not await pool.preload():
-        failed = [name for name, model in pool.models.items() if model.error]
-        log.error("not serving: models failed to load: %s", ", ".join(failed))
-        return
+        failed = [name for name, model in pool.models.items() if model.state is ModelState.FAILED]
+        log.error("not serving yet: models failed to load (retrying in the background): %s", ", ".join(failed))
+    await _update_health(pool, health, preload)
+    if all(model.state is ModelState.READY for model in pool.models.values()) or not preload:
+        log.info("serving %s", ", ".join(pool.models))
+
+
+async def _update_health(pool: ModelPool, health: health_aio.HealthServicer, preload: bool) -> None:
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    for name, model in pool.models.items():
+        usable = model.state is ModelState.READY or (not preload and model.state is not ModelState.FAILED)
+        await health.set(model_health_name(name), serving if usable else not_serving)
+    everything = not preload or all(model.state is ModelState.READY for model in pool.models.values())
     for name in ("", SERVICE_NAME):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s", ", ".join(pool.models))
+        await health.set(name, serving if everything else not_serving)

@@ -294,6 +294,9 @@ def _model_info(model: ServedModel, settings: EmbedSettings) -> embed_pb2.ModelI
 def _add_load_and_admission(info: embed_pb2.ModelInfo, model: ServedModel, images_decoded: int) -> None:
     """The fields of ModelInfo about load retries and request admission."""
     info.images_decoded = images_decoded
+    info.load_attempts = model.load_attempts
+    if model.state is ModelState.FAILED and model.next_retry_at is not None:
+        info.next_retry_unix_seconds = model.next_retry_at
     loaded = model.loaded
     if loaded is not None:
         info.image_batches.reserved = loaded.images.reserved
