@@ -55,7 +55,7 @@ class GatewaySettings:
     # Slow clients (search_gateway/server.py): the request line and headers must arrive
     # within header_timeout_s, a request body may pause at most body_idle_timeout_s
     # between chunks, and one peer address may hold this many connections (0: no cap;
-    # set 0 behind a load balancer, where every connection comes from its address).
+    # GATEWAY_TRUSTED_PROXIES are not capped: every client behind them shares their address).
     header_timeout_s: float = 10.0
     body_idle_timeout_s: float = 15.0
     max_connections_per_client: int = 64

@@ -13,7 +13,8 @@ adds, per connection:
   follow the previous one within ``body_idle_timeout_s``; if not, 408 when no answer
   has started yet, else the connection just closes;
 * a cap on connections per peer address: one over the cap gets 429 and is closed at
-  once, before its request is read.
+  once, before its request is read. Trusted proxies (GATEWAY_TRUSTED_PROXIES) are not
+  capped: all their clients' connections come from their address.
 
 Both ``python -m search_gateway`` and the tests build their server through
 :func:`uvicorn_config`, so the tests run what production runs.
@@ -22,6 +23,7 @@ Both ``python -m search_gateway`` and the tests build their server through
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -32,6 +34,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from search_gateway.access import parse_trusted_proxies
 from search_gateway.config import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -42,25 +45,38 @@ class ClientLimits:
     header_timeout_s: float = 10.0
     body_idle_timeout_s: float = 15.0
     max_connections_per_client: int = 64  # 0: no cap
+    # Peers the cap does not apply to: the trusted reverse proxies, whose one address
+    # carries every client's connections (GATEWAY_TRUSTED_PROXIES).
+    uncapped: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> ClientLimits:
-        return cls(settings.header_timeout_s, settings.body_idle_timeout_s, settings.max_connections_per_client)
+        return cls(settings.header_timeout_s, settings.body_idle_timeout_s, settings.max_connections_per_client,
+                   parse_trusted_proxies(settings.trusted_proxies))
+
+    def capped(self, peer: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(peer)
+        except ValueError:
+            return True
+        return not any(ip.version == net.version and ip in net for net in self.uncapped)
 
 
 class ConnectionCounts:
     """Open connections per peer address. Entries at zero are dropped, so the table is
     bounded by the addresses connected right now."""
 
-    def __init__(self, cap: int, on_change: Callable[[int], None] | None = None) -> None:
+    def __init__(self, cap: int, on_change: Callable[[int], None] | None = None,
+                 capped: Callable[[str], bool] = lambda peer: True) -> None:
         self.cap = cap
+        self._capped = capped
         self._open: dict[str, int] = {}
         self._total = 0
         self._on_change = on_change
 
     def try_open(self, peer: str) -> bool:
         held = self._open.get(peer, 0)
-        if self.cap and held >= self.cap:
+        if self.cap and held >= self.cap and self._capped(peer):
             return False
         self._open[peer] = held + 1
         self._changed(+1)
@@ -254,7 +270,8 @@ class GuardedH11Protocol(H11Protocol):
 def guarded_protocol(limits: ClientLimits, events: SlowClientEvents | None = None) -> type[GuardedH11Protocol]:
     """A protocol class for one server: its own connection table, limits and events."""
     sink = events or SlowClientEvents()
-    counts = ConnectionCounts(limits.max_connections_per_client, on_change=sink.client_connections)
+    counts = ConnectionCounts(limits.max_connections_per_client, on_change=sink.client_connections,
+                              capped=limits.capped)
     return type("GatewayH11Protocol", (GuardedH11Protocol,), {"limits": limits, "counts": counts, "events": sink})
 
 

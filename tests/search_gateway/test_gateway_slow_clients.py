@@ -211,6 +211,22 @@ async def test_connections_over_the_per_client_cap_are_refused_while_health_answ
     assert 'gateway_slow_client_closes_total{kind="too_many_connections"} 1.0' in metrics
 
 
+async def test_a_trusted_proxy_is_not_capped() -> None:
+    # Behind a reverse proxy every client connects from its address: capping it would cap everyone.
+    async with serve_gateway(settings(max_connections_per_client=1, header_timeout_s=60,
+                                      trusted_proxies=("127.0.0.3/32",))) as gw:
+        counts = protocol_of(gw).counts
+        proxied = [await connect(gw.port, source="127.0.0.3") for _ in range(3)]
+        direct = await connect(gw.port)
+        await until(lambda: counts.total == 4)
+        over = await connect(gw.port)
+        assert (await until_closed(over[0])).startswith(b"HTTP/1.1 429 ")
+        for reader, writer in (*proxied, direct):
+            writer.write(HEALTH)
+            assert (await read_response(reader))[0] == 200
+            writer.close()
+
+
 async def test_the_count_goes_back_to_zero_on_every_way_a_connection_ends() -> None:
     async with serve_gateway(settings(max_connections_per_client=2, header_timeout_s=2.0)) as gw:
         counts = protocol_of(gw).counts
