@@ -24,6 +24,7 @@ from scraper_service.config import ScraperSettings
 from scraper_service.server import create_server as create_scraper_server
 from search_gateway.app import create_app
 from search_gateway.config import GatewaySettings
+from search_gateway.server import uvicorn_config
 from tests.support.background import BackgroundServer
 from tests.support.images import encode, jpeg, noise_image
 
@@ -195,9 +196,9 @@ async def run_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGateway
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    # proxy_headers=False as in production: uvicorn would otherwise take the client
-    # address from X-Forwarded-For on loopback, before the gateway's own rule.
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1, proxy_headers=False)
+    # Served as in production (server.uvicorn_config): proxy_headers=False, the
+    # slow-client deadlines and the per-address connection cap.
+    config = uvicorn_config(app, settings, log_level="warning", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
