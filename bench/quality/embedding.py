@@ -1,12 +1,14 @@
 """Embedding benchmark images through the embed server's gRPC API, with a disk cache.
 
 The gallery is embedded once per model: vectors are cached on disk under a key made
-of the model name and its weights fingerprint, one row per image SHA-256 (of the
-file's bytes, plus the crop box for cropped queries). `ListModels` is expected to
-gain a `weights_fingerprint` field; until a server sends it, the key falls back to
-weights source + runtime + precision + architecture + device, which cannot tell two
-random seeds or two pretrained checkpoints of one architecture apart: the run says
-so, and `--no-cache` (or another `--cache-dir`) avoids stale vectors.
+of the model name, its weights fingerprint, runtime and precision (int8 vectors of
+the same weights are not fp32 ones), one row per image SHA-256 (of the file's bytes,
+plus the crop box for cropped queries). The fingerprint is `ListModels`'
+`weights_fingerprint`, sent once the model has loaded (a lazily loaded model is made
+to load first). A server without the field gets a fallback key, weights source +
+runtime + precision + architecture + device, which cannot tell two random seeds or
+two pretrained checkpoints of one architecture apart: the run says so, and
+`--no-cache` (or another `--cache-dir`) avoids stale vectors.
 
 Each response's provenance is checked against what `ListModels` said, so that a
 replica serving other weights behind a load balancer cannot poison the cache.
@@ -36,6 +38,15 @@ from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
 
+def _png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (128, 128, 128)).save(out, format="PNG")
+    return out.getvalue()
+
+
+_WARM_UP = _png(32, 32)  # makes a lazily loaded model load, so that it reports its fingerprint
+
+
 class EmbeddingError(RuntimeError):
     """The server could not embed the benchmark; the message says which image or why."""
 
@@ -54,10 +65,13 @@ class ModelIdentity:
 
     @property
     def cache_key(self) -> str:
-        return hashlib.sha256(f"{self.model}\n{self.fingerprint}".encode()).hexdigest()[:24]
+        # The fingerprint names the weights, not how they run: int8 or fp16 vectors of the
+        # same weights differ from fp32 ones, so runtime and precision are part of the key.
+        key = "\n".join((self.model, self.fingerprint, self.runtime, self.precision))
+        return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def describe_model(stub: embed_pb2_grpc.EmbedServiceStub, model: str, timeout: float = 30) -> ModelIdentity:
+def _list_model(stub: embed_pb2_grpc.EmbedServiceStub, model: str, timeout: float) -> embed_pb2.ModelInfo:
     try:
         response = stub.ListModels(embed_pb2.ListModelsRequest(), timeout=timeout)
     except grpc.RpcError as exc:
@@ -68,9 +82,26 @@ def describe_model(stub: embed_pb2_grpc.EmbedServiceStub, model: str, timeout: f
     info = served[model]
     if info.state == embed_pb2.MODEL_STATE_FAILED:
         raise EmbeddingError(f"model {model} failed to load on the server: {info.error}")
+    return info
+
+
+def _fingerprint_of(message: embed_pb2.ModelInfo | embed_pb2.Provenance) -> str:
+    # By name, so this runs against servers (and generated code) from before the field existed.
+    return str(getattr(message, "weights_fingerprint", "")) if "weights_fingerprint" in message.DESCRIPTOR.fields_by_name else ""
+
+
+def describe_model(stub: embed_pb2_grpc.EmbedServiceStub, model: str, timeout: float = 300) -> ModelIdentity:
+    """What serves `model`; waits (up to `timeout`) for it to load, as its fingerprint comes only then."""
+    info = _list_model(stub, model, 30)
+    if "weights_fingerprint" in info.DESCRIPTOR.fields_by_name and info.state != embed_pb2.MODEL_STATE_READY:
+        if info.state == embed_pb2.MODEL_STATE_NOT_LOADED:  # loads on first use (EMBED_PRELOAD=false)
+            _embed_with_retries(stub, model, [_WARM_UP], timeout)
+        deadline = time.monotonic() + timeout
+        while info.state != embed_pb2.MODEL_STATE_READY and time.monotonic() < deadline:
+            time.sleep(0.5)
+            info = _list_model(stub, model, 30)
     weights = embed_pb2.WeightsSource.Name(info.weights)
-    # Read the field by name so this runs against servers from before and after it exists.
-    server_fingerprint = getattr(info, "weights_fingerprint", "") if "weights_fingerprint" in info.DESCRIPTOR.fields_by_name else ""
+    server_fingerprint = _fingerprint_of(info)
     if server_fingerprint:
         fingerprint, source = str(server_fingerprint), "server"
     else:
@@ -155,7 +186,7 @@ def embed_images(
 
     def run(batch: list[tuple[str, ImageRef]]) -> list[tuple[str, np.ndarray]]:
         payload = [image_key(ref)[1] for _, ref in batch]
-        rows = _embed_with_retries(stub, identity, payload, [ref for _, ref in batch], timeout)
+        rows = _embed_batch(stub, identity, payload, [ref for _, ref in batch], timeout)
         return [(key, row) for (key, _), row in zip(batch, rows)]
 
     unsaved = 0
@@ -179,20 +210,26 @@ def embed_images(
 
 
 def _embed_with_retries(
-    stub: embed_pb2_grpc.EmbedServiceStub, identity: ModelIdentity, images: list[bytes], refs: list[ImageRef], timeout: float
-) -> np.ndarray:
+    stub: embed_pb2_grpc.EmbedServiceStub, model: str, images: list[bytes], timeout: float, what: str = "a warm-up image"
+) -> embed_pb2.EmbedResponse:
     delay = 0.2
     for attempt in range(6):
         try:
-            response = stub.Embed(embed_pb2.EmbedRequest(model=identity.model, images=images), timeout=timeout)
-            break
+            return stub.Embed(embed_pb2.EmbedRequest(model=model, images=images), timeout=timeout)
         except grpc.RpcError as exc:
-            if exc.code() in RETRYABLE and attempt < 5:
+            if exc.code() in RETRYABLE and attempt < 5:  # queue full or replica gone: back off, try again
                 time.sleep(delay)
                 delay *= 2
                 continue
-            raise EmbeddingError(f"Embed failed for a batch starting with {refs[0].path}: "
-                                 f"{exc.code().name}: {exc.details()}") from exc
+            raise EmbeddingError(f"Embed failed for {what}: {exc.code().name}: {exc.details()}") from exc
+    raise AssertionError("unreachable")
+
+
+def _embed_batch(
+    stub: embed_pb2_grpc.EmbedServiceStub, identity: ModelIdentity, images: list[bytes], refs: list[ImageRef], timeout: float
+) -> np.ndarray:
+    names = ", ".join(str(ref.path) for ref in refs[:4]) + (", ..." if len(refs) > 4 else "")
+    response = _embed_with_retries(stub, identity.model, images, timeout, f"the batch of {names}")
     _check_provenance(identity, response.provenance)
     rows = to_numpy(response.embeddings)
     if rows.shape != (len(images), identity.global_dim):
@@ -203,6 +240,8 @@ def _embed_with_retries(
 def _check_provenance(identity: ModelIdentity, provenance: embed_pb2.Provenance) -> None:
     seen = (provenance.model, embed_pb2.WeightsSource.Name(provenance.weights), provenance.runtime, provenance.precision)
     expected = (identity.model, identity.weights, identity.runtime, identity.precision)
+    if identity.fingerprint_source == "server" and _fingerprint_of(provenance):
+        seen, expected = (*seen, _fingerprint_of(provenance)), (*expected, identity.fingerprint)
     if seen != expected:
         raise EmbeddingError(f"a response came from {seen}, but ListModels described {expected}: "
                              "replicas serve different models; vectors would mix")
