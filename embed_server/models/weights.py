@@ -1,12 +1,26 @@
-"""Finding pretrained weights on this machine. Never downloads."""
+"""Finding pretrained weights on this machine (never downloads), and naming weights.
+
+Two names, for two questions. A *source* says which weights the settings ask for (a
+checkpoint's files, or a seed), and is known without torch. A *weights fingerprint*
+hashes the tensors that were actually built, and is what exports are keyed by and
+what ListModels and every response report.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embed_server.errors import WeightsNotFound
 from embed_server.models.cards import ModelCard
+
+if TYPE_CHECKING:
+    from embed_server.models.base import Towers
+
+# The libraries whose construction code decides what a seed builds.
+_RANDOM_INIT_PACKAGES = ("torch", "open_clip_torch", "transformers")
 
 FETCH_COMMAND = "python -m embed_server.fetch_weights --dir DIR"
 
@@ -45,3 +59,33 @@ def fingerprint_files(folder: Path, patterns: tuple[str, ...] = ("*.safetensors"
                 handle.seek(-(1 << 20), 2)
                 digest.update(handle.read())
     return "pretrained-" + digest.hexdigest()[:16]
+
+
+def random_source(card: ModelCard, architecture: str, seed: int) -> str:
+    """What a random model is made from. Library versions are part of it: a new
+    release may initialise differently, and the same seed then builds other weights."""
+    versions = []
+    for package in _RANDOM_INIT_PACKAGES:
+        try:
+            versions.append(f"{package}{importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{package}-absent")
+    return f"random-{card.name}-{architecture}-seed{seed}-" + "-".join(versions)
+
+
+def fingerprint_towers(towers: Towers) -> str:
+    """SHA-256 over every parameter and buffer of the towers, in name order (bytes,
+    dtype and shape): equal fingerprints mean bit-identical weights. A tensor shared by
+    both towers (clip's text tower holds the whole model) is hashed once."""
+    import torch
+
+    modules = torch.nn.ModuleDict({"image": towers.image})
+    if towers.text is not None:
+        modules["text"] = towers.text
+    tensors = {**dict(modules.named_parameters()), **dict(modules.named_buffers())}
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return "sha256:" + digest.hexdigest()

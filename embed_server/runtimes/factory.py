@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import logging
 
 from embed_server.config import EmbedSettings
-from embed_server.models.cards import ModelCard
-from embed_server.runtimes.base import Runtime
+from embed_server.models.cards import ModelCard, Tokenizer
+from embed_server.runtimes.base import ModelWeights, Runtime
 
-if TYPE_CHECKING:
-    from embed_server.models.base import Towers
+log = logging.getLogger(__name__)
 
 
 def resolve_runtime(settings: EmbedSettings) -> str:
@@ -21,29 +19,46 @@ def resolve_runtime(settings: EmbedSettings) -> str:
 
 
 def create_runtime(
-    card: ModelCard, fingerprint: str, build_towers: Callable[[], Towers], settings: EmbedSettings, text_length: int
+    card: ModelCard, weights: ModelWeights, settings: EmbedSettings, tokenizer: Tokenizer | None
 ) -> Runtime:
     if resolve_runtime(settings) == "onnx":
+        from embed_server.runtimes.export_check import ExportMismatch
         from embed_server.runtimes.onnx_export import ExportCache
         from embed_server.runtimes.onnx_runtime import OnnxRuntime
 
-        return OnnxRuntime(
-            card,
-            fingerprint,
-            build_towers,
-            cache=ExportCache(settings.onnx_cache_dir),
-            device=settings.device,
-            precision=settings.precision,
-            threads=settings.threads,
-            max_batch_size=settings.max_batch_size,
-            text_length=text_length,
-            memory_arena=settings.onnx_memory_arena,
-        )
+        try:
+            runtime = OnnxRuntime(
+                card,
+                weights,
+                cache=ExportCache(settings.onnx_cache_dir),
+                device=settings.device,
+                precision=settings.precision,
+                threads=settings.threads,
+                max_batch_size=settings.max_batch_size,
+                tokenizer=tokenizer,
+                memory_arena=settings.onnx_memory_arena,
+            )
+        except ExportMismatch as exc:
+            # The export was not cached; the torch model it was checked against is
+            # built already and right by definition, so it serves (slower) rather than
+            # a wrong file or nothing.
+            reason = f"{exc}; serving with torch instead"
+            log.error("%s: %s", card.name, reason)
+            return _torch_runtime(weights, settings, fallback=reason)
+        # Exports made or found: the torch modules are not kept resident.
+        weights.release()
+        return runtime
+    return _torch_runtime(weights, settings)
+
+
+def _torch_runtime(weights: ModelWeights, settings: EmbedSettings, fallback: str = "") -> Runtime:
     from embed_server.runtimes.torch_runtime import TorchRuntime, resolve_device
 
     device = resolve_device(settings.device)
-    if settings.precision == "int8":
+    # A fallback serves in torch's own precision for the device (int8 exists only in
+    # ONNX Runtime); a configured torch runtime holds the settings to what it can do.
+    if not fallback and settings.precision == "int8":
         raise RuntimeError("EMBED_PRECISION=int8 needs EMBED_RUNTIME=onnx (ONNX Runtime's int8 kernels)")
-    if settings.precision == "fp16" and device.type != "cuda":
+    if not fallback and settings.precision == "fp16" and device.type != "cuda":
         raise RuntimeError("EMBED_PRECISION=fp16 with torch needs a CUDA device")
-    return TorchRuntime(build_towers(), device)
+    return TorchRuntime(weights.towers(), device, weights_fingerprint=weights.fingerprint(), fallback=fallback)

@@ -1,10 +1,15 @@
 """Exporting towers to ONNX, and the on-disk cache of exports.
 
-An export is keyed by model name, weights fingerprint, tower, precision, opset and
-the export format version, so a restart reuses it and a different checkpoint never
-does. Each file has a sidecar JSON written last, holding the file's size and SHA-256:
-a file without its sidecar, or whose bytes do not match it (a crash mid-write, a
-truncated copy), is rebuilt, never served.
+An export is keyed by model name, weights fingerprint (a hash of the tensors that
+were exported), tower, precision, opset and the export format version, so a restart
+reuses it and other weights never do. Each file has a sidecar JSON written last,
+holding the file's size and SHA-256: a file without its sidecar, or whose bytes do not
+match it (a crash mid-write, a truncated copy), is rebuilt, never served. A new file
+enters the cache only once `verify` accepted it (see export_check).
+
+Knowing the weights fingerprint takes the weights, and so torch. For a warm start
+without torch the cache also records, per model, which fingerprint a weights source
+(a checkpoint's files, or a seed with the library versions) built last time.
 """
 
 from __future__ import annotations
@@ -77,8 +82,11 @@ class ExportCache:
         log.warning("export cache: %s is incomplete or corrupt; rebuilding it", path.name)
         return None
 
-    def get_or_create(self, key: ExportKey, create: Callable[[Path], None]) -> tuple[Path, bool]:
-        """(path, True) from the cache, or (path, False) after `create(tmp_path)` made it."""
+    def get_or_create(
+        self, key: ExportKey, create: Callable[[Path], None], verify: Callable[[Path], None] | None = None
+    ) -> tuple[Path, bool]:
+        """(path, True) from the cache, or (path, False) after `create(tmp_path)` made it
+        and `verify(tmp_path)` returned; whatever either raises leaves nothing cached."""
         cached = self.lookup(key)
         if cached is not None:
             return cached, True
@@ -89,6 +97,8 @@ class ExportCache:
         try:
             started = time.perf_counter()
             create(Path(temporary))
+            if verify is not None:
+                verify(Path(temporary))
             os.replace(temporary, path)
         finally:
             if os.path.exists(temporary):
@@ -99,6 +109,25 @@ class ExportCache:
         os.replace(sidecar_tmp, path.with_suffix(".json"))
         log.info("export cache: wrote %s (%.1f MB) in %.1f s", path.name, meta["bytes"] / 1e6, time.perf_counter() - started)
         return path, False
+
+
+    def remembered_fingerprint(self, model: str, source: str) -> str | None:
+        """The weights fingerprint `source` built when this model was last exported."""
+        try:
+            record = json.loads(self._source_record(model, source).read_text())
+            return str(record["weights_fingerprint"]) if record["source"] == source else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def remember_fingerprint(self, model: str, source: str, fingerprint: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = self._source_record(model, source)
+        temporary = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        temporary.write_text(json.dumps({"model": model, "source": source, "weights_fingerprint": fingerprint}))
+        os.replace(temporary, record)
+
+    def _source_record(self, model: str, source: str) -> Path:
+        return self.folder / f"{model}-source-{hashlib.sha256(source.encode()).hexdigest()[:24]}.weights.json"
 
 
 def export_image_tower(tower: nn.Module, image_size: int, target: Path) -> None:

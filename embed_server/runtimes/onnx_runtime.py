@@ -7,17 +7,15 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from embed_server.models.cards import ModelCard
-from embed_server.runtimes import onnx_export
+from embed_server.models.cards import ModelCard, Tokenizer
+from embed_server.runtimes import export_check, onnx_export
+from embed_server.runtimes.base import ModelWeights
 from embed_server.runtimes.onnx_export import ExportCache, ExportKey
-
-if TYPE_CHECKING:
-    from embed_server.models.base import Towers
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +64,19 @@ def _loads(provider: str) -> bool:
 
 class OnnxRuntime:
     name = "onnx"
+    fallback = ""
 
     def __init__(
         self,
         card: ModelCard,
-        fingerprint: str,
-        build_towers: Callable[[], Towers],
+        weights: ModelWeights,
         *,
         cache: ExportCache,
         device: str,
         precision: str,
         threads: int,
         max_batch_size: int,
-        text_length: int,
+        tokenizer: Tokenizer | None,
         memory_arena: bool = False,
     ) -> None:
         providers = choose_providers(device)
@@ -91,22 +89,32 @@ class OnnxRuntime:
             raise RuntimeError("EMBED_PRECISION=int8 is the CPU path; on GPU use fp16 or fp32")
         self.precision = precision
         self._card = card
-        self._fingerprint = fingerprint
-        self._build_towers = build_towers
-        self._towers: Towers | None = None
+        self._weights = weights
         self._cache = cache
-        self.exports_from_cache = True
+        self._providers = providers
+        self._threads = threads
+        towers = ("image", "text") if card.supports_text else ("image",)
 
-        image_path = self._export("image", precision, lambda t, path: onnx_export.export_image_tower(t.image, card.preprocess.image_size, path))
-        text_path = None
-        if card.supports_text:
-            text_path = self._export("text", precision, lambda t, path: onnx_export.export_text_tower(t.text, text_length, path))
-        # Exports are done: the torch modules are not kept resident.
-        self._towers = None
+        # A warm start knows the fingerprint from the cache and never builds the model.
+        remembered = cache.remembered_fingerprint(card.name, weights.source)
+        paths = {t: cache.lookup(ExportKey(card.name, remembered, t, precision)) for t in towers} if remembered else {}
+        self.exports_from_cache = bool(paths) and all(path is not None for path in paths.values())
+        if self.exports_from_cache:
+            self.weights_fingerprint = str(remembered)
+        else:
+            self.weights_fingerprint = weights.fingerprint()
+            if remembered and remembered != self.weights_fingerprint:
+                log.warning(
+                    "%s: %s now builds weights %s, not %s as when last exported (new library versions?)",
+                    card.name, weights.source, self.weights_fingerprint, remembered,
+                )
+            cache.remember_fingerprint(card.name, weights.source, self.weights_fingerprint)
+            paths = {t: self._export(t, precision, tokenizer) for t in towers}
 
         options = _session_options(threads, memory_arena)
         provider_list = _provider_options(providers, precision, cache.folder, max_batch_size, card.preprocess.image_size)
-        self._image = ort.InferenceSession(str(image_path), options, providers=provider_list)
+        self._image = ort.InferenceSession(str(paths["image"]), options, providers=provider_list)
+        text_path = paths.get("text")
         self._text = ort.InferenceSession(str(text_path), options, providers=provider_list) if text_path else None
         # What actually runs, not what was asked for: an onnxruntime-gpu build without
         # its CUDA libraries silently falls back to the CPU.
@@ -125,33 +133,42 @@ class OnnxRuntime:
         (vectors,) = self._text.run(list(onnx_export.TEXT_OUTPUTS), {"input_ids": token_ids})
         return vectors
 
-    def _export(self, tower: str, precision: str, export: Callable[[Towers, Path], None]) -> Path:
+    def _export(self, tower: str, precision: str, tokenizer: Tokenizer | None) -> Path:
         """The tower's file at `precision`, from the cache or made now (fp16 and int8
-        are derived from the fp32 export)."""
+        are derived from the fp32 export). Every file made now is checked against the
+        torch tower before it is cached; ExportMismatch if it disagrees."""
+        card, towers = self._card, self._weights.towers()
+        if tower == "image":
+            probe = export_check.image_probe(towers, card)
 
-        def make_fp32(target: Path) -> None:
-            export(self._towers_now(), target)
+            def make_fp32(target: Path) -> None:
+                onnx_export.export_image_tower(towers.image, card.preprocess.image_size, target)
+        else:
+            assert tokenizer is not None, "a text tower needs its tokenizer"
+            probe = export_check.text_probe(towers, tokenizer)
+            text_length = next(iter(probe.inputs.values())).shape[1]
 
-        fp32_key = ExportKey(self._card.name, self._fingerprint, tower, "fp32")
+            def make_fp32(target: Path) -> None:
+                onnx_export.export_text_tower(towers.text, text_length, target)
+
+        def verify(at: str) -> Callable[[Path], None]:
+            what = f"{card.name} {tower} tower"
+            return lambda path: export_check.check_export(path, probe, at, self._providers, self._threads, what)
+
+        fp32_key = ExportKey(card.name, self.weights_fingerprint, tower, "fp32")
         if precision == "fp32":
-            path, cached = self._cache.get_or_create(fp32_key, make_fp32)
+            path, cached = self._cache.get_or_create(fp32_key, make_fp32, verify("fp32"))
         else:
             derive = onnx_export.quantize_int8 if precision == "int8" else onnx_export.convert_fp16
-            key = ExportKey(self._card.name, self._fingerprint, tower, precision)
+            key = ExportKey(card.name, self.weights_fingerprint, tower, precision)
 
             def make(target: Path) -> None:
-                source, _ = self._cache.get_or_create(fp32_key, make_fp32)
+                source, _ = self._cache.get_or_create(fp32_key, make_fp32, verify("fp32"))
                 derive(source, target)
 
-            path, cached = self._cache.get_or_create(key, make)
-        self.exports_from_cache &= cached
-        log.info("%s %s tower: %s %s", self._card.name, tower, "cached export" if cached else "exported", path.name)
+            path, cached = self._cache.get_or_create(key, make, verify(precision))
+        log.info("%s %s tower: %s %s", card.name, tower, "cached export" if cached else "exported", path.name)
         return path
-
-    def _towers_now(self) -> Towers:
-        if self._towers is None:
-            self._towers = self._build_towers()
-        return self._towers
 
 
 def _session_options(threads: int, memory_arena: bool) -> ort.SessionOptions:

@@ -30,7 +30,9 @@ def resolve_device(requested: str) -> torch.device:
 class TorchRuntime:
     name = "torch"
 
-    def __init__(self, towers: Towers, device: torch.device) -> None:
+    def __init__(self, towers: Towers, device: torch.device, *, weights_fingerprint: str = "", fallback: str = "") -> None:
+        self.weights_fingerprint = weights_fingerprint
+        self.fallback = fallback
         # Half precision on GPUs (tensor cores); fp32 on CPUs, where torch's fp16/bf16
         # paths measured slower than fp32 on this project's machines.
         self._dtype = torch.float16 if device.type == "cuda" else torch.float32

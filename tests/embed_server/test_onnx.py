@@ -11,8 +11,10 @@ import torch
 
 from embed_server.config import MODEL_NAMES
 from embed_server.images import decode_image
-from embed_server.models import CARDS, family
+from embed_server.models import CARDS
+from embed_server.models.seeded import build_random
 from embed_server.models.tokenizers import load_tokenizer
+from embed_server.runtimes.base import ModelWeights
 from embed_server.runtimes.onnx_export import ExportCache
 from embed_server.runtimes.onnx_runtime import OnnxRuntime
 from embed_server.runtimes.torch_runtime import TorchRuntime
@@ -30,13 +32,10 @@ def _pixels(name: str, seeds: range) -> np.ndarray:
 
 
 def _runtimes(name: str, tmp_path: Path, precision: str) -> tuple[TorchRuntime, OnnxRuntime]:
-    torch.manual_seed(99)
-    towers = family(name).build_random("tiny")
-    tokenizer = load_tokenizer(CARDS[name], None)
-    text_length = tokenizer(["x"]).shape[1] if tokenizer else 0
+    towers = build_random(name, "tiny", 99)
     onnx = OnnxRuntime(
-        CARDS[name], "parity", lambda: towers, cache=ExportCache(tmp_path), device="cpu",
-        precision=precision, threads=2, max_batch_size=8, text_length=text_length,
+        CARDS[name], ModelWeights("parity", lambda: towers), cache=ExportCache(tmp_path), device="cpu",
+        precision=precision, threads=2, max_batch_size=8, tokenizer=load_tokenizer(CARDS[name], None),
     )
     return TorchRuntime(towers, torch.device("cpu")), onnx
 
