@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import io
 import json
-import math
 import random
 import sys
 from collections.abc import Callable
