@@ -10,6 +10,7 @@ cache.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,8 @@ from embed_server.models.cards import ModelCard, Tokenizer
 
 if TYPE_CHECKING:
     from embed_server.models.base import Towers
+
+log = logging.getLogger(__name__)
 
 # Least cosine between ONNX Runtime's and torch's output, over every row of every
 # output. fp32 agrees to 1 - 1e-12 on every model (docs/benchmarks.md); int8 lost up
@@ -92,6 +95,7 @@ def check_export(path: Path, probe: Probe, precision: str, providers: list[str],
     session = ort.InferenceSession(str(path), options, providers=providers)
     outputs = session.run(list(probe.expected), probe.inputs)
     threshold = MIN_COSINE[precision]
+    least = {}
     for (name, expected), got in zip(probe.expected.items(), outputs):
         if got.shape != expected.shape:
             raise ExportMismatch(
@@ -103,6 +107,9 @@ def check_export(path: Path, probe: Probe, precision: str, providers: list[str],
                 f"{what}: the {precision} ONNX export does not match the torch model it was made from "
                 f"({name}: least cosine {cosine:.6f} on the probe batch, needs {threshold})"
             )
+        least[name] = cosine
+    log.info("%s: the %s export matches torch (least cosine %s)", what, precision,
+             ", ".join(f"{name} {cosine:.6f}" for name, cosine in least.items()))
 
 
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
