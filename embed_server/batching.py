@@ -88,6 +88,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         max_batch_size: int,
         max_queue_delay_s: float,
         max_queue_size: int,
+        on_drain: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -103,6 +104,11 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._reserved = 0  # items admitted but not queued yet (being decoded)
+        # Called on the batcher's thread when the queue drains after a burst (at least a
+        # queue's worth of items since the last call): the server hands the memory the
+        # burst's requests and activations used back to the OS (glibc keeps it otherwise).
+        self._on_drain = on_drain
+        self._items_since_drain = 0
 
     @property
     def queued(self) -> int:
@@ -184,6 +190,10 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if not self._queue and not self._reserved and self._items_since_drain >= self.max_queue_size:
+                self._items_since_drain = 0
+                if self._on_drain is not None:
+                    await loop.run_in_executor(self._executor, self._on_drain)
             while not self._queue:
                 self._has_work.clear()
                 await self._has_work.wait()
@@ -207,6 +217,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 continue
             self.counters.batches += 1
             self.counters.items += len(batch)
+            self._items_since_drain += len(batch)
             self.counters.largest_batch = max(self.counters.largest_batch, len(batch))
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():

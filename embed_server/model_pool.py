@@ -242,6 +242,7 @@ class ServedModel:
                 max_batch_size=settings.max_batch_size,
                 max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                 max_queue_size=settings.max_queue_size,
+                on_drain=_return_freed_memory,  # after a burst: see bench/embed_burst.py
             )
 
         def run_images(items: list[np.ndarray]) -> list[ImageOutput]:
