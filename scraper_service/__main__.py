@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from scraper_service.config import ScraperSettings, unknown_keys
+from scraper_service.config import ScraperSettings
 from scraper_service.server import create_server
 
 logger = logging.getLogger("scraper_service")
@@ -38,8 +38,6 @@ def main() -> int:
         logger.error("cannot start: %s", exc)
         return 2
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-    for key in unknown_keys():
-        logger.warning("ignoring unknown setting %s", key)
     try:
         asyncio.run(serve(settings))
     except (ValueError, OSError) as exc:  # a bad catalog manifest, a port in use

@@ -6,7 +6,6 @@ tiers, the cache and the retries are the real ones.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +81,7 @@ async def start_scraper(clock: FakeClock) -> AsyncIterator[StartScraper]:
     running: list[Scraper] = []
 
     async def start(**overrides: Any) -> Scraper:
-        settings = dataclasses.replace(TEST_SETTINGS, **overrides)
+        settings = TEST_SETTINGS.replace(**overrides)
         server, port = await create_server(settings, clock=clock)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from scraper_service.cache import TTLCache
-from scraper_service.config import ScraperSettings, unknown_keys
+from scraper_service.config import ScraperSettings
 from scraper_service.query import simplify_query
 from scraper_service.retry import RetryPolicy
 from scraper_service.urls import dedup_key, normalise_url
+from service_common.settings import unknown_variables
 
 
 def test_settings_defaults() -> None:
@@ -61,7 +62,8 @@ def test_bad_settings_name_the_key(env: dict[str, str], key: str) -> None:
 
 
 def test_unknown_keys_are_reported() -> None:
-    assert unknown_keys({"SCRAPER_PROT": "1", "SCRAPER_PORT": "2", "HOME": "/"}) == ["SCRAPER_PROT"]
+    env = {"SCRAPER_PROT": "1", "SCRAPER_PORT": "2", "HOME": "/"}
+    assert unknown_variables(env, "SCRAPER_", ScraperSettings.variables().values()) == ["SCRAPER_PROT"]
 
 
 @pytest.mark.parametrize(
