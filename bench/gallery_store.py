@@ -151,8 +151,10 @@ async def run_size(args: argparse.Namespace, data: np.ndarray, queries: np.ndarr
             numpy_lat.append(time.perf_counter() - t)
         sweep = []
         for ef in args.ef:
-            if isinstance(store, (EdgeGalleryStore, QdrantGalleryStore)):
-                store.hnsw_ef = ef
+            if isinstance(store, EdgeGalleryStore):
+                store.exact = ef == "exact"
+            if isinstance(store, (EdgeGalleryStore, QdrantGalleryStore)) and ef != "exact":
+                store.hnsw_ef = int(ef)
             for name, (spec, _) in filters.items():
                 latencies, recalls = [], []
                 for q, expected in zip(queries, truth[name]):
@@ -187,13 +189,13 @@ async def main() -> None:
     parser.add_argument("--points", default="10000,100000", help="comma-separated store sizes")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--ef", default="64,128,256", help="hnsw_ef values to sweep")
+    parser.add_argument("--ef", default="64,128,256,512,exact", help="hnsw_ef values to sweep ('exact': brute force)")
     parser.add_argument("--vectors", help=".npy of real embeddings (rows); the last --queries rows are the queries")
     parser.add_argument("--url", help="benchmark a Qdrant server through QdrantGalleryStore instead")
     parser.add_argument("--workdir", default=None, help="where the temporary store goes (default: the system temp)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     args = parser.parse_args()
-    args.ef = [int(x) for x in args.ef.split(",")]
+    args.ef = [x if x == "exact" else int(x) for x in args.ef.split(",")]
     sizes = [int(x) for x in args.points.split(",")]
     if args.vectors:
         rows = np.load(args.vectors).astype(np.float32)

@@ -46,7 +46,7 @@ from search_gateway.gallery.base import (
     GalleryUnavailable,
     VectorSpace,
 )
-from search_gateway.gallery.schema import KEYWORD_INDEXES, TENANT_INDEX, from_payload, image_vector, to_payload
+from search_gateway.gallery.schema import PAYLOAD_INDEXES, from_payload, image_vector, to_payload
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +200,10 @@ def _ensure_indexes(engine: qe.EdgeShard) -> None:
     # Idempotent, and run on every open: a crash between creating a shard and
     # indexing it must not leave filters unindexed forever.
     present = set(engine.info().payload_schema)
-    for name in KEYWORD_INDEXES:
-        if name not in present:
-            engine.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
-    if TENANT_INDEX not in present:
-        engine.update(qe.UpdateOperation.create_field_index(TENANT_INDEX, qe.KeywordIndexParams(is_tenant=True)))
+    for index in PAYLOAD_INDEXES:
+        if index.field not in present:
+            params = qe.KeywordIndexParams(is_tenant=index.is_tenant, enable_hnsw=index.enable_hnsw)
+            engine.update(qe.UpdateOperation.create_field_index(index.field, params))
 
 
 class EdgeGalleryStore:
@@ -215,6 +214,8 @@ class EdgeGalleryStore:
         self._shards = shards
         # Search-time HNSW beam width; public so a benchmark can sweep it.
         self.hnsw_ef = hnsw_ef
+        # Brute force over every segment: recall 1.0, and at 100k x 512-d still ~10 ms here.
+        self.exact = False
         self._hnsw = hnsw
         self._creating = asyncio.Lock()
 
@@ -226,6 +227,7 @@ class EdgeGalleryStore:
         hnsw_ef: int | None = 128,
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
+        exact: bool = False,
     ) -> EdgeGalleryStore:
         """Open (or create) the store and every space in it.
 
@@ -235,7 +237,9 @@ class EdgeGalleryStore:
         path = Path(root).absolute()
         hnsw = qe.HnswIndexConfig(m=hnsw_m, ef_construct=hnsw_ef_construct, full_scan_threshold=10_000)
         shards = await asyncio.to_thread(cls._open_all, path)
-        return cls(path, shards, hnsw_ef, hnsw)
+        store = cls(path, shards, hnsw_ef, hnsw)
+        store.exact = exact
+        return store
 
     @staticmethod
     def _open_all(root: Path) -> dict[str, _Shard]:
@@ -341,7 +345,7 @@ class EdgeGalleryStore:
             score_threshold=min_score,
             with_payload=True,
             with_vector=False,
-            params=qe.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None,
+            params=qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=self.exact),
         )
         found = await shard.call(lambda engine: engine.query(request))
         return [GalleryHit(from_payload(hit.payload or {}, None), float(hit.score)) for hit in found]

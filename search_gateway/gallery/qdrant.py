@@ -29,7 +29,7 @@ from search_gateway.gallery.base import (
     GalleryUnavailable,
     VectorSpace,
 )
-from search_gateway.gallery.schema import KEYWORD_INDEXES, TENANT_INDEX, from_payload, image_vector, to_payload
+from search_gateway.gallery.schema import PAYLOAD_INDEXES, from_payload, image_vector, to_payload
 
 MEMORY = ":memory:"
 
@@ -147,17 +147,11 @@ class QdrantGalleryStore:
             if not await self._guard(self._client.collection_exists(name)):
                 raise
         if not self._local:  # local mode has no payload indexes (and warns)
-            for field in KEYWORD_INDEXES:
-                await self._guard(
-                    self._client.create_payload_index(name, field, field_schema=qm.PayloadSchemaType.KEYWORD)
+            for index in PAYLOAD_INDEXES:
+                schema = qm.KeywordIndexParams(
+                    type=qm.KeywordIndexType.KEYWORD, is_tenant=index.is_tenant, enable_hnsw=index.enable_hnsw
                 )
-            await self._guard(
-                self._client.create_payload_index(
-                    name,
-                    TENANT_INDEX,
-                    field_schema=qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True),
-                )
-            )
+                await self._guard(self._client.create_payload_index(name, index.field, field_schema=schema))
         await self._check(space)
         self._known.add(name)
         return name

@@ -7,6 +7,7 @@ the same from a server (and a later migration is a copy, not a transformation).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,10 +17,27 @@ from search_gateway.gallery.base import IMAGE_VECTOR, GalleryPoint
 # reader can tell old points from new ones.
 PAYLOAD_VERSION = 1
 
-# Fields that filters use get a payload index ("keyword"); ``tenant`` is marked as the
-# tenant key so Qdrant can co-locate each tenant's points.
-KEYWORD_INDEXES: tuple[str, ...] = ("collection", "tags", "content_hash")
-TENANT_INDEX = "tenant"
+
+
+@dataclass(frozen=True)
+class KeywordIndex:
+    """A payload index on a field that filters use."""
+
+    field: str
+    # The tenant key: Qdrant co-locates each tenant's points.
+    is_tenant: bool = False
+    # Extra HNSW links per value, so filtered searches stay connected. Worth building
+    # for fields with few large values only: for tags (dozens of values) and hashes
+    # (one point each) they multiplied the index build time for no filter we run often.
+    enable_hnsw: bool = True
+
+
+PAYLOAD_INDEXES: tuple[KeywordIndex, ...] = (
+    KeywordIndex("collection"),
+    KeywordIndex("tenant", is_tenant=True),
+    KeywordIndex("tags", enable_hnsw=False),
+    KeywordIndex("content_hash", enable_hnsw=False),
+)
 
 
 def _iso(moment: datetime | None) -> str | None:
