@@ -6,7 +6,6 @@ remote vision model as a local HTTP server). The embed server runs tiny random m
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -100,7 +99,7 @@ def gateway_settings(embed_target: str, scraper_target: str, site: Site | None, 
         scraper_timeout_s=5.0,
         reconnect_backoff_max_ms=300,
     )
-    return dataclasses.replace(base, **overrides)
+    return base.replace(**overrides)
 
 
 @dataclass

@@ -8,7 +8,6 @@ uses), and one test runs ``python -m search_gateway`` itself. Deadlines are shor
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import re
@@ -39,7 +38,7 @@ HEALTH = b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n"
 def settings(**overrides: object) -> GatewaySettings:
     base = GatewaySettings(port=0, embed_target=NOWHERE, scraper_target=NOWHERE, rate_limit_per_minute=0,
                            header_timeout_s=0.5, body_idle_timeout_s=0.5, max_connections_per_client=64)
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    return base.replace(**overrides)
 
 
 @pytest_asyncio.fixture
