@@ -13,7 +13,7 @@ vectors). Sections:
    sending one 640x480 JPEG per request and the next when the answer arrives. The
    figure includes JPEG decoding, preprocessing and gRPC; against the raw figure at
    batch 8 it measures the serving overhead. Batching on (max 8) and off (max 1).
-4. Memory: resident set of one server with all five models loaded.
+4. Memory: resident set of one server with every model loaded.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import embed_server_process, machine_line, rss_mb
-from embed_server.config import MODEL_NAMES, EmbedSettings
+from embed_server.config import EmbedSettings
 from embed_server.images import decode_image
 from embed_server.model_pool import ServedModel
 from embed_server.models import CARDS
 from embed_server.runtimes.torch_runtime import configure_torch_threads
+from service_common.model_registry import list_models
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 from tests.support.images import jpeg
 
@@ -166,7 +167,7 @@ def served_section(plan: list[tuple[str, str]], raw: dict, clients: int, seconds
 
 
 def memory_section(variants: list[str]) -> None:
-    print("\n## Memory: one embed server with all five models loaded (warm export cache)\n")
+    print("\n## Memory: one embed server with every model loaded (warm export cache)\n")
     print("| runtime | resident MB after start | after 20 requests per model |")
     print("|---|---|---|")
     import grpc
@@ -176,7 +177,7 @@ def memory_section(variants: list[str]) -> None:
             started = rss_mb(pid)
             with grpc.insecure_channel(target) as channel:
                 stub = embed_pb2_grpc.EmbedServiceStub(channel)
-                for name in MODEL_NAMES:
+                for name in list_models():
                     for seed in range(5):
                         stub.Embed(embed_pb2.EmbedRequest(model=name, images=[jpeg(seed, (640, 480))] * 4), timeout=300)
             print(f"| {variant} | {started:.0f} | {rss_mb(pid):.0f} |", flush=True)
@@ -184,11 +185,13 @@ def memory_section(variants: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODEL_NAMES))
+    parser.add_argument("--models", default=",".join(list_models()))
     parser.add_argument("--variants", default="torch,onnx,int8")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="per raw measurement")
-    parser.add_argument("--served", default="clip:torch,clip:onnx,clip:int8,dinov2:onnx,dinov2-reg:onnx,dinov3:onnx,siglip:onnx",
+    # clip on every variant, each other model on ONNX Runtime fp32.
+    served = ["clip:torch", "clip:onnx", "clip:int8"] + [f"{name}:onnx" for name in list_models() if name != "clip"]
+    parser.add_argument("--served", default=",".join(served),
                         help="model:variant pairs for the served section ('' to skip)")
     parser.add_argument("--served-seconds", type=float, default=12.0)
     parser.add_argument("--clients", type=int, default=32)

@@ -10,11 +10,12 @@ from typing import Annotated, Literal
 from pydantic import Field, NonNegativeFloat, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from service_common import model_registry
 from service_common.settings import AtLeastOne, CommaList, Lower, ServiceSettings, SettingsError, Upper
 
 __all__ = ["MODEL_NAMES", "EmbedSettings", "SettingsError"]
 
-MODEL_NAMES = ("clip", "dinov2", "dinov2-reg", "dinov3", "siglip")
+MODEL_NAMES = model_registry.list_models()  # the registry decides which models exist
 
 
 def _all_cores() -> int:

@@ -21,12 +21,12 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
+from service_common import model_registry
 from service_common.settings import AtLeastOne, CommaList, Lower, ServiceSettings, SettingsError
 
-# The embed server's public model names (see embed.proto). Requests are checked
-# against what the embed server says it serves; this list is the fallback while it
-# cannot be asked.
-KNOWN_MODELS: tuple[str, ...] = ("clip", "dinov2", "dinov2-reg", "dinov3", "siglip")
+# The public model names, to check the settings at start; requests are checked against
+# what the embed server says it serves (search_gateway/models.py).
+KNOWN_MODELS: tuple[str, ...] = model_registry.list_models()
 CaptionMode = Literal["offline", "remote", "none"]
 CAPTION_MODES: tuple[str, ...] = get_args(CaptionMode)
 

@@ -10,12 +10,8 @@ import asyncio
 import time
 
 from search_gateway.backends import EmbedClient, ModelDescription
-from search_gateway.config import KNOWN_MODELS
 from search_gateway.errors import BackendUnavailable, NoTextTower, UnknownModel
-
-# Used only while the embed server cannot be asked; the call that follows then
-# answers 503 anyway.
-_TEXT_MODELS_FALLBACK = ("clip", "siglip")
+from service_common.model_registry import list_models, text_models
 
 
 class ModelCatalog:
@@ -41,9 +37,10 @@ class ModelCatalog:
             return self._models  # the last answer, however old, or None
 
     async def names(self) -> list[str]:
-        """The model names requests may name: what the embed server serves (the fallback while it cannot be asked)."""
+        """The model names requests may name: what the embed server serves (every public
+        model while it cannot be asked: the call that follows then answers 503 anyway)."""
         served = await self._served_or_none()
-        return [m.name for m in served] if served else list(KNOWN_MODELS)
+        return [m.name for m in served] if served else list(list_models())
 
     async def describe(self, name: str) -> ModelDescription | None:
         for model in await self._served_or_none() or []:
@@ -54,11 +51,11 @@ class ModelCatalog:
     async def require(self, name: str, *, text: bool = False) -> None:
         """Raise a 400-class error unless ``name`` can serve this request."""
         served = await self._served_or_none()
-        names = [m.name for m in served] if served else list(KNOWN_MODELS)
+        names = [m.name for m in served] if served else list(list_models())
         if name not in names:
             raise UnknownModel(f"Unknown embedding_model {name!r}; valid models: {', '.join(names)}.")
         if text:
-            with_text = [m.name for m in served if m.supports_text] if served else list(_TEXT_MODELS_FALLBACK)
+            with_text = [m.name for m in served if m.supports_text] if served else list(text_models())
             if name not in with_text:
                 raise NoTextTower(
                     f"Model {name!r} has no text tower, so it cannot search by text; "

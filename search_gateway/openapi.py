@@ -41,7 +41,8 @@ def _model_param(models: list[str], default: str) -> dict[str, Any]:
 def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
     # Spaces are collapsed before the length is checked, so the query needs a visible character.
     text = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"\S",
-            "description": "A text query (models with a text tower: clip, siglip); at most 300 characters."}
+            "description": "A text query, for a model with a text tower (supports_text in GET /models); "
+                           "at most 300 characters."}
     return {
         "required": True,
         "content": {

@@ -1,8 +1,9 @@
-"""The model registry: each public name's card, and its family loaded on demand.
+"""Each public name's card, and its family loaded on demand.
 
-Cards and tokenizers are torch-free; a family (the torch code that builds or loads a
-model) is imported only when a model must be built, for the torch runtime or for an
-ONNX export that is not cached yet.
+Which models exist is decided in `service_common.model_registry`; this maps each to the
+code that builds it. Cards and tokenizers are torch-free; a family (the torch code that
+builds or loads a model) is imported only when a model must be built, for the torch
+runtime or for an ONNX export that is not cached yet.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ _FAMILIES = {
     "dinov3": ("embed_server.models.dino", "DINOV3"),
     "siglip": ("embed_server.models.siglip", "SiglipFamily"),
 }
+# A model added to the registry without a family (or the reverse) fails at import, not
+# at its first request.
+if set(_FAMILIES) != set(CARDS):
+    raise RuntimeError(f"model families {sorted(_FAMILIES)} do not match the registry's models {sorted(CARDS)}")
 
 
 def family(name: str):  # type: ignore[no-untyped-def]  # -> ModelFamily (torch-typed, see base)

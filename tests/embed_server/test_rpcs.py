@@ -8,14 +8,15 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from embed_server.config import MODEL_NAMES
+from service_common.model_registry import get_card, list_models, text_models
 from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2
 from tests.support.background import wait_for_health
 from tests.support.images import jpeg
 
-GRIDS = {"clip": (7, 7), "dinov2": (16, 16), "dinov2-reg": (16, 16), "dinov3": (14, 14), "siglip": (14, 14)}
-TEXT_MODELS = ("clip", "siglip")
+MODEL_NAMES = list_models()
+GRIDS = {name: get_card(name).grid for name in MODEL_NAMES}
+TEXT_MODELS = text_models()
 
 
 def embed(stub, model: str, images: list[bytes]) -> np.ndarray:
@@ -103,12 +104,12 @@ def test_embed_text_gives_unit_vectors_in_the_image_space(stub, model: str) -> N
     assert not np.allclose(vectors[0], vectors[1], atol=1e-4)
 
 
-@pytest.mark.parametrize("model", ["dinov2", "dinov2-reg", "dinov3"])
+@pytest.mark.parametrize("model", [name for name in MODEL_NAMES if name not in TEXT_MODELS])
 def test_text_for_a_model_without_a_text_tower_is_refused(stub, model: str) -> None:
     with pytest.raises(grpc.RpcError) as error:
         stub.EmbedText(embed_pb2.EmbedTextRequest(model=model, texts=["rose"]))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "no text tower" in error.value.details() and "clip, siglip" in error.value.details()
+    assert "no text tower" in error.value.details() and ", ".join(TEXT_MODELS) in error.value.details()
 
 
 def test_list_models_describes_each_model(stub) -> None:
