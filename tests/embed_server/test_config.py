@@ -28,7 +28,7 @@ def test_values_are_parsed() -> None:
     "env, message",
     [
         ({"EMBED_PORT": "http"}, "EMBED_PORT"),
-        ({"EMBED_MODELS": "clip,resnet"}, "valid names: clip, dinov2, dinov2-reg, dinov3, siglip"),
+        ({"EMBED_MODELS": "clip,resnet"}, f"valid names: {', '.join(MODEL_NAMES)}"),
         ({"EMBED_WEIGHTS": "imagenet"}, "EMBED_WEIGHTS='imagenet' is not one of pretrained, random"),
         ({"EMBED_ARCHITECTURE": "tiny"}, "EMBED_ARCHITECTURE=tiny needs EMBED_WEIGHTS=random"),
         ({"EMBED_MAX_BATCH_SIZE": "0"}, "EMBED_MAX_BATCH_SIZE='0' must be at least 1"),
