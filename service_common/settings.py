@@ -215,9 +215,8 @@ def describe(error: ValidationError, settings_cls: type[ServiceSettings]) -> str
     prefix = settings_cls.model_config.get("env_prefix", "")
     sentences = []
     for problem in error.errors():
-        predicate = _PREDICATES.get(problem["type"], lambda ctx: f"is not valid: {problem['msg']}")(
-            problem.get("ctx", {})
-        )
+        worded = _PREDICATES.get(problem["type"])
+        predicate = worded(problem.get("ctx", {})) if worded else f"is not valid: {problem['msg']}"
         if not problem["loc"]:
             # A rule between settings (a model validator): its sentence names them itself.
             sentences.append(predicate)
