@@ -51,7 +51,7 @@ def test_settings_built_in_code_are_checked_and_named_like_variables() -> None:
     with pytest.raises(SettingsError, match=re.escape("SCRAPER_WORKERS='65' must be at most 64")):
         ScraperSettings().replace(workers=65)
     with pytest.raises(SettingsError, match=re.escape("SCRAPER_FROBNICATE='1' is not a setting")):
-        ScraperSettings(frobnicate=1)
+        ScraperSettings(**{"frobnicate": 1})  # as a caller without type checking could
     # replace() checks the rules between settings again, too.
     with pytest.raises(SettingsError, match="SCRAPER_CATALOG must be set"):
         ScraperSettings().replace(engines=("catalog",))
