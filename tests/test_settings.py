@@ -4,6 +4,7 @@ sentence, blank means default, unknown names refused in any case, checks on ever
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -50,8 +51,9 @@ def test_settings_built_in_code_are_checked_and_named_like_variables() -> None:
         EmbedSettings(max_batch_size=0)
     with pytest.raises(SettingsError, match=re.escape("SCRAPER_WORKERS='65' must be at most 64")):
         ScraperSettings().replace(workers=65)
+    unknown: dict[str, Any] = {"frobnicate": 1}  # as a caller without type checking could pass it
     with pytest.raises(SettingsError, match=re.escape("SCRAPER_FROBNICATE='1' is not a setting")):
-        ScraperSettings(**{"frobnicate": 1})  # as a caller without type checking could
+        ScraperSettings(**unknown)
     # replace() checks the rules between settings again, too.
     with pytest.raises(SettingsError, match="SCRAPER_CATALOG must be set"):
         ScraperSettings().replace(engines=("catalog",))
