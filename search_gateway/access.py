@@ -10,9 +10,9 @@ import hmac
 import ipaddress
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from cachetools import LRUCache
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_gateway.errors import RateLimited, Unauthorized, UploadTooLarge, to_response
@@ -180,14 +180,19 @@ class ApiKeyMiddleware:
 
 
 class TokenBuckets:
-    """Per-client token buckets, bounded by least-recently-seen eviction."""
+    """Per-client token buckets, bounded by least-recently-seen eviction.
+
+    An LRU cache, not a TTL one: a bucket left alone refills by itself (``take``
+    computes it), so age alone never needs to drop one; only the count is bounded.
+    """
 
     def __init__(self, per_minute: int, burst: int, max_clients: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self.max_clients = max_clients
         self.clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # client -> (tokens, when they were counted)
+        self._buckets: LRUCache[str, tuple[float, float]] = LRUCache(maxsize=max_clients)
 
     def take(self, client: str) -> float:
         """0 when allowed, else the seconds until a token is available."""
@@ -195,16 +200,10 @@ class TokenBuckets:
         tokens, last = self._buckets.get(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens >= 1.0:
-            self._store(client, tokens - 1.0, now)
+            self._buckets[client] = (tokens - 1.0, now)
             return 0.0
-        self._store(client, tokens, now)
-        return (1.0 - tokens) / self.rate
-
-    def _store(self, client: str, tokens: float, now: float) -> None:
         self._buckets[client] = (tokens, now)
-        self._buckets.move_to_end(client)
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
+        return (1.0 - tokens) / self.rate
 
 
 class RateLimitMiddleware:
