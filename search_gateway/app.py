@@ -20,18 +20,27 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_gateway import errors, routes, web
-from search_gateway.access import ApiKeyMiddleware, BodyLimitMiddleware, ClientIdentity, RateLimitMiddleware, TokenBuckets
-from search_gateway.backends import EmbedClient, ScraperClient, open_channel
+from search_gateway.access import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    ClientIdentity,
+    RateLimitMiddleware,
+    TokenBuckets,
+)
+from search_gateway.backends import EmbedClient, ScraperClient, embed_channel, scraper_channel
 from search_gateway.cache import EmbeddingCache
 from search_gateway.caption import CaptionChain, Captioner, RemoteCaptioner, ZeroShotCaptioner
 from search_gateway.config import GatewaySettings
 from search_gateway.downloader import Downloader, DownloadLimits
 from search_gateway.failed_downloads import FailedDownloads
+from search_gateway.images import ImageLimits
 from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
 from search_gateway.netguard import parse_allowlist
-from search_gateway.pipeline import SearchPipeline
 from search_gateway.requestid import RequestIdMiddleware, install_log_stamp
+from search_gateway.search.download import CandidateDownloads
+from search_gateway.search.embedding import BatchLimits, EmbedBatches
+from search_gateway.search.pipeline import SearchLimits, SearchPipeline
 from search_gateway.thumbnails import ThumbnailSigner
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,7 @@ class Gateway:
     pipeline: SearchPipeline
     signer: ThumbnailSigner
     captions: CaptionChain
+    image_limits: ImageLimits
 
 
 def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
@@ -67,11 +77,10 @@ def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
 @contextlib.asynccontextmanager
 async def _open(settings: GatewaySettings, metrics: Metrics,
                 failure_timer: Callable[[], float] = time.monotonic) -> AsyncIterator[Gateway]:
-    backoff = settings.reconnect_backoff_max_ms
-    embed_channel = open_channel(settings.embed_target, reconnect_backoff_max_ms=backoff)
-    scraper_channel = open_channel(settings.scraper_target, reconnect_backoff_max_ms=backoff)
-    embed = EmbedClient(embed_channel, timeout_s=settings.embed_timeout_s, retries=settings.rpc_retries)
-    scraper = ScraperClient(scraper_channel, timeout_s=settings.scraper_timeout_s, retries=settings.rpc_retries)
+    channel_options = {"retries": settings.rpc_retries, "reconnect_backoff_max_ms": settings.reconnect_backoff_max_ms}
+    embed = EmbedClient(embed_channel(settings.embed_target, **channel_options), timeout_s=settings.embed_timeout_s)
+    scraper = ScraperClient(scraper_channel(settings.scraper_target, **channel_options),
+                            timeout_s=settings.scraper_timeout_s)
     downloader = Downloader(
         DownloadLimits(
             max_bytes=settings.download_max_bytes, concurrency=settings.download_concurrency,
@@ -88,16 +97,25 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                                settings.failed_download_retry_s, timer=failure_timer,
                                on_skip=metrics.failed_download_skipped)
     metrics.watch_failed_downloads(failures.__len__)
-    pipeline = SearchPipeline(settings=settings, embed=embed, scraper=scraper, downloader=downloader,
-                              captions=captions, cache=cache, metrics=metrics, failures=failures)
+    image_limits = ImageLimits(max_pixels=settings.max_pixels, short_side=settings.embed_image_side)
+    pipeline = SearchPipeline(
+        limits=SearchLimits(budget_s=settings.search_budget_s, caption_timeout_s=settings.caption_timeout_s,
+                            max_candidates=settings.max_candidates, attention_top=settings.attention_top),
+        embed=embed, scraper=scraper, captions=captions,
+        downloads=CandidateDownloads(downloader, image_limits, failures),
+        batches=EmbedBatches(embed, cache, BatchLimits(
+            max_images=settings.embed_batch, max_bytes=settings.embed_batch_bytes,
+            straggler_wait_s=settings.embed_batch_wait_ms / 1000, concurrency=settings.embed_concurrency), metrics),
+        cache=cache, metrics=metrics,
+    )
     try:
         yield Gateway(settings, metrics, embed, scraper, downloader, ModelCatalog(embed), pipeline,
-                      ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions)
+                      ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits)
     finally:
         await captions.close()
         await downloader.close()
-        await embed_channel.close()
-        await scraper_channel.close()
+        await embed.channel.close()
+        await scraper.channel.close()
 
 
 class _RequestMetrics:

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from service_common.tensors import to_numpy
-from tattoo_search.v1 import embed_pb2
+from search_gateway.replies import PatchMatches
 
 # A query patch whose best match is at least this cosine counts as a strong match.
 STRONG_MATCH = 0.5
@@ -30,29 +29,31 @@ def summary_of(max_similarity: np.ndarray) -> dict[str, float]:
     }
 
 
-def summarize(query_h: int, query_w: int, cand: embed_pb2.CandidateAttention) -> dict[str, Any]:
+def summarize(matches: PatchMatches) -> dict[str, Any]:
     """The seed's ``patch_attention`` object, plus grid shapes and the global cosine."""
+    (qh, qw), (ch, cw) = matches.query_grid, matches.grid
     return {
-        "overall_similarity": round(float(cand.overall_similarity), 6),
-        "global_similarity": round(float(cand.global_similarity), 6),
+        "overall_similarity": round(matches.overall_similarity, 6),
+        "global_similarity": round(matches.global_similarity, 6),
         # The seed's frontend reads one number per grid (its grids were square).
-        "query_grid_size": int(query_h),
-        "candidate_grid_size": int(cand.grid_height),
-        "query_grid": [int(query_h), int(query_w)],
-        "candidate_grid": [int(cand.grid_height), int(cand.grid_width)],
-        "attention_summary": summary_of(to_numpy(cand.max_similarity)),
+        "query_grid_size": qh,
+        "candidate_grid_size": ch,
+        "query_grid": [qh, qw],
+        "candidate_grid": [ch, cw],
+        "attention_summary": summary_of(matches.max_similarity),
     }
 
 
-def correspondences(query_h: int, query_w: int, cand: embed_pb2.CandidateAttention, limit: int = 10) -> list[dict[str, Any]]:
+def correspondences(matches: PatchMatches, limit: int = 10) -> list[dict[str, Any]]:
     """The ``limit`` strongest query-patch -> candidate-patch matches, best first."""
-    indices = to_numpy(cand.top_indices)
-    scores = to_numpy(cand.top_scores)
+    indices = matches.top_indices
+    scores = matches.top_scores
     if indices.size == 0:
         return []
+    query_w = matches.query_grid[1]
     best_per_query = scores[:, 0]
     order = np.argsort(-best_per_query)[:limit]
-    cw = max(1, int(cand.grid_width))
+    cw = max(1, matches.grid[1])
     out = []
     for qi in order:
         ci = int(indices[qi, 0])
@@ -109,18 +110,17 @@ def png_data_url(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def heatmap_picture(query: Image.Image, candidate: Image.Image, query_grid: tuple[int, int],
-                    cand: embed_pb2.CandidateAttention) -> Image.Image:
+def heatmap_picture(query: Image.Image, candidate: Image.Image, matches: PatchMatches) -> Image.Image:
     """Both images with their patch heat: each query patch's best cosine, and for the
     candidate, the best cosine any query patch reaches there."""
-    qh, qw = query_grid
-    q_heat = to_numpy(cand.max_similarity).reshape(qh, qw)
-    ch, cw = int(cand.grid_height), int(cand.grid_width)
-    if cand.similarity_matrix.rows:
-        c_heat = to_numpy(cand.similarity_matrix).max(axis=0).reshape(ch, cw)
+    qh, qw = matches.query_grid
+    q_heat = matches.max_similarity.reshape(qh, qw)
+    ch, cw = matches.grid
+    if matches.similarity_matrix is not None:
+        c_heat = matches.similarity_matrix.max(axis=0).reshape(ch, cw)
     else:  # fall back on the top-k lists when the full matrix was not sent
         c_heat = np.full(ch * cw, np.nan, dtype=np.float32)
-        idx, sc = to_numpy(cand.top_indices), to_numpy(cand.top_scores)
+        idx, sc = matches.top_indices, matches.top_scores
         for i, s in zip(idx.ravel(), sc.ravel(), strict=True):
             c_heat[i] = s if np.isnan(c_heat[i]) else max(c_heat[i], s)
         c_heat = np.nan_to_num(c_heat, nan=float(np.nanmin(c_heat)) if np.isfinite(c_heat).any() else 0.0).reshape(ch, cw)
@@ -128,13 +128,13 @@ def heatmap_picture(query: Image.Image, candidate: Image.Image, query_grid: tupl
     return picture
 
 
-def correspondence_picture(query: Image.Image, candidate: Image.Image, query_grid: tuple[int, int],
-                           cand: embed_pb2.CandidateAttention, matches: list[dict[str, Any]]) -> Image.Image:
+def correspondence_picture(query: Image.Image, candidate: Image.Image, patches: PatchMatches,
+                           matches: list[dict[str, Any]]) -> Image.Image:
     """Lines from query patch centres to their best candidate patch, brighter = stronger."""
     picture, offset = _side_by_side(query, candidate)
     height = picture.height
-    qh, qw = query_grid
-    ch, cw = int(cand.grid_height), int(cand.grid_width)
+    qh, qw = patches.query_grid
+    ch, cw = patches.grid
     q_width = offset - 12
     c_width = picture.width - offset
     draw = ImageDraw.Draw(picture)

@@ -1,33 +1,38 @@
 """gRPC clients for the embed server and the scraper: one long-lived channel each.
 
-Every call carries a deadline. gRPC status codes become gateway errors here, at the
-client edge, so the rest of the gateway never sees ``grpc``.
+This is the only module that speaks protobuf: requests are built here, and replies
+become the gateway's own types (``replies.py``, ``search.types.Candidate``). gRPC
+status codes become gateway errors here too, so the rest of the gateway never sees
+``grpc``. Every call carries a deadline; retries are the channel's (``channels.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Sequence
+from types import MappingProxyType
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service_common.tensors import to_numpy  # torch-free: numpy and generated code only
+from search_gateway.channels import open_channel
 from search_gateway.errors import BackendUnavailable, BadRequest
+from search_gateway.replies import CrossAttention, Embeddings, ModelDescription, PatchMatches, Provenance
+from search_gateway.search.types import Candidate
+from service_common.tensors import to_numpy  # torch-free: numpy and generated code only
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc, scraper_pb2, scraper_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_MB = 1024 * 1024
-# Codes after which the same idempotent call may succeed on another replica (the
-# round-robin picker moves on) or a moment later: a replica died mid-call
-# (UNAVAILABLE, or CANCELLED by its shutdown), or its queue was full.
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+EMBED_SERVICE = embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name
+SCRAPER_SERVICE = scraper_pb2.DESCRIPTOR.services_by_name["ScraperService"].full_name
+
+PLATFORM_NAMES = {
+    scraper_pb2.PLATFORM_PINTEREST: "pinterest",
+    scraper_pb2.PLATFORM_REDDIT: "reddit",
+    scraper_pb2.PLATFORM_INSTAGRAM: "instagram",
+    scraper_pb2.PLATFORM_OTHER: "other",
+}
 
 
 class BackendRejected(BadRequest):
@@ -36,21 +41,14 @@ class BackendRejected(BadRequest):
     code = "rejected_by_backend"
 
 
-def open_channel(target: str, *, reconnect_backoff_max_ms: int) -> grpc.aio.Channel:
-    """One channel per backend for the gateway's lifetime, balanced round robin."""
-    options = [
-        ("grpc.lb_policy_name", "round_robin"),
-        ("grpc.max_send_message_length", 64 * _MB),
-        ("grpc.max_receive_message_length", 64 * _MB),
-        # Find a restarted backend within seconds (gRPC's default back-off grows to 120 s).
-        ("grpc.initial_reconnect_backoff_ms", min(200, reconnect_backoff_max_ms)),
-        ("grpc.min_reconnect_backoff_ms", min(200, reconnect_backoff_max_ms)),
-        ("grpc.max_reconnect_backoff_ms", reconnect_backoff_max_ms),
-        # Notice a silently vanished peer (no FIN, e.g. a killed container host).
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-    ]
-    return grpc.aio.insecure_channel(target, options=options)
+def embed_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int) -> grpc.aio.Channel:
+    return open_channel(target, services=[EMBED_SERVICE], retries=retries,
+                        reconnect_backoff_max_ms=reconnect_backoff_max_ms)
+
+
+def scraper_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int) -> grpc.aio.Channel:
+    return open_channel(target, services=[SCRAPER_SERVICE], retries=retries,
+                        reconnect_backoff_max_ms=reconnect_backoff_max_ms)
 
 
 def _translate(exc: grpc.aio.AioRpcError, backend: str) -> Exception:
@@ -74,45 +72,66 @@ def _translate(exc: grpc.aio.AioRpcError, backend: str) -> Exception:
     return BackendUnavailable(f"The {backend} failed.", backend=backend, retry_after=5, log_detail=detail)
 
 
-@dataclass(frozen=True)
-class ModelDescription:
-    name: str
-    supports_text: bool
-    ready: bool
-    info: embed_pb2.ModelInfo
+def _enum_name(enum: type, value: int, prefix: str) -> str:
+    """``WEIGHTS_SOURCE_RANDOM`` -> ``random``; a value newer than this gateway -> ``unspecified``."""
+    try:
+        name: str = enum.Name(value)  # type: ignore[attr-defined]
+    except ValueError:
+        return "unspecified"
+    return name.removeprefix(prefix).lower()
+
+
+def _provenance(p: embed_pb2.Provenance) -> Provenance:
+    return Provenance(model=p.model, weights=_enum_name(embed_pb2.WeightsSource, p.weights, "WEIGHTS_SOURCE_"),
+                      runtime=p.runtime, device=p.device, precision=p.precision,
+                      weights_fingerprint=p.weights_fingerprint)
+
+
+def _model(m: embed_pb2.ModelInfo) -> ModelDescription:
+    return ModelDescription(
+        name=m.name, supports_text=m.supports_text, ready=m.state == embed_pb2.MODEL_STATE_READY,
+        architecture=m.architecture, global_dim=m.global_dim, patch_dim=m.patch_dim, patch_size=m.patch_size,
+        grid=(m.grid_height, m.grid_width), image_size=m.image_size,
+        state=_enum_name(embed_pb2.ModelState, m.state, "MODEL_STATE_"),
+        weights=_enum_name(embed_pb2.WeightsSource, m.weights, "WEIGHTS_SOURCE_"),
+        runtime=m.runtime, device=m.device, precision=m.precision, error=m.error,
+    )
+
+
+def _patch_matches(query_grid: tuple[int, int], c: embed_pb2.CandidateAttention) -> PatchMatches:
+    return PatchMatches(
+        query_grid=query_grid, grid=(int(c.grid_height), int(c.grid_width)),
+        overall_similarity=float(c.overall_similarity), global_similarity=float(c.global_similarity),
+        top_indices=to_numpy(c.top_indices), top_scores=to_numpy(c.top_scores),
+        max_similarity=to_numpy(c.max_similarity),
+        similarity_matrix=to_numpy(c.similarity_matrix) if c.similarity_matrix.rows else None,
+    )
+
+
+def _candidate(c: scraper_pb2.Candidate) -> Candidate:
+    return Candidate(url=c.image_url, source_url=c.source_url, platform=PLATFORM_NAMES.get(c.platform, "other"),
+                     title=c.title, engine=c.engine,
+                     headers=MappingProxyType({h.name: h.value for h in c.request_headers}))
 
 
 class _Client:
     backend = "backend"
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, retries: int) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
         self.channel = channel
         self.timeout_s = timeout_s
-        self.retries = retries
         self._health = health_pb2_grpc.HealthStub(channel)
 
-    def _deadline(self, timeout: float | None) -> float:
+    def _timeout(self, timeout: float | None) -> float:
+        """The call's deadline, in seconds from now: it covers every retry of the call."""
         limit = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
         if limit <= 0:
             raise BackendUnavailable(f"No time was left to ask the {self.backend}.", backend=self.backend, retry_after=1)
-        return time.monotonic() + limit
+        return limit
 
-    async def _unary(self, method, request, timeout: float | None):  # type: ignore[no-untyped-def]
-        deadline = self._deadline(timeout)
-        attempt = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise BackendUnavailable(f"The {self.backend} did not answer in time.", backend=self.backend)
-                return await method(request, timeout=remaining)
-            except grpc.aio.AioRpcError as exc:
-                retry_in = 0.05 * (2**attempt) * (0.5 + random.random())
-                if exc.code() in _RETRYABLE and attempt < self.retries and deadline - time.monotonic() > retry_in:
-                    attempt += 1
-                    await asyncio.sleep(retry_in)
-                    continue
-                raise _translate(exc, self.backend) from None
+    def _unreadable(self, exc: ValueError) -> BackendUnavailable:
+        return BackendUnavailable(f"The {self.backend} sent a reply the gateway cannot read.", backend=self.backend,
+                                  log_detail=f"{self.backend} reply: {exc}")
 
     async def check_health(self, service: str = "", timeout: float = 2.0) -> bool:
         """True when the backend's standard health service says SERVING."""
@@ -122,72 +141,84 @@ class _Client:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return True  # reachable, just without the health service
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class EmbedClient(_Client):
     backend = "embed server"
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, retries: int) -> None:
-        super().__init__(channel, timeout_s=timeout_s, retries=retries)
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        super().__init__(channel, timeout_s=timeout_s)
         self._stub = embed_pb2_grpc.EmbedServiceStub(channel)
 
-    async def embed(self, model: str, images: Sequence[bytes], *, timeout: float | None = None) -> np.ndarray:
-        reply = await self._unary(self._stub.Embed, embed_pb2.EmbedRequest(model=model, images=list(images)), timeout)
-        vectors = to_numpy(reply.embeddings)
+    async def embed(self, model: str, images: Sequence[bytes], *, timeout: float | None = None) -> Embeddings:
+        request = embed_pb2.EmbedRequest(model=model, images=list(images))
+        try:
+            reply = await self._stub.Embed(request, timeout=self._timeout(timeout))
+            vectors = to_numpy(reply.embeddings)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.backend) from None
+        except ValueError as exc:
+            raise self._unreadable(exc) from None
         if vectors.shape[0] != len(images):
             raise BackendUnavailable("The embed server returned the wrong number of vectors.", backend=self.backend)
-        return vectors
+        return Embeddings(vectors, _provenance(reply.provenance))
 
-    async def embed_text(self, model: str, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:
-        reply = await self._unary(self._stub.EmbedText, embed_pb2.EmbedTextRequest(model=model, texts=list(texts)), timeout)
-        return to_numpy(reply.embeddings)
+    async def embed_text(self, model: str, texts: Sequence[str], *, timeout: float | None = None) -> Embeddings:
+        request = embed_pb2.EmbedTextRequest(model=model, texts=list(texts))
+        try:
+            reply = await self._stub.EmbedText(request, timeout=self._timeout(timeout))
+            vectors = to_numpy(reply.embeddings)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.backend) from None
+        except ValueError as exc:
+            raise self._unreadable(exc) from None
+        return Embeddings(vectors, _provenance(reply.provenance))
 
     async def cross_attention(
         self, model: str, query: bytes, candidates: Sequence[bytes], *, top_k: int = 1,
         include_similarity_matrix: bool = False, timeout: float | None = None,
-    ) -> embed_pb2.CrossAttentionResponse:
+    ) -> CrossAttention:
         request = embed_pb2.CrossAttentionRequest(
             model=model, query_image=query, candidate_images=list(candidates), top_k=top_k,
             include_similarity_matrix=include_similarity_matrix,
         )
-        return await self._unary(self._stub.CrossAttention, request, timeout)
+        try:
+            reply = await self._stub.CrossAttention(request, timeout=self._timeout(timeout))
+            grid = (int(reply.query_grid_height), int(reply.query_grid_width))
+            matches = tuple(_patch_matches(grid, c) for c in reply.candidates)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.backend) from None
+        except ValueError as exc:
+            raise self._unreadable(exc) from None
+        if len(matches) != len(candidates):
+            raise BackendUnavailable("The embed server compared the wrong number of candidates.", backend=self.backend)
+        return CrossAttention(matches, _provenance(reply.provenance))
 
     async def list_models(self, *, timeout: float | None = 3.0) -> list[ModelDescription]:
-        reply = await self._unary(self._stub.ListModels, embed_pb2.ListModelsRequest(), timeout)
-        return [
-            ModelDescription(m.name, m.supports_text, m.state == embed_pb2.MODEL_STATE_READY, m)
-            for m in reply.models
-        ]
+        try:
+            reply = await self._stub.ListModels(embed_pb2.ListModelsRequest(), timeout=self._timeout(timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.backend) from None
+        return [_model(m) for m in reply.models]
 
 
 class ScraperClient(_Client):
     backend = "scraper"
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, retries: int) -> None:
-        super().__init__(channel, timeout_s=timeout_s, retries=retries)
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        super().__init__(channel, timeout_s=timeout_s)
         self._stub = scraper_pb2_grpc.ScraperServiceStub(channel)
 
-    async def search(self, query: str, max_results: int, *, timeout: float | None = None) -> AsyncIterator[scraper_pb2.Candidate]:
-        """Stream candidates. A failure before the first one is retried; later, it ends the stream with an error."""
-        deadline = self._deadline(timeout)
-        attempt = 0
-        while True:
-            received = 0
-            call = self._stub.Search(
-                scraper_pb2.SearchRequest(query=query, max_results=max_results),
-                timeout=max(0.001, deadline - time.monotonic()),
-            )
-            try:
-                async for candidate in call:
-                    received += 1
-                    yield candidate
-                return
-            except grpc.aio.AioRpcError as exc:
-                if received == 0 and exc.code() in _RETRYABLE and attempt < self.retries and deadline - time.monotonic() > 0.2:
-                    attempt += 1
-                    await asyncio.sleep(0.05 * (2**attempt))
-                    continue
-                raise _translate(exc, self.backend) from None
-            finally:
-                call.cancel()
+    async def search(self, query: str, max_results: int, *, timeout: float | None = None) -> AsyncGenerator[Candidate, None]:
+        """Stream candidates. The channel retries a failure before the first one (the
+        call is not committed yet); a later failure ends the stream with an error."""
+        call = self._stub.Search(scraper_pb2.SearchRequest(query=query, max_results=max_results),
+                                 timeout=self._timeout(timeout))
+        try:
+            async for reply in call:
+                yield _candidate(reply)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.backend) from None
+        finally:
+            call.cancel()

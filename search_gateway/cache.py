@@ -2,17 +2,24 @@
 
 A candidate URL seen again is neither downloaded nor embedded; the same picture at a
 new URL is downloaded but not embedded. Entries expire after ``ttl_s`` (the URL side
-matters most: what a URL serves can change) and the least recently used go first.
+matters most: what a URL serves can change; 0 keeps them until evicted) and the least
+recently used go first. Each vector keeps the provenance of the reply that computed
+it, so a search answered from the cache still says which weights ranked it.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+from cachetools import Cache, LRUCache, TTLCache
+
+from search_gateway.replies import Provenance
+
+V = TypeVar("V")
 
 
 @dataclass
@@ -21,36 +28,21 @@ class CacheStats:
     misses: int = 0
 
 
-class _LRU:
-    def __init__(self, max_entries: int, ttl_s: float, clock: Callable[[], float]) -> None:
-        self._data: OrderedDict[tuple[str, str], tuple[float, object]] = OrderedDict()
-        self._max = max_entries
-        self._ttl = ttl_s
-        self._clock = clock
+@dataclass(frozen=True, eq=False)
+class CachedVector:
+    vector: np.ndarray  # unit length, read-only
+    provenance: Provenance | None
 
-    def get(self, key: tuple[str, str]) -> object | None:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        stored_at, value = item
-        if self._ttl and self._clock() - stored_at > self._ttl:
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return value
 
-    def put(self, key: tuple[str, str], value: object) -> None:
-        self._data[key] = (self._clock(), value)
-        self._data.move_to_end(key)
-        while len(self._data) > self._max:
-            self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
+def _bounded(max_entries: int, ttl_s: float, timer: Callable[[], float]) -> Cache[tuple[str, str], V]:
+    # TTLCache evicts the least recently used entry when full, like LRUCache.
+    if ttl_s > 0:
+        return TTLCache(maxsize=max_entries, ttl=ttl_s, timer=timer)
+    return LRUCache(maxsize=max_entries)
 
 
 class EmbeddingCache:
-    """Not thread-safe by design: used from the event loop only."""
+    """Not thread-safe by design (nor are cachetools' caches): used from the event loop only."""
 
     def __init__(
         self,
@@ -59,34 +51,40 @@ class EmbeddingCache:
         clock: Callable[[], float] = time.monotonic,
         on_lookup: Callable[[bool], None] | None = None,
     ) -> None:
-        self._vectors = _LRU(max_entries, ttl_s, clock)
-        self._urls = _LRU(max_entries, ttl_s, clock)
+        self._vectors: Cache[tuple[str, str], CachedVector] = _bounded(max_entries, ttl_s, clock)
+        self._urls: Cache[tuple[str, str], str] = _bounded(max_entries, ttl_s, clock)
         self.stats = CacheStats()
         self._on_lookup = on_lookup
 
-    def by_hash(self, model: str, sha256: str) -> np.ndarray | None:
-        vec = self._vectors.get((model, sha256))
-        self._count(vec)
-        return vec  # type: ignore[return-value]
+    def by_hash(self, model: str, sha256: str) -> CachedVector | None:
+        cached = self._vectors.get((model, sha256))
+        self._count(cached)
+        return cached
 
-    def by_url(self, model: str, url: str) -> tuple[str, np.ndarray] | None:
+    def by_url(self, model: str, url: str) -> tuple[str, CachedVector] | None:
+        """The content hash ``url`` served last time, and its vector."""
         sha = self._urls.get((model, url))
         if sha is None:
             self._count(None)
             return None
-        vec = self._vectors.get((model, str(sha)))
-        self._count(vec)
-        return None if vec is None else (str(sha), vec)  # type: ignore[return-value]
+        cached = self._vectors.get((model, sha))
+        self._count(cached)
+        return None if cached is None else (sha, cached)
 
-    def put(self, model: str, sha256: str, vector: np.ndarray, url: str | None = None) -> None:
+    def put(self, model: str, sha256: str, vector: np.ndarray, url: str | None = None,
+            provenance: Provenance | None = None) -> None:
         vector = np.asarray(vector, dtype=np.float32)
         vector.setflags(write=False)  # shared between searches: nobody may edit it in place
-        self._vectors.put((model, sha256), vector)
+        self._vectors[(model, sha256)] = CachedVector(vector, provenance)
         if url:
-            self._urls.put((model, url), sha256)
+            self._urls[(model, url)] = sha256
 
     def remember_url(self, model: str, url: str, sha256: str) -> None:
-        self._urls.put((model, url), sha256)
+        self._urls[(model, url)] = sha256
+
+    def clear(self) -> None:
+        self._vectors.clear()
+        self._urls.clear()
 
     def __len__(self) -> int:
         return len(self._vectors)

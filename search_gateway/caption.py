@@ -37,12 +37,14 @@ SUBJECTS: tuple[str, ...] = (
     "portrait", "geisha", "samurai", "clock", "eye", "hand", "cross", "angel", "demon", "lettering",
 )
 
-# Image vector for a model, computed once per search and shared with the ranking.
-ImageVector = Callable[[str], Awaitable[np.ndarray]]
-
 
 class Captioner(Protocol):
-    async def caption(self, image: bytes, image_vector: ImageVector, *, timeout: float) -> str:
+    # The model whose image vector of the query this captioner reads, or None when it
+    # needs none. The search computes that vector (once, shared with the ranking when
+    # it is the search's own model) and hands it over as an awaitable.
+    vector_model: str | None
+
+    async def caption(self, image: bytes, image_vector: Awaitable[np.ndarray], *, timeout: float) -> str:
         """A search query for ``image``; may raise, :class:`CaptionChain` catches."""
         ...
 
@@ -53,6 +55,7 @@ class ZeroShotCaptioner:
     def __init__(self, embed: EmbedClient, model: str = "clip") -> None:
         self._embed = embed
         self._model = model
+        self.vector_model: str | None = model
         self._prompts: tuple[np.ndarray, np.ndarray] | None = None
         self._lock = asyncio.Lock()
 
@@ -63,18 +66,13 @@ class ZeroShotCaptioner:
                     self._model, [f"a {s} style tattoo" for s in STYLES], timeout=timeout)
                 subjects = await self._embed.embed_text(
                     self._model, [f"a tattoo of a {s}" for s in SUBJECTS], timeout=timeout)
-                self._prompts = (_normalise(styles), _normalise(subjects))
+                self._prompts = (_normalise(styles.vectors), _normalise(subjects.vectors))
             return self._prompts
 
-    async def caption(self, image: bytes, image_vector: ImageVector, *, timeout: float) -> str:
+    async def caption(self, image: bytes, image_vector: Awaitable[np.ndarray], *, timeout: float) -> str:
         deadline = time.monotonic() + timeout
-        vector_task = asyncio.ensure_future(image_vector(self._model))
-        try:
-            styles, subjects = await self._prompt_vectors(timeout)
-            vector = _normalise((await asyncio.wait_for(vector_task, max(0.01, deadline - time.monotonic())))[None, :])[0]
-        finally:
-            if not vector_task.done():
-                vector_task.cancel()
+        styles, subjects = await self._prompt_vectors(timeout)
+        vector = _normalise((await asyncio.wait_for(image_vector, max(0.01, deadline - time.monotonic())))[None, :])[0]
         style = STYLES[int(np.argmax(styles @ vector))]
         subject = SUBJECTS[int(np.argmax(subjects @ vector))]
         return compose_query(style, subject)
@@ -114,6 +112,8 @@ def parse_remote_answer(content: str) -> str:
 class RemoteCaptioner:
     """An OpenAI-compatible ``/chat/completions`` endpoint with a vision model."""
 
+    vector_model: str | None = None
+
     def __init__(self, url: str, model: str, token: str, session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> None:
         self._url = url if url.rstrip("/").endswith("/chat/completions") else url.rstrip("/") + "/chat/completions"
         self._model = model
@@ -125,7 +125,7 @@ class RemoteCaptioner:
         if self._session is not None:
             await self._session.close()
 
-    async def caption(self, image: bytes, image_vector: ImageVector, *, timeout: float) -> str:
+    async def caption(self, image: bytes, image_vector: Awaitable[np.ndarray], *, timeout: float) -> str:
         if self._session is None:
             self._session = self._session_factory()
         data_url = "data:image/jpeg;base64," + base64.b64encode(image).decode("ascii")
@@ -156,21 +156,34 @@ class CaptionChain:
 
     def __init__(self, captioners: Sequence[tuple[str, Captioner]]) -> None:
         self.captioners = list(captioners)
+        models = {c.vector_model for _, c in self.captioners} - {None}
+        if len(models) > 1:
+            raise ValueError(f"captioners need image vectors of several models: {sorted(models)}")  # type: ignore[type-var]
+        # The model of the image vector the chain may read, or None: see Captioner.
+        self.vector_model: str | None = models.pop() if models else None
 
-    async def caption(self, image: bytes, image_vector: ImageVector, *, timeout: float) -> tuple[str, str]:
-        """``(caption, source)`` where source names the captioner that answered, or "fallback"."""
+    async def caption(self, image: bytes, image_vector: asyncio.Future[np.ndarray] | None, *,
+                      timeout: float) -> tuple[str, str]:
+        """``(caption, source)`` where source names the captioner that answered, or "fallback".
+
+        ``image_vector`` (for :attr:`vector_model`) is shared with the search, so each
+        captioner gets a shielded view of it: giving up on it cancels the view only.
+        """
         deadline = time.monotonic() + timeout
         for name, captioner in self.captioners:
             remaining = deadline - time.monotonic()
             if remaining <= 0.05:
                 break
+            view = _view(image_vector if captioner.vector_model is not None else None)
             try:
                 async with asyncio.timeout(remaining):
-                    return await captioner.caption(image, image_vector, timeout=remaining), name
+                    return await captioner.caption(image, view, timeout=remaining), name
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure falls through to the next captioner
                 log.info("captioner %s failed: %s: %s", name, type(exc).__name__, exc)
+            finally:
+                _release(view)
         return FALLBACK_CAPTION, "fallback"
 
     async def close(self) -> None:
@@ -178,6 +191,21 @@ class CaptionChain:
             close = getattr(captioner, "close", None)
             if close is not None:
                 await close()
+
+
+def _view(vector: asyncio.Future[np.ndarray] | None) -> asyncio.Future[np.ndarray]:
+    if vector is None:
+        missing: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        missing.set_exception(LookupError("no image vector was computed for this captioner"))
+        return missing
+    return asyncio.shield(vector)
+
+
+def _release(view: asyncio.Future[np.ndarray]) -> None:
+    if not view.done():
+        view.cancel()  # the shared vector goes on
+    elif not view.cancelled():
+        view.exception()  # looked at, so asyncio does not log it as never retrieved
 
 
 def _normalise(m: np.ndarray) -> np.ndarray:

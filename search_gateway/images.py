@@ -5,6 +5,7 @@ Runs in a worker thread: decoding is CPU work and must not stall the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import warnings
@@ -116,6 +117,18 @@ def prepare(data: bytes, *, max_pixels: int, short_side: int, label: str = "imag
     out = io.BytesIO()
     rgb.save(out, "JPEG", quality=92)
     return PreparedImage(content_hash(data), width, height, out.getvalue())
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int
+    short_side: int  # of the bytes sent to the embed server
+
+
+async def prepare_in_thread(data: bytes, limits: ImageLimits, label: str, *, full_check: bool = True) -> PreparedImage:
+    """:func:`prepare` on a worker thread: decoding must not stall the event loop."""
+    return await asyncio.to_thread(prepare, data, max_pixels=limits.max_pixels, short_side=limits.short_side,
+                                   label=label, full_check=full_check)
 
 
 def _ends_complete(data: bytes, fmt: str | None) -> bool:

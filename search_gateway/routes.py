@@ -15,14 +15,13 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from service_common.tensors import to_numpy
-from search_gateway import attention
+from search_gateway import attention, search_json
 from search_gateway.errors import BadRequest, GatewayError, MissingField, UploadTooLarge, to_response
-from search_gateway.images import decode_rgb
+from search_gateway.images import decode_rgb, prepare_in_thread
 from search_gateway.images import thumbnail as make_thumbnail
 from search_gateway.openapi import openapi_document
-from search_gateway.pipeline import SearchQuery
-from tattoo_search.v1 import embed_pb2
+from search_gateway.replies import PatchMatches
+from search_gateway.search.types import Candidate, SearchEvent, SearchOutcome, SearchQuery
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,7 @@ async def _search_query(request: Request) -> SearchQuery:
             raise MissingField("Send the query image in the multipart field 'file' (or a 'text' field for text search).")
         if data is not None:
             await gw.catalog.require(model)
-            image = await gw.pipeline.prepare_image(data, "uploaded image")
+            image = await prepare_in_thread(data, gw.image_limits, "uploaded image")
             return SearchQuery(model=model, max_results=max_results, include_attention=include_attention, image=image)
         text = " ".join((text or "").split())
         if not text or len(text) > 300:
@@ -161,31 +160,29 @@ async def _search_query(request: Request) -> SearchQuery:
             await form.close()
 
 
-async def _finish(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-    """Drop the pipeline's private keys; add thumbnail links and the weights' provenance."""
-    gw = _gateway(request)
-    for result in body["results"]:
-        result.pop("_sha256", None)
-        headers = result.pop("_headers", {})
-        result["thumbnail_url"] = str(request.url_for("thumbnail", token=gw.signer.sign(result["url"], headers)).path)
-    described = await gw.catalog.describe(body["embedding_model"])
-    if described is not None:
-        body["embedding_weights"] = {1: "pretrained", 2: "random"}.get(described.info.weights, "unspecified")
-    return body
+def _body(request: Request, outcome: SearchOutcome) -> dict[str, Any]:
+    """The reply body, with a signed thumbnail link for each result."""
+    signer = _gateway(request).signer
+
+    def thumbnail_link(candidate: Candidate) -> str:
+        token = signer.sign(candidate.url, dict(candidate.headers))
+        return str(request.url_for("thumbnail", token=token).path)
+
+    return search_json.outcome(outcome, thumbnail_link)
 
 
 async def search(request: Request) -> Response:
     query = await _search_query(request)
-    body = await _gateway(request).pipeline.run(query)
-    return JSONResponse(await _finish(request, body))
+    outcome = await _gateway(request).pipeline.run(query)
+    return JSONResponse(_body(request, outcome))
 
 
 async def search_stream(request: Request) -> Response:
     query = await _search_query(request)  # bad requests still get a plain 4xx, before streaming
     gw = _gateway(request)
-    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+    events: asyncio.Queue[SearchEvent] = asyncio.Queue(maxsize=1000)
 
-    def emit(event: dict[str, Any]) -> None:
+    def emit(event: SearchEvent) -> None:
         # Progress is best effort: a slow reader loses intermediate events, never the final one.
         if not events.full():
             events.put_nowait(event)
@@ -197,23 +194,27 @@ async def search_stream(request: Request) -> Response:
                 getter = asyncio.ensure_future(events.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    yield (json.dumps(getter.result()) + "\n").encode()
+                    yield _line(search_json.event(getter.result()))
                     continue
                 getter.cancel()
                 while not events.empty():
-                    yield (json.dumps(events.get_nowait()) + "\n").encode()
+                    yield _line(search_json.event(events.get_nowait()))
                 try:
-                    final = {"event": "final", **await _finish(request, task.result())}
+                    final = {"event": "final", **_body(request, task.result())}
                 except Exception as exc:  # the status line is sent; report the error in-band
                     response = to_response(exc)
                     final = {"event": "error", "status": response.status_code, **json.loads(bytes(response.body))}
-                yield (json.dumps(final) + "\n").encode()
+                yield _line(final)
                 return
         finally:
             task.cancel()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event) + "\n").encode()
 
 
 async def analyze_attention(request: Request) -> Response:
@@ -234,24 +235,23 @@ async def analyze_attention(request: Request) -> Response:
             await form.close()
     await gw.catalog.require(model)
     assert data is not None
-    query = await gw.pipeline.prepare_image(data, "uploaded image")
+    query = await prepare_in_thread(data, gw.image_limits, "uploaded image")
     raw = await gw.downloader.fetch(candidate_url, timeout=s.download_timeout_s)
-    candidate = await gw.pipeline.prepare_image(raw, "candidate image")
+    candidate = await prepare_in_thread(raw, gw.image_limits, "candidate image")
     reply = await gw.embed.cross_attention(model, query.embed_bytes, [candidate.embed_bytes], top_k=5,
                                            include_similarity_matrix=visualise)
-    cand = reply.candidates[0]
-    qh, qw = int(reply.query_grid_height), int(reply.query_grid_width)
-    ch, cw = int(cand.grid_height), int(cand.grid_width)
-    matches = attention.correspondences(qh, qw, cand, limit=10)
+    patches = reply.candidates[0]
+    (qh, qw), (ch, cw) = patches.query_grid, patches.grid
+    matches = attention.correspondences(patches, limit=10)
     body: dict[str, Any] = {
         "query_image_size": [query.width, query.height],
         "candidate_image_size": [candidate.width, candidate.height],
         "candidate_url": candidate_url,
         "embedding_model": model,
         "similarity_analysis": {
-            "overall_similarity": round(float(cand.overall_similarity), 6),
-            "global_similarity": round(float(cand.global_similarity), 6),
-            **attention.summary_of(to_numpy(cand.max_similarity)),
+            "overall_similarity": round(patches.overall_similarity, 6),
+            "global_similarity": round(patches.global_similarity, 6),
+            **attention.summary_of(patches.max_similarity),
         },
         "attention_matrix_shape": [qh * qw, ch * cw],
         "query_grid": [qh, qw],
@@ -260,17 +260,18 @@ async def analyze_attention(request: Request) -> Response:
     }
     if visualise:
         body["visualizations"] = await asyncio.to_thread(
-            _pictures, query.embed_bytes, candidate.embed_bytes, (qh, qw), cand, matches, s.max_pixels)
+            _pictures, query.embed_bytes, candidate.embed_bytes, patches, matches, s.max_pixels)
     return JSONResponse(body)
 
 
-def _pictures(query: bytes, candidate: bytes, grid: tuple[int, int], cand: Any, matches: list[dict[str, Any]],
+def _pictures(query: bytes, candidate: bytes, patches: PatchMatches, matches: list[dict[str, Any]],
               max_pixels: int) -> dict[str, str]:
     q_img = decode_rgb(query, max_pixels=max_pixels, max_side=512)
     c_img = decode_rgb(candidate, max_pixels=max_pixels, max_side=512)
     return {
-        "attention_heatmap": attention.png_data_url(attention.heatmap_picture(q_img, c_img, grid, cand)),
-        "top_correspondences": attention.png_data_url(attention.correspondence_picture(q_img, c_img, grid, cand, matches)),
+        "attention_heatmap": attention.png_data_url(attention.heatmap_picture(q_img, c_img, patches)),
+        "top_correspondences": attention.png_data_url(
+            attention.correspondence_picture(q_img, c_img, patches, matches)),
     }
 
 
@@ -279,15 +280,14 @@ async def list_models(request: Request) -> Response:
     described = await gw.catalog.models(refresh=True)
     models = []
     for m in described:
-        info = m.info
         models.append({
-            "name": m.name, "architecture": info.architecture, "global_dim": info.global_dim,
-            "patch_dim": info.patch_dim, "patch_size": info.patch_size,
-            "grid": [info.grid_height, info.grid_width], "image_size": info.image_size,
-            "supports_text": m.supports_text, "state": _enum_name(info.state, "MODEL_STATE_"),
-            "weights": _enum_name(info.weights, "WEIGHTS_SOURCE_"), "runtime": info.runtime,
-            "device": info.device, "precision": info.precision,
-            **({"error": _model_error(m.name, info.error)} if info.error else {}),
+            "name": m.name, "architecture": m.architecture, "global_dim": m.global_dim,
+            "patch_dim": m.patch_dim, "patch_size": m.patch_size,
+            "grid": list(m.grid), "image_size": m.image_size,
+            "supports_text": m.supports_text, "state": m.state,
+            "weights": m.weights, "runtime": m.runtime,
+            "device": m.device, "precision": m.precision,
+            **({"error": _model_error(m.name, m.error)} if m.error else {}),
         })
     return JSONResponse({"models": models, "default_model": gw.settings.default_model})
 
@@ -301,11 +301,6 @@ def _model_error(name: str, error: str) -> str:
         _logged_model_errors.add((name, error))
         log.warning("embed server reports model %s failed: %s", name, error)
     return "The model failed to load; the embed server's log has the reason."
-
-
-def _enum_name(value: int, prefix: str) -> str:
-    enum = embed_pb2.ModelState if prefix == "MODEL_STATE_" else embed_pb2.WeightsSource
-    return enum.Name(value).removeprefix(prefix).lower()
 
 
 async def health(request: Request) -> Response:

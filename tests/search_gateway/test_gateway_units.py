@@ -123,6 +123,19 @@ def test_embedding_cache_is_bounded_and_keyed_by_model_hash_and_url() -> None:
     assert lookups.count(True) == 1 and lookups.count(False) == 3
 
 
+def test_embedding_cache_keeps_each_vectors_provenance_and_ttl_0_never_expires() -> None:
+    from search_gateway.replies import Provenance
+
+    now = [0.0]
+    cache = EmbeddingCache(max_entries=4, ttl_s=0, clock=lambda: now[0])
+    provenance = Provenance("clip", "random", "onnx", "cpu", "int8", "sha256:ab")
+    cache.put("clip", "h1", np.ones(4, dtype=np.float32), "http://a/1", provenance)
+    now[0] += 10**9
+    hit = cache.by_url("clip", "http://a/1")
+    assert hit is not None and hit[0] == "h1" and hit[1].provenance == provenance
+    assert not hit[1].vector.flags.writeable  # shared between searches
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP"])
 def test_candidates_pass_through_unless_cut_short(fmt: str) -> None:
     from search_gateway.errors import TruncatedImage

@@ -1,0 +1,107 @@
+"""The gateway's gRPC channels and the one retry policy every one of them carries.
+
+Retries are gRPC's own (gRFC A6), declared in the channel's service config, not
+hand-written around each call:
+- Every attempt goes through the channel's load balancer again. With the
+  ``round_robin`` policy set here, a call that failed on one embed server replica is
+  retried on the next one; that needs a target that resolves to every replica
+  (``dns:///embed-server:50051`` as in compose.yaml, or ``ipv4:a:port,b:port``);
+  a target naming one address retries on that replica only.
+- The call's deadline covers all of its attempts, so a retry never outlives the
+  search budget that set the deadline.
+- A server stream is retried only until the server has answered anything: once the
+  scraper has streamed a candidate, the call is committed and a failure ends it (the
+  candidates already received are still used). A6 calls this "committed".
+- Which codes are retried: see ``RETRYABLE_CODES``.
+
+Retry throttling (A6's ``retryThrottling`` token bucket) is left out on purpose: it
+is one bucket per channel, so losing one replica with a few batches in flight would
+spend it and turn the next retries, the ones that would reach the healthy replica,
+into failed batches. The deadline already bounds what retries cost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import grpc
+
+_MB = 1024 * 1024
+# The largest message either way: Embed batches of full-size images.
+MAX_MESSAGE_BYTES = 64 * _MB
+# gRPC caps maxAttempts at 5 (A6) and refuses a policy with fewer than 2.
+MAX_ATTEMPTS_CAP = 5
+
+# Codes that say the call did not run, or may run if tried again, here or elsewhere:
+# - UNAVAILABLE: no replica reachable, or the one picked went away mid-call;
+# - CANCELLED as a status the server sent: a replica shutting down cancels the calls
+#   it holds (a call this gateway cancels itself is over and never retried);
+# - RESOURCE_EXHAUSTED: an embed server's batching queue is full. It refuses at
+#   admission, before decoding any image, so nothing ran; another replica, or the
+#   same one after the back-off, may have room. gRPC's client also uses this code for
+#   a reply over MAX_MESSAGE_BYTES, which a retry does not fix: that costs at most
+#   MAX_ATTEMPTS_CAP attempts within the deadline, and a far larger reply than any
+#   Embed sends.
+# Every method behind these codes is idempotent (embeddings, patch attention, a
+# candidate search), so running one twice is harmless.
+RETRYABLE_CODES: tuple[str, ...] = ("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED")
+# Back-off before attempt n is random in [0, min(initial * multiplier**(n-1), max)]:
+# 0-100 ms, then 0-200 ms, ... A restarted replica is found by the channel's
+# reconnect back-off (open_channel), not by waiting here.
+INITIAL_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 1.0
+BACKOFF_MULTIPLIER = 2.0
+
+
+def max_attempts(retries: int) -> int:
+    """``GATEWAY_RPC_RETRIES`` retries after the first attempt, within gRPC's cap."""
+    return min(1 + max(0, retries), MAX_ATTEMPTS_CAP)
+
+
+def service_config(services: Sequence[str], *, retries: int) -> str:
+    """The JSON for the ``grpc.service_config`` channel option: a retry policy for
+    every method of ``services`` (full names, e.g. ``tattoo_search.v1.EmbedService``).
+    The standard health service is not named: a readiness probe wants the answer
+    now, not after back-offs."""
+    config: dict[str, object] = {}
+    attempts = max_attempts(retries)
+    if attempts >= 2:  # a policy of one attempt is invalid; no policy means no retries
+        config["methodConfig"] = [{
+            "name": [{"service": name} for name in services],
+            "retryPolicy": {
+                "maxAttempts": attempts,
+                "initialBackoff": f"{INITIAL_BACKOFF_S}s",
+                "maxBackoff": f"{MAX_BACKOFF_S}s",
+                "backoffMultiplier": BACKOFF_MULTIPLIER,
+                "retryableStatusCodes": list(RETRYABLE_CODES),
+            },
+        }]
+    return json.dumps(config)
+
+
+def open_channel(target: str, *, services: Sequence[str], retries: int,
+                 reconnect_backoff_max_ms: int) -> grpc.aio.Channel:
+    """One channel per backend for the gateway's lifetime, balanced round robin, with
+    the retry policy above for ``services``."""
+    options: list[tuple[str, str | int]] = [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.service_config", service_config(services, retries=retries)),
+        # Ours, not one a DNS TXT record could substitute.
+        ("grpc.service_config_disable_resolution", 1),
+        ("grpc.enable_retries", 1),
+        # A request is replayed from a buffer kept until the call commits; past this
+        # size gRPC commits at once and does not retry (the default is 256 KiB, less
+        # than one Embed batch of a few images).
+        ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # Find a restarted backend within seconds (gRPC's default back-off grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", min(200, reconnect_backoff_max_ms)),
+        ("grpc.min_reconnect_backoff_ms", min(200, reconnect_backoff_max_ms)),
+        ("grpc.max_reconnect_backoff_ms", reconnect_backoff_max_ms),
+        # Notice a silently vanished peer (no FIN, e.g. a killed container host).
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+    return grpc.aio.insecure_channel(target, options=options)

@@ -1,0 +1,249 @@
+"""The streaming search: caption -> candidates -> downloads -> embedding in batches -> ranking
+-> patch attention.
+
+No stage waits for the previous one to finish: a download starts as soon as its
+candidate arrives, an ``Embed`` batch leaves as soon as an embed slot is free and
+images are waiting, and each vector is scored on arrival. When the time budget ends,
+whatever has been ranked is returned, marked ``partial``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from search_gateway.backends import EmbedClient, ScraperClient
+from search_gateway.cache import EmbeddingCache
+from search_gateway.caption import CaptionChain
+from search_gateway.errors import BackendUnavailable
+from search_gateway.metrics import Metrics
+from search_gateway.search.budget import Deadline
+from search_gateway.search.candidates import unique_candidates
+from search_gateway.search.download import CandidateDownloads
+from search_gateway.search.embedding import EmbedBatches, Embedded, EmbedResult
+from search_gateway.search.patch_attention import attach_attention
+from search_gateway.search.query_vectors import QueryVectors
+from search_gateway.search.ranking import Ranking
+from search_gateway.search.tally import Stopwatch, Tally
+from search_gateway.search.types import (
+    Candidate,
+    CandidatesFound,
+    CaptionReady,
+    Downloaded,
+    EmbeddedImage,
+    FetchedImage,
+    RankedResult,
+    RankedSoFar,
+    SearchEvent,
+    SearchOutcome,
+    SearchQuery,
+)
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[SearchEvent], None]
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    budget_s: float
+    caption_timeout_s: float
+    max_candidates: int
+    attention_top: int
+
+
+@dataclass(frozen=True)
+class SearchPipeline:
+    """Shared by all searches of one gateway: the backends, the stages and the cache."""
+
+    limits: SearchLimits
+    embed: EmbedClient
+    scraper: ScraperClient
+    captions: CaptionChain
+    downloads: CandidateDownloads
+    batches: EmbedBatches
+    cache: EmbeddingCache
+    metrics: Metrics
+
+    async def run(self, query: SearchQuery, emit: Emit | None = None) -> SearchOutcome:
+        self.metrics.in_flight.inc()
+        try:
+            outcome = await _Search(self, query, emit or (lambda event: None)).run()
+        except BaseException:
+            self.metrics.searches.labels("failed").inc()
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+        self.metrics.searches.labels("partial" if outcome.partial else "complete").inc()
+        return outcome
+
+
+class _Search:
+    """One search: runs the stages and holds what they have produced so far."""
+
+    def __init__(self, pipeline: SearchPipeline, query: SearchQuery, emit: Emit) -> None:
+        self.pipeline = pipeline
+        self.limits = pipeline.limits
+        self.query = query
+        self.emit = emit
+        self.deadline = Deadline(self.limits.budget_s)
+        self.tally = Tally(pipeline.metrics)
+        self.stopwatch = Stopwatch(pipeline.metrics)
+        self.ranking = Ranking(keep_bytes_of=self.limits.attention_top if query.include_attention else 0)
+        self.to_embed: asyncio.Queue[FetchedImage | None] = asyncio.Queue()
+        self.query_vectors = QueryVectors(pipeline.embed, pipeline.cache, self.deadline)
+        self.partial = False
+
+    async def run(self) -> SearchOutcome:
+        query = self.query
+        query_vector, (caption, source) = await self._caption()
+        self.emit(CaptionReady(caption, source))
+        with_attention = bool(query.include_attention and query.image is not None)
+        # Keep time for CrossAttention at the end when it was asked for.
+        reserve = min(3.0, self.limits.budget_s * 0.25) if with_attention else 0.0
+        collect = asyncio.ensure_future(self._collect(caption, query_vector))
+        try:
+            async with asyncio.timeout(max(0.0, self.deadline.remaining() - reserve)):
+                # The query vector failing (embed server down) ends the search at once.
+                first: set[asyncio.Future[Any]] = {collect, query_vector}
+                done, _ = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+                if query_vector in done and (error := query_vector.exception()) is not None:
+                    raise error
+                await collect
+        except TimeoutError:
+            self.partial = True
+        finally:
+            collect.cancel()
+            await asyncio.gather(collect, return_exceptions=True)
+            self.query_vectors.cancel()
+
+        tally = self.tally
+        if not len(self.ranking) and tally.embed_error and tally.embedded == 0 and tally.from_cache == 0:
+            raise BackendUnavailable(tally.embed_error, backend="embed server")
+        results = self.ranking.best(query.max_results)
+        if with_attention and results:
+            results = await self._attention(results)
+        return SearchOutcome(
+            caption=caption, caption_source=source, results=tuple(results), model=query.model,
+            patch_attention=with_attention, partial=self.partial,
+            stats=tally.stats(ranked=len(self.ranking), duplicates=self.ranking.duplicates),
+            timings_ms=self.stopwatch.finish(self.deadline.elapsed()),
+            provenance=self.query_vectors.provenance(query.model),
+        )
+
+    # --- the query's vector and caption
+    async def _caption(self) -> tuple[asyncio.Future[np.ndarray], tuple[str, str]]:
+        query, start = self.query, time.monotonic()
+        if query.text is not None:
+            query_vector = self.query_vectors.of_text(query.model, query.text)
+            caption = (query.text, "text")
+        else:
+            assert query.image is not None
+            query_vector = self.query_vectors.of_image(query.model, query.image)
+            captions = self.pipeline.captions
+            wanted = captions.vector_model
+            caption = await captions.caption(
+                query.image.embed_bytes, self.query_vectors.of_image(wanted, query.image) if wanted else None,
+                timeout=max(0.05, min(self.limits.caption_timeout_s, self.deadline.remaining() / 3)),
+            )
+            if wanted and wanted != query.model:
+                self.query_vectors.cancel(wanted)  # the captioner's alone: not needed any more
+        self.stopwatch.mark("caption", start)
+        return query_vector, caption
+
+    # --- candidates, downloads, embedding, ranking
+    async def _collect(self, caption: str, query_vector: asyncio.Future[np.ndarray]) -> None:
+        embedding = asyncio.ensure_future(self.pipeline.batches.run(
+            self.query.model, self.to_embed, self.deadline, self.stopwatch,
+            lambda result: self._rank_embedded(result, query_vector)))
+        downloads: set[asyncio.Task[None]] = set()
+        start = time.monotonic()
+        try:
+            try:
+                async for candidate in unique_candidates(self.pipeline.scraper, caption, self.limits.max_candidates,
+                                                         timeout=self.deadline.remaining()):
+                    self.tally.candidates_found += 1
+                    if self.tally.candidates_found == 1:
+                        self.stopwatch.mark("first_candidate", start)
+                    self.emit(CandidatesFound(self.tally.candidates_found))
+                    downloads.add(asyncio.ensure_future(self._take(candidate, query_vector)))
+            except BackendUnavailable as exc:
+                if self.tally.candidates_found == 0:
+                    raise
+                # Candidates already in hand are still worth ranking.
+                log.warning("scraper stream ended early: %s", exc.log_detail or exc.message)
+                self.tally.scraper_error = exc.message
+                self.partial = True
+            self.stopwatch.mark("scrape", start)
+            if downloads:
+                await asyncio.gather(*downloads)
+        finally:
+            for task in downloads:
+                task.cancel()
+            await self.to_embed.put(None)
+        await embedding
+
+    async def _take(self, candidate: Candidate, query_vector: asyncio.Future[np.ndarray]) -> None:
+        """From the cache, or downloaded and queued for embedding. Never raises: failures are counted."""
+        model, cache = self.query.model, self.pipeline.cache
+        hit = cache.by_url(model, candidate.url)
+        if hit is not None:
+            sha256, cached = hit
+            self.tally.from_cache += 1
+            self.ranking.add(EmbeddedImage(candidate, sha256, cached.vector, None), await query_vector)
+            return
+        known = self.pipeline.downloads.known_failure(candidate.url)
+        if known is not None:  # failed recently: counted as failed again, not fetched again
+            self.tally.skip(known)
+            return
+        self.stopwatch.span("download")
+        fetched = await self.pipeline.downloads.fetch(candidate, self.deadline)
+        if not isinstance(fetched, FetchedImage):
+            self.tally.fail(fetched.reason)
+            return
+        self.stopwatch.span("download")
+        self.tally.downloaded += 1
+        self.pipeline.metrics.downloads.inc()
+        self.emit(Downloaded(self.tally.downloaded, self.tally.failed))
+        same_picture = cache.by_hash(model, fetched.sha256)
+        if same_picture is not None:  # seen before at another URL
+            cache.remember_url(model, candidate.url, fetched.sha256)
+            self.tally.from_cache += 1
+            self.ranking.add(EmbeddedImage(candidate, fetched.sha256, same_picture.vector, fetched.image.embed_bytes),
+                             await query_vector)
+            return
+        await self.to_embed.put(fetched)
+
+    async def _rank_embedded(self, result: EmbedResult, query_vector: asyncio.Future[np.ndarray]) -> None:
+        if not isinstance(result, Embedded):
+            for _ in result.images:
+                self.tally.fail(result.reason)
+            if result.error is not None:  # the embed server failed, not the images
+                self.tally.embed_error = result.error
+                self.partial = True
+            return
+        vector = await query_vector
+        for embedded in result.images:
+            self.tally.embedded += 1
+            self.ranking.add(embedded, vector)
+        self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self.ranking.best(5))))
+
+    # --- patch attention
+    async def _attention(self, results: list[RankedResult]) -> list[RankedResult]:
+        start = time.monotonic()
+        top, rest = results[: self.limits.attention_top], results[self.limits.attention_top:]
+        assert self.query.image is not None
+        top, error = await attach_attention(
+            top, embed=self.pipeline.embed, downloads=self.pipeline.downloads, model=self.query.model,
+            query_image=self.query.image.embed_bytes, kept_bytes=self.ranking.kept_bytes, deadline=self.deadline)
+        if error is not None:
+            self.tally.attention_error = error
+            self.partial = True
+        self.stopwatch.mark("attention", start)
+        return [*top, *rest]

@@ -1,0 +1,41 @@
+"""Stage 4: score each embedded candidate against the query as it arrives.
+
+The same picture at several URLs is ranked once. The embed-ready bytes of the best
+few are kept, so that patch attention at the end needs no second download for them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from search_gateway.search.types import EmbeddedImage, RankedResult
+
+
+class Ranking:
+    def __init__(self, keep_bytes_of: int) -> None:
+        self._keep_n = keep_bytes_of
+        self._by_sha: dict[str, RankedResult] = {}
+        self._kept: dict[str, bytes] = {}
+        self.duplicates = 0
+
+    def __len__(self) -> int:
+        return len(self._by_sha)
+
+    def add(self, embedded: EmbeddedImage, query_vector: np.ndarray) -> None:
+        if embedded.sha256 in self._by_sha:
+            # The same picture at another URL: one result is enough.
+            self.duplicates += 1
+            return
+        score = float(np.dot(embedded.vector, query_vector))
+        self._by_sha[embedded.sha256] = RankedResult(embedded.candidate, embedded.sha256, score)
+        if embedded.embed_bytes is not None and self._keep_n:
+            self._kept[embedded.sha256] = embedded.embed_bytes
+            if len(self._kept) > self._keep_n:
+                worst = min(self._kept, key=lambda sha: self._by_sha[sha].score)
+                del self._kept[worst]
+
+    def best(self, n: int) -> list[RankedResult]:
+        return sorted(self._by_sha.values(), key=lambda r: -r.score)[:n]
+
+    def kept_bytes(self, sha256: str) -> bytes | None:
+        return self._kept.get(sha256)

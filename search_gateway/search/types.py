@@ -1,0 +1,140 @@
+"""The values one search passes from stage to stage, up to the HTTP edge.
+
+A candidate is found (:class:`Candidate`), fetched and checked (:class:`FetchedImage`),
+embedded or found in the cache (:class:`EmbeddedImage`), scored
+(:class:`RankedResult`), and the search ends with a :class:`SearchOutcome`. All are
+frozen: a stage makes a new value rather than editing the one it was given. They
+become JSON in one place, ``search_gateway/search_json.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+from search_gateway.images import PreparedImage
+from search_gateway.replies import PatchMatches, Provenance
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What was asked: an image (searched by its caption and ranked by its vector) or a text."""
+
+    model: str
+    max_results: int
+    include_attention: bool
+    image: PreparedImage | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image URL the scraper found, with what it knows about it."""
+
+    url: str
+    source_url: str
+    platform: str
+    title: str
+    engine: str
+    # Headers to send when downloading ``url`` (e.g. the platform's Referer).
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """A candidate downloaded and checked as an image, ready to embed."""
+
+    candidate: Candidate
+    image: PreparedImage
+
+    @property
+    def sha256(self) -> str:
+        return self.image.sha256
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddedImage:
+    """A candidate with its unit vector; ``embed_bytes`` is None when the vector came
+    from the cache by URL (nothing was downloaded)."""
+
+    candidate: Candidate
+    sha256: str
+    vector: np.ndarray
+    embed_bytes: bytes | None
+
+
+@dataclass(frozen=True)
+class RankedResult:
+    """A candidate scored against the query; ``attention`` when patch attention was asked."""
+
+    candidate: Candidate
+    sha256: str
+    score: float
+    attention: PatchMatches | None = None
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """What happened to the candidates of one search."""
+
+    candidates_found: int = 0
+    from_cache: int = 0
+    downloaded: int = 0
+    embedded: int = 0
+    ranked: int = 0
+    duplicates: int = 0
+    failed_by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    scraper_error: str | None = None
+    embed_error: str | None = None
+    attention_error: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by_reason.values())
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """The answer to one search (before the HTTP edge adds thumbnail links)."""
+
+    caption: str
+    caption_source: str  # the captioner that answered, "text" or "fallback"
+    results: tuple[RankedResult, ...]
+    model: str
+    patch_attention: bool
+    # True when the time budget ended, or a backend failed, before every candidate was ranked.
+    partial: bool
+    stats: SearchStats
+    timings_ms: Mapping[str, float]
+    # Who computed the query's vector; None only if no embed reply was seen for it.
+    provenance: Provenance | None
+
+
+# Progress of a running search, for /search/stream.
+@dataclass(frozen=True)
+class CaptionReady:
+    caption: str
+    source: str
+
+
+@dataclass(frozen=True)
+class CandidatesFound:
+    found: int
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    downloaded: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class RankedSoFar:
+    ranked: int
+    best: tuple[tuple[str, float], ...]  # (url, score) of the best few so far
+
+
+SearchEvent = CaptionReady | CandidatesFound | Downloaded | RankedSoFar
