@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 from embed_server.config import EmbedSettings, SettingsError
+from service_common.grpc_server import serve, stop_requested
+
+log = logging.getLogger("embed_server")
+
+# How long calls in flight may take to finish after SIGTERM. A constant until the
+# settings grow EMBED_GRACE_S, as the scraper has SCRAPER_GRACE_S.
+GRACE_S = 5.0
 
 
-async def _serve(settings: EmbedSettings) -> None:
+async def _run(settings: EmbedSettings) -> int:
     from embed_server.server import create_server  # after logging is set up: imports torch
 
-    server, port = await create_server(settings)
-    log = logging.getLogger("embed_server")
+    stop = stop_requested()
+    try:
+        server, port = await create_server(settings)
+    except OSError as exc:  # a port in use
+        log.error("cannot start: %s", exc)
+        return 2
     log.info(
         "listening on %s:%d; models=%s weights=%s%s",
         settings.host,
@@ -23,13 +33,8 @@ async def _serve(settings: EmbedSettings) -> None:
         settings.weights,
         " (RANDOM weights: for demos and benchmarks only)" if settings.weights == "random" else "",
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: finishing requests in flight (5 s at most)")
-    await server.stop(5.0)
+    await serve(server, stop, GRACE_S)
+    return 0
 
 
 def main() -> int:
@@ -42,8 +47,7 @@ def main() -> int:
         level=settings.log_level,
         format=f"%(asctime)s %(levelname)s %(name)s [weights={settings.weights}] %(message)s",
     )
-    asyncio.run(_serve(settings))
-    return 0
+    return asyncio.run(_run(settings))
 
 
 if __name__ == "__main__":

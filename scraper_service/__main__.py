@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 from scraper_service.config import ScraperSettings
 from scraper_service.server import create_server
+from service_common.grpc_server import serve, stop_requested
 
 logger = logging.getLogger("scraper_service")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-async def serve(settings: ScraperSettings) -> None:
-    # Handlers first: a supervisor may signal as soon as it reads the address below.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
+async def run(settings: ScraperSettings) -> None:
+    stop = stop_requested()
     server, port = await create_server(settings)
-    await server.start()
     logger.info("scraper listening on %s:%d (engines: %s)", settings.host, port, ", ".join(settings.engines))
-    await stop.wait()
-    logger.info("stopping (grace %.1fs)", settings.grace_s)
-    await server.stop(settings.grace_s)
+    await serve(server, stop, settings.grace_s)
 
 
 def main() -> int:
@@ -39,7 +31,7 @@ def main() -> int:
         return 2
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(run(settings))
     except (ValueError, OSError) as exc:  # a bad catalog manifest, a port in use
         logger.error("cannot start: %s", exc)
         return 2

@@ -1,13 +1,9 @@
-"""Building the gRPC server; running it is ``__main__``'s job."""
+"""Building the gRPC server; running it is ``__main__``'s job (service_common/grpc_server.py
+has the shape both services share: health, reflection, interceptors, graceful stop)."""
 
 from __future__ import annotations
 
 import time
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from scraper_service.cache import Clock, TTLCache
 from scraper_service.config import ScraperSettings
@@ -17,7 +13,8 @@ from scraper_service.protocol import CacheKey
 from scraper_service.retry import RetryPolicy
 from scraper_service.search import TieredSearch
 from scraper_service.servicer import ScraperServicer
-from service_common.grpc_requests import RequestDecodingInterceptor
+from service_common.grpc_server import GrpcServer, Service
+from service_common.grpc_server import create_server as create_grpc_server
 from tattoo_search.v1 import scraper_pb2, scraper_pb2_grpc
 
 SERVICE_NAME: str = scraper_pb2.DESCRIPTOR.services_by_name["ScraperService"].full_name
@@ -27,8 +24,8 @@ SERVICE_NAME: str = scraper_pb2.DESCRIPTOR.services_by_name["ScraperService"].fu
 MAX_CONCURRENT_RPCS = 64
 
 
-async def create_server(settings: ScraperSettings, *, clock: Clock = time.monotonic) -> tuple[grpc.aio.Server, int]:
-    """A bound, not yet started server and its port (useful with ``SCRAPER_PORT=0``).
+async def create_server(settings: ScraperSettings, *, clock: Clock = time.monotonic) -> tuple[GrpcServer, int]:
+    """A started server and its port (useful with ``SCRAPER_PORT=0``).
 
     ``clock`` drives the cache's expiry; tests pass a fake one instead of sleeping.
     Engine misconfiguration (a missing catalog, ...) raises here, before anything listens.
@@ -37,31 +34,11 @@ async def create_server(settings: ScraperSettings, *, clock: Clock = time.monoto
     retry = RetryPolicy(settings.retry_attempts, settings.retry_backoff_s, settings.retry_backoff_max_s)
     search = TieredSearch(engines, retry, settings.platform_timeout_s)
     cache: TTLCache[CacheKey, tuple[Found, ...]] = TTLCache(settings.cache_ttl_s, settings.cache_size, clock)
-
-    # grpc enables SO_REUSEPORT by default, which lets a second scraper start on a busy port
-    # and silently take half the traffic; a clear bind error is what an operator needs.
-    # The interceptor answers undecodable request bytes INVALID_ARGUMENT instead of UNKNOWN.
-    server = grpc.aio.server(
-        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
-        interceptors=[RequestDecodingInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
-    )
     servicer = ScraperServicer(settings, search, cache)
-    scraper_pb2_grpc.add_ScraperServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # generated
-
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for name in ("", SERVICE_NAME):  # "" is the whole server, as grpc_health_probe asks
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
+    return await create_grpc_server(
+        [Service(SERVICE_NAME, servicer, scraper_pb2_grpc.add_ScraperServiceServicer_to_server)],
+        host=settings.host,
+        port=settings.port,
+        env_prefix="SCRAPER_",
+        max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
-    try:
-        port = server.add_insecure_port(settings.address)
-    except RuntimeError as exc:  # grpc's way of saying the bind failed
-        raise OSError(f"cannot listen on {settings.address} (SCRAPER_HOST, SCRAPER_PORT): {exc}") from None
-    if port == 0:  # older grpc versions return 0 instead of raising
-        raise OSError(f"cannot listen on {settings.address} (SCRAPER_HOST, SCRAPER_PORT)")
-    return server, port

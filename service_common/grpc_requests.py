@@ -95,13 +95,18 @@ def decoding_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.R
     else:
         return handler
 
-    field = {
+    return handler._replace(request_deserializer=None, **{behaviour_field(handler): new_behaviour})  # type: ignore[attr-defined]
+
+
+def behaviour_field(handler: grpc.RpcMethodHandler) -> str:
+    """The field of `handler` that holds its behaviour (`unary_stream` for a server stream),
+    for interceptors that wrap it with `handler._replace(**{field: ...})`."""
+    return {
         (False, False): "unary_unary",
         (False, True): "unary_stream",
         (True, False): "stream_unary",
         (True, True): "stream_stream",
     }[(handler.request_streaming, handler.response_streaming)]
-    return handler._replace(request_deserializer=None, **{field: new_behaviour})  # type: ignore[attr-defined]
 
 
 def message_name(deserialize: Deserializer, method: str = "") -> str:

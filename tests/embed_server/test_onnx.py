@@ -118,6 +118,7 @@ def _key_of(path: Path):  # type: ignore[no-untyped-def]
 TORCH_FREE_PROBE = """
 import asyncio, sys
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from embed_server.config import EmbedSettings
 from embed_server.server import create_server
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
@@ -125,8 +126,13 @@ from tests.support.images import jpeg
 
 async def main():
     server, port = await create_server(EmbedSettings.from_env())
-    assert await server.pool.preload()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        # SERVING once every configured model is loaded (NOT_SERVING while one failed).
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=240)
+        async for reply in watch:
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        watch.cancel()
         stub = embed_pb2_grpc.EmbedServiceStub(channel)
         for model in ("clip", "siglip", "dinov2-reg"):
             await stub.Embed(embed_pb2.EmbedRequest(model=model, images=[jpeg(1)]))

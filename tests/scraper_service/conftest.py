@@ -17,6 +17,7 @@ import pytest_asyncio
 from scraper_service.config import ScraperSettings
 from scraper_service.engines import duckduckgo
 from scraper_service.server import create_server
+from service_common.grpc_server import GrpcServer
 from tattoo_search.v1 import scraper_pb2_grpc
 from tests.scraper_service.fakes import FakeClock, FakeWeb
 
@@ -66,7 +67,7 @@ TEST_SETTINGS = ScraperSettings(
 class Scraper:
     """A running scraper server and a client channel to it."""
 
-    server: grpc.aio.Server
+    server: GrpcServer
     port: int
     channel: grpc.aio.Channel
     stub: scraper_pb2_grpc.ScraperServiceStub
@@ -83,7 +84,6 @@ async def start_scraper(clock: FakeClock) -> AsyncIterator[StartScraper]:
     async def start(**overrides: Any) -> Scraper:
         settings = TEST_SETTINGS.replace(**overrides)
         server, port = await create_server(settings, clock=clock)
-        await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         scraper = Scraper(server, port, channel, scraper_pb2_grpc.ScraperServiceStub(channel))
         running.append(scraper)

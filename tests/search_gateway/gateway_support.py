@@ -43,7 +43,6 @@ def scraper_server(catalog: Path, **overrides: Any) -> BackgroundServer:
 
     async def start() -> tuple[Any, int]:
         server, port = await create_scraper_server(settings)
-        await server.start()
         return server, port
 
     return BackgroundServer(start)

@@ -168,7 +168,6 @@ async def test_duckduckgo_engine_faked_at_the_ddgs_boundary(embed: BackgroundSer
     async def start() -> tuple[Any, int]:
         server, port = await create_server(ScraperSettings(port=0, engines=("duckduckgo",), min_results=1, grace_s=0,
                                                            retry_backoff_s=0.01, retry_backoff_max_s=0.02))
-        await server.start()
         return server, port
 
     with BackgroundServer(start) as scraper:
