@@ -1,4 +1,8 @@
-"""Bounded retries with exponential backoff and jitter."""
+"""Bounded retries with exponential backoff and jitter.
+
+For the web search engines (ddgs over HTTP), not gRPC: gRPC calls retry by their channel's
+service-config retryPolicy instead.
+"""
 
 from __future__ import annotations
 
