@@ -45,6 +45,8 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
 
     async def wait_idle(self, timeout: float) -> bool:
         """Whether every call in flight finished within `timeout` seconds."""
+        if self._count == 0:  # wait_for() would time out at once on a timeout of 0
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

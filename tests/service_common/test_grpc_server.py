@@ -177,3 +177,11 @@ async def test_requests_above_the_receive_limit_are_refused() -> None:
 
 async def _collect(call: grpc.aio.UnaryStreamCall) -> list[str]:  # type: ignore[type-arg]
     return [candidate.image_url async for candidate in call]
+
+
+async def test_a_stop_with_nothing_in_flight_reports_a_clean_stop(caplog: pytest.LogCaptureFixture) -> None:
+    server, _ = await _start(Gated())
+    with caplog.at_level("INFO", logger="service_common.grpc_server"):
+        await server.stop(0)
+    assert "every call in flight finished" in caplog.text
+    assert "cancelling" not in caplog.text
