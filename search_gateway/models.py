@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from search_gateway.backends import EmbedClient, ModelDescription
+from search_gateway.backends import EmbedClient
 from search_gateway.errors import BackendUnavailable, NoTextTower, UnknownModel
+from search_gateway.replies import ModelDescription
 from service_common.model_registry import list_models, text_models
 
 
 class ModelCatalog:
+    # One value, refreshed under an asyncio lock so that concurrent requests share one
+    # ListModels call: not a cachetools cache, which is per key and cannot await.
     def __init__(self, embed: EmbedClient, ttl_s: float = 5.0) -> None:
         self._embed = embed
         self._ttl = ttl_s
@@ -41,12 +44,6 @@ class ModelCatalog:
         model while it cannot be asked: the call that follows then answers 503 anyway)."""
         served = await self._served_or_none()
         return [m.name for m in served] if served else list(list_models())
-
-    async def describe(self, name: str) -> ModelDescription | None:
-        for model in await self._served_or_none() or []:
-            if model.name == name:
-                return model
-        return None
 
     async def require(self, name: str, *, text: bool = False) -> None:
         """Raise a 400-class error unless ``name`` can serve this request."""
