@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,11 +37,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def embed_server_process(env: dict[str, str], timeout: float = 900) -> Iterator[tuple[str, int]]:
-    """`python -m embed_server` in a subprocess; yields (target, pid) once SERVING."""
+def embed_server_process(
+    env: dict[str, str], timeout: float = 900, command: Sequence[str] = ("-m", "embed_server")
+) -> Iterator[tuple[str, int]]:
+    """`python -m embed_server` (or `python <command>`, a launcher that ends in the
+    server's main) in a subprocess; yields (target, pid) once SERVING."""
     port = free_port()
     full_env = {**os.environ, "EMBED_HOST": "127.0.0.1", "EMBED_PORT": str(port), "EMBED_LOG_LEVEL": "WARNING", **env}
-    process = subprocess.Popen([sys.executable, "-m", "embed_server"], env=full_env)
+    process = subprocess.Popen([sys.executable, *command], env=full_env)
     target = f"127.0.0.1:{port}"
     try:
         with grpc.insecure_channel(target) as channel:
