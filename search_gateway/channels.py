@@ -35,14 +35,15 @@ MAX_ATTEMPTS_CAP = 5
 
 # Codes that say the call did not run, or may run if tried again, here or elsewhere:
 # - UNAVAILABLE: no replica reachable, or the one picked went away mid-call;
-# - CANCELLED as a status the server sent: a replica shutting down cancels the calls
-#   it holds (a call this gateway cancels itself is over and never retried);
+# - CANCELLED as a status the server sent: a handler cancelled on the replica's side,
+#   e.g. while it shuts down (a replica stopped outright answers UNAVAILABLE). Kept
+#   from the hand-written loop this replaced; a call the gateway cancels itself is
+#   over and never retried;
 # - RESOURCE_EXHAUSTED: an embed server's batching queue is full. It refuses at
 #   admission, before decoding any image, so nothing ran; another replica, or the
-#   same one after the back-off, may have room. gRPC's client also uses this code for
-#   a reply over MAX_MESSAGE_BYTES, which a retry does not fix: that costs at most
-#   MAX_ATTEMPTS_CAP attempts within the deadline, and a far larger reply than any
-#   Embed sends.
+#   same one after the back-off, may have room. (gRPC's client also reports a reply
+#   over MAX_MESSAGE_BYTES with this code; that one is not retried, because the reply's
+#   headers have arrived by then and the call is committed.)
 # Every method behind these codes is idempotent (embeddings, patch attention, a
 # candidate search), so running one twice is harmless.
 RETRYABLE_CODES: tuple[str, ...] = ("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED")
