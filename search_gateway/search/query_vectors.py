@@ -44,6 +44,8 @@ class QueryVectors:
         for name, task in self._tasks.items():
             if model is None or name == model:
                 task.cancel()
+                if task.done() and not task.cancelled():
+                    task.exception()  # looked at: asyncio would log a failure nobody waited for
 
     async def _image(self, model: str, image: PreparedImage) -> np.ndarray:
         cached = self._cache.by_hash(model, image.sha256)
