@@ -7,6 +7,7 @@ import logging
 import sys
 
 from embed_server.config import EmbedSettings, SettingsError
+from service_common.grpc_security import SecurityConfigError
 from service_common.grpc_server import serve, stop_requested
 
 log = logging.getLogger("embed_server")
@@ -22,13 +23,14 @@ async def _run(settings: EmbedSettings) -> int:
     stop = stop_requested()
     try:
         server, port = await create_server(settings)
-    except OSError as exc:  # a port in use
+    except (OSError, SecurityConfigError) as exc:  # a port in use, a certificate that cannot be used
         log.error("cannot start: %s", exc)
         return 2
     log.info(
-        "listening on %s:%d; models=%s weights=%s%s",
+        "listening on %s:%d (%s); models=%s weights=%s%s",
         settings.host,
         port,
+        settings.security.describe(),
         ",".join(settings.models),
         settings.weights,
         " (RANDOM weights: for demos and benchmarks only)" if settings.weights == "random" else "",

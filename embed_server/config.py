@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, field_validator, model_validator
+from pydantic import Field, NonNegativeFloat, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from service_common import model_registry
+from service_common.grpc_security import ServerSecurity, server_problem
 from service_common.settings import AtLeastOne, CommaList, Lower, ServiceSettings, SettingsError, Upper
 
 __all__ = ["MODEL_NAMES", "EmbedSettings", "SettingsError"]
@@ -31,6 +32,12 @@ class EmbedSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
+    # Securing calls (service_common/grpc_security.py), all off by default: TLS with this
+    # certificate and key, mutual TLS with a client CA, a bearer token (needs TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    auth_token: SecretStr | None = None
     models: Annotated[CommaList[str], Lower] = MODEL_NAMES
     # "pretrained" loads real weights offline and fails loudly when they are absent;
     # "random" builds the full architecture with seeded random weights (demos, benchmarks).
@@ -90,6 +97,10 @@ class EmbedSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _rules_between_settings(self) -> EmbedSettings:
+        problem = server_problem("EMBED_", self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file,
+                                 self.auth_token)
+        if problem:
+            raise ValueError(problem)
         if self.load_retry_max_s < self.load_retry_initial_s:
             raise ValueError(
                 f"EMBED_LOAD_RETRY_MAX_S must be at least EMBED_LOAD_RETRY_INITIAL_S"
@@ -105,3 +116,7 @@ class EmbedSettings(ServiceSettings):
                 f" (got {self.max_queue_size} < {max(self.max_batch_size, self.max_images_per_request)})"
             )
         return self
+
+    @property
+    def security(self) -> ServerSecurity:
+        return ServerSecurity("EMBED_", self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file, self.auth_token)

@@ -17,7 +17,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 async def run(settings: ScraperSettings) -> None:
     stop = stop_requested()
     server, port = await create_server(settings)
-    logger.info("scraper listening on %s:%d (engines: %s)", settings.host, port, ", ".join(settings.engines))
+    logger.info("scraper listening on %s:%d (engines: %s; %s)", settings.host, port, ", ".join(settings.engines),
+                settings.security.describe())
     await serve(server, stop, settings.grace_s)
 
 
@@ -32,7 +33,7 @@ def main() -> int:
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     try:
         asyncio.run(run(settings))
-    except (ValueError, OSError) as exc:  # a bad catalog manifest, a port in use
+    except (ValueError, OSError) as exc:  # a bad catalog manifest, a port in use, an unusable certificate
         logger.error("cannot start: %s", exc)
         return 2
     return 0

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from service_common.grpc_security import ServerSecurity, server_problem
 from service_common.settings import AtLeastOne, CommaList, Lower, ServiceSettings, Upper
 
 Engine = Literal["duckduckgo", "catalog"]
@@ -20,6 +21,12 @@ class ScraperSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=50052, ge=0, le=65535)
+    # Securing calls (service_common/grpc_security.py), all off by default: TLS with this
+    # certificate and key, mutual TLS with a client CA, a bearer token (needs TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    auth_token: SecretStr | None = None
     engines: Annotated[CommaList[Engine], Lower, Field(min_length=1)] = ("duckduckgo",)
     catalog: Path | None = None
     # 0 disables the cache (either of the two).
@@ -41,6 +48,10 @@ class ScraperSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _rules_between_settings(self) -> ScraperSettings:
+        problem = server_problem("SCRAPER_", self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file,
+                                 self.auth_token)
+        if problem:
+            raise ValueError(problem)
         if "catalog" in self.engines and self.catalog is None:
             raise ValueError("SCRAPER_CATALOG must be set to a JSON Lines manifest when SCRAPER_ENGINES includes catalog")
         if self.max_results > self.max_results_limit:
@@ -54,6 +65,11 @@ class ScraperSettings(ServiceSettings):
                 f" (got {self.retry_backoff_max_s} < {self.retry_backoff_s})"
             )
         return self
+
+    @property
+    def security(self) -> ServerSecurity:
+        return ServerSecurity("SCRAPER_", self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file,
+                              self.auth_token)
 
     @property
     def address(self) -> str:

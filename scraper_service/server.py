@@ -41,4 +41,6 @@ async def create_server(settings: ScraperSettings, *, clock: Clock = time.monoto
         port=settings.port,
         env_prefix="SCRAPER_",
         max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        interceptors=settings.security.interceptors(),
+        credentials=settings.security.credentials(),  # raises SecurityConfigError naming the file
     )

@@ -78,9 +78,10 @@ def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
 async def _open(settings: GatewaySettings, metrics: Metrics,
                 failure_timer: Callable[[], float] = time.monotonic) -> AsyncIterator[Gateway]:
     channel_options = {"retries": settings.rpc_retries, "reconnect_backoff_max_ms": settings.reconnect_backoff_max_ms}
-    embed = EmbedClient(embed_channel(settings.embed_target, **channel_options), timeout_s=settings.embed_timeout_s)
-    scraper = ScraperClient(scraper_channel(settings.scraper_target, **channel_options),
-                            timeout_s=settings.scraper_timeout_s)
+    embed = EmbedClient(embed_channel(settings.embed_target, security=settings.embed_security, **channel_options),
+                        timeout_s=settings.embed_timeout_s)
+    scraper = ScraperClient(scraper_channel(settings.scraper_target, security=settings.scraper_security,
+                                            **channel_options), timeout_s=settings.scraper_timeout_s)
     downloader = Downloader(
         DownloadLimits(
             max_bytes=settings.download_max_bytes, concurrency=settings.download_concurrency,
@@ -165,7 +166,8 @@ def create_app(settings: GatewaySettings | None = None, *,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with _open(settings, metrics, failure_timer) as gateway:
             app.state.gateway = gateway
-            log.info("gateway: embed=%s scraper=%s", settings.embed_target, settings.scraper_target)
+            log.info("gateway: embed=%s (%s) scraper=%s (%s)", settings.embed_target,
+                     settings.embed_security.describe(), settings.scraper_target, settings.scraper_security.describe())
             yield
 
     route_list = [

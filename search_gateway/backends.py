@@ -19,6 +19,7 @@ from search_gateway.channels import open_channel
 from search_gateway.errors import BackendUnavailable, BadRequest
 from search_gateway.replies import CrossAttention, Embeddings, ModelDescription, PatchMatches, Provenance
 from search_gateway.search.types import Candidate
+from service_common.grpc_security import PLAINTEXT, ClientSecurity
 from service_common.tensors import to_numpy  # torch-free: numpy and generated code only
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc, scraper_pb2, scraper_pb2_grpc
 
@@ -41,14 +42,16 @@ class BackendRejected(BadRequest):
     code = "rejected_by_backend"
 
 
-def embed_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int) -> grpc.aio.Channel:
+def embed_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int,
+                  security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
     return open_channel(target, services=[EMBED_SERVICE], retries=retries,
-                        reconnect_backoff_max_ms=reconnect_backoff_max_ms)
+                        reconnect_backoff_max_ms=reconnect_backoff_max_ms, security=security)
 
 
-def scraper_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int) -> grpc.aio.Channel:
+def scraper_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int,
+                    security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
     return open_channel(target, services=[SCRAPER_SERVICE], retries=retries,
-                        reconnect_backoff_max_ms=reconnect_backoff_max_ms)
+                        reconnect_backoff_max_ms=reconnect_backoff_max_ms, security=security)
 
 
 def _translate(exc: grpc.aio.AioRpcError, backend: str) -> Exception:

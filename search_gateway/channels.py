@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import grpc
 
+from service_common.grpc_security import PLAINTEXT, ClientSecurity, aio_channel
+
 _MB = 1024 * 1024
 # The largest message either way: Embed batches of full-size images.
 MAX_MESSAGE_BYTES = 64 * _MB
@@ -82,9 +84,9 @@ def service_config(services: Sequence[str], *, retries: int) -> str:
 
 
 def open_channel(target: str, *, services: Sequence[str], retries: int,
-                 reconnect_backoff_max_ms: int) -> grpc.aio.Channel:
+                 reconnect_backoff_max_ms: int, security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
     """One channel per backend for the gateway's lifetime, balanced round robin, with
-    the retry policy above for ``services``."""
+    the retry policy above for ``services``, TLS and a token as ``security`` says."""
     options: list[tuple[str, str | int]] = [
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.service_config", service_config(services, retries=retries)),
@@ -105,4 +107,4 @@ def open_channel(target: str, *, services: Sequence[str], retries: int,
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
     ]
-    return grpc.aio.insecure_channel(target, options=options)
+    return aio_channel(target, security, options)

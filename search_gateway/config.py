@@ -9,6 +9,7 @@ a search.
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 from pydantic import (
@@ -16,12 +17,14 @@ from pydantic import (
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
+    SecretStr,
     field_validator,
     model_validator,
 )
 from pydantic_settings import SettingsConfigDict
 
 from service_common import model_registry
+from service_common.grpc_security import ClientSecurity, client_problem
 from service_common.settings import AtLeastOne, CommaList, Lower, ServiceSettings, SettingsError
 
 # The public model names, to check the settings at start; requests are checked against
@@ -60,6 +63,16 @@ class GatewaySettings(ServiceSettings):
     # seconds instead of gRPC's default two minutes.
     reconnect_backoff_max_ms: AtLeastOne = 2000
     default_model: Annotated[str, Lower] = "clip"
+    # --- securing the gRPC calls (service_common/grpc_security.py), for both backends:
+    # TLS when a CA is given (else plaintext), mutual TLS with a client certificate, a
+    # server name to verify when the targets' hosts are not the certificates' names, and
+    # each backend's bearer token (needs TLS).
+    grpc_tls_ca_file: Path | None = None
+    grpc_tls_cert_file: Path | None = None
+    grpc_tls_key_file: Path | None = None
+    grpc_tls_server_name: str = ""
+    embed_auth_token: SecretStr | None = None
+    scraper_auth_token: SecretStr | None = None
     # --- search
     search_budget_s: PositiveFloat = 10.0
     max_candidates: AtLeastOne = 100
@@ -159,6 +172,11 @@ class GatewaySettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _rules_between_settings(self) -> GatewaySettings:
+        problem = client_problem("GATEWAY_", self.grpc_tls_ca_file, self.grpc_tls_cert_file, self.grpc_tls_key_file,
+                                 self.grpc_tls_server_name, [("GATEWAY_EMBED_AUTH_TOKEN", self.embed_auth_token),
+                                                             ("GATEWAY_SCRAPER_AUTH_TOKEN", self.scraper_auth_token)])
+        if problem:
+            raise ValueError(problem)
         if self.caption_mode == "remote":
             if not self.caption_url.startswith(("http://", "https://")):
                 raise ValueError("GATEWAY_CAPTION_URL must be an http(s) URL when GATEWAY_CAPTION_MODE=remote")
@@ -170,3 +188,16 @@ class GatewaySettings(ServiceSettings):
                 f" (got {self.max_results} > {self.max_results_limit})"
             )
         return self
+
+    def _security(self, token: SecretStr | None, variable: str) -> ClientSecurity:
+        return ClientSecurity(ca_file=self.grpc_tls_ca_file, cert_file=self.grpc_tls_cert_file,
+                              key_file=self.grpc_tls_key_file, server_name=self.grpc_tls_server_name, token=token,
+                              env_prefix="GATEWAY_", token_variable=variable)
+
+    @property
+    def embed_security(self) -> ClientSecurity:
+        return self._security(self.embed_auth_token, "GATEWAY_EMBED_AUTH_TOKEN")
+
+    @property
+    def scraper_security(self) -> ClientSecurity:
+        return self._security(self.scraper_auth_token, "GATEWAY_SCRAPER_AUTH_TOKEN")

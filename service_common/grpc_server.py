@@ -104,13 +104,15 @@ async def create_server(
     max_send_bytes: int | None = None,
     max_concurrent_rpcs: int | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[GrpcServer, int]:
     """A started server and the port it listens on.
 
     Health starts as `serving` for the whole server (""), each service and each of
     `health_names` (a service's finer names, such as one per model). `env_prefix` names
-    the host and port variables in a bind error. `on_stop` runs once the server has
+    the host and port variables in a bind error. `credentials` (grpc_security.py) makes
+    the port TLS; None leaves it plaintext. `on_stop` runs once the server has
     stopped, to release what the servicers hold.
     """
     names = [service.name for service in services]
@@ -140,7 +142,7 @@ async def create_server(
 
     address = f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     except RuntimeError as exc:  # grpc's way of saying the bind failed
         raise OSError(f"cannot listen on {address} ({env_prefix}HOST, {env_prefix}PORT): {exc}") from None
     if bound == 0:  # older grpc versions return 0 instead of raising
