@@ -51,6 +51,10 @@ class EmbedSettings(ServiceSettings):
     device: Annotated[str, Lower] = "auto"
     runtime: Annotated[Literal["auto", "torch", "onnx"], Lower] = "auto"
     precision: Annotated[Literal["auto", "fp32", "fp16", "int8"], Lower] = "auto"
+    # Which int8 (EMBED_PRECISION=int8): "dynamic" measures activation ranges per batch,
+    # "static" fixes them at export from a calibration set; "auto" takes, per model, the
+    # one measured better (embed_server/runtimes/int8_modes.py).
+    int8_mode: Annotated[Literal["auto", "dynamic", "static"], Lower] = "auto"
     onnx_cache_dir: Path = Path("var/onnx-cache")
     # ONNX Runtime's CPU memory arena keeps the activations of the largest batch each
     # model has run, for good: about 700 MB across the five models at batch 8, for a

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 class Runtime(Protocol):
     name: str        # "torch" or "onnx"
     device: str      # "cpu", "cuda:0"
-    precision: str   # "fp32", "fp16", "int8"
+    precision: str   # "fp32", "fp16", "int8-dynamic", "int8-static" (runtimes.int8_modes)
     providers: tuple[str, ...]  # what actually executes (ONNX execution providers; torch: the device)
     weights_fingerprint: str    # hash of the weights that answer (models.weights.fingerprint_towers)
     fallback: str    # why torch runs a model that was meant for ONNX Runtime; "" otherwise

@@ -37,6 +37,7 @@ def create_runtime(
                 max_batch_size=settings.max_batch_size,
                 tokenizer=tokenizer,
                 memory_arena=settings.onnx_memory_arena,
+                int8_mode=settings.int8_mode,
             )
         except ExportMismatch as exc:
             # The export was not cached; the torch model it was checked against is

@@ -53,11 +53,15 @@ class ExportKey:
     fingerprint: str
     tower: str       # "image" or "text"
     precision: str   # "fp32", "fp16", "int8"
+    # How a derived file was made, where one precision has several recipes: int8 is
+    # "dynamic" or "static-<calibration method>-<recipe>-<calibration set>" (static_int8.variant).
+    variant: str = ""
 
     @property
     def stem(self) -> str:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.fingerprint)
-        return f"{self.model}-{safe}-{self.tower}-{self.precision}-opset{OPSET}-v{EXPORT_FORMAT}"
+        precision = f"{self.precision}-{self.variant}" if self.variant else self.precision
+        return f"{self.model}-{safe}-{self.tower}-{precision}-opset{OPSET}-v{EXPORT_FORMAT}"
 
 
 class ExportCache:

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from embed_server.models.cards import ModelCard, Tokenizer
-from embed_server.runtimes import export_check, onnx_export
+from embed_server.runtimes import calibration, export_check, int8_modes, onnx_export, static_int8
 from embed_server.runtimes.base import ModelWeights
 from embed_server.runtimes.onnx_export import ExportCache, ExportKey
 
@@ -78,6 +78,7 @@ class OnnxRuntime:
         max_batch_size: int,
         tokenizer: Tokenizer | None,
         memory_arena: bool = False,
+        int8_mode: str = "auto",
     ) -> None:
         providers = choose_providers(device)
         on_gpu = bool(GPU_PROVIDERS & set(providers))
@@ -87,7 +88,10 @@ class OnnxRuntime:
             raise RuntimeError("EMBED_PRECISION=fp16 needs a GPU provider; on CPU use fp32 or int8")
         if precision == "int8" and on_gpu:
             raise RuntimeError("EMBED_PRECISION=int8 is the CPU path; on GPU use fp16 or fp32")
-        self.precision = precision
+        # Static int8 calibrates the image tower only: the text tower has no calibration
+        # set, and its short prompts are embedded once and cached, so it stays dynamic.
+        self._int8_mode = int8_modes.resolve(card.name, int8_mode) if precision == "int8" else None
+        self.precision = int8_modes.precision_label(self._int8_mode) if self._int8_mode else precision
         self._card = card
         self._weights = weights
         self._cache = cache
@@ -97,7 +101,7 @@ class OnnxRuntime:
 
         # A warm start knows the fingerprint from the cache and never builds the model.
         remembered = cache.remembered_fingerprint(card.name, weights.source)
-        paths = {t: cache.lookup(ExportKey(card.name, remembered, t, precision)) for t in towers} if remembered else {}
+        paths = {t: cache.lookup(self._key(remembered, t, precision)) for t in towers} if remembered else {}
         self.exports_from_cache = bool(paths) and all(path is not None for path in paths.values())
         if self.exports_from_cache:
             self.weights_fingerprint = str(remembered)
@@ -133,6 +137,14 @@ class OnnxRuntime:
         (vectors,) = self._text.run(list(onnx_export.TEXT_OUTPUTS), {"input_ids": token_ids})
         return vectors
 
+    def _key(self, fingerprint: str, tower: str, precision: str) -> ExportKey:
+        """The cache key of a tower's file; an int8 file's names its recipe (and calibration set)."""
+        variant = ""
+        if precision == "int8":
+            static = self._int8_mode == "static" and tower == "image"
+            variant = static_int8.variant("minmax", calibration.CALIBRATION_SET) if static else "dynamic"
+        return ExportKey(self._card.name, fingerprint, tower, precision, variant)
+
     def _export(self, tower: str, precision: str, tokenizer: Tokenizer | None) -> Path:
         """The tower's file at `precision`, from the cache or made now (fp16 and int8
         are derived from the fp32 export). Every file made now is checked against the
@@ -151,16 +163,23 @@ class OnnxRuntime:
             def make_fp32(target: Path) -> None:
                 onnx_export.export_text_tower(towers.text, text_length, target)
 
+        key = self._key(self.weights_fingerprint, tower, precision)
+
         def verify(at: str) -> Callable[[Path], None]:
-            what = f"{card.name} {tower} tower"
+            what = f"{card.name} {tower} tower" + (f" ({key.variant} int8)" if at == "int8" else "")
             return lambda path: export_check.check_export(path, probe, at, self._providers, self._threads, what)
 
         fp32_key = ExportKey(card.name, self.weights_fingerprint, tower, "fp32")
         if precision == "fp32":
             path, cached = self._cache.get_or_create(fp32_key, make_fp32, verify("fp32"))
         else:
-            derive = onnx_export.quantize_int8 if precision == "int8" else onnx_export.convert_fp16
-            key = ExportKey(card.name, self.weights_fingerprint, tower, precision)
+            derive: Callable[[Path, Path], None] = onnx_export.convert_fp16
+            if key.variant == "dynamic":
+                derive = onnx_export.quantize_int8
+            elif key.variant:
+                def derive(source: Path, target: Path) -> None:
+                    # Calibrated on pictures drawn for it (calibration.py), never on the probe.
+                    static_int8.quantize_image_tower(source, target, calibration.calibration_pixels(card))
 
             def make(target: Path) -> None:
                 source, _ = self._cache.get_or_create(fp32_key, make_fp32, verify("fp32"))

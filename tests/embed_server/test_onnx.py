@@ -72,7 +72,7 @@ def test_onnx_fp32_matches_torch(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_int8_stays_close_to_fp32(name: str, tmp_path: Path) -> None:
     reference, int8 = _runtimes(name, tmp_path, "int8")
-    assert int8.precision == "int8"
+    assert int8.precision in ("int8-dynamic", "int8-static")  # which int8 EMBED_INT8_MODE=auto took
     pixels = _pixels(name, range(200, 208))
     torch_global, torch_patches = reference.run_image(pixels)
     int8_global, int8_patches = int8.run_image(pixels)

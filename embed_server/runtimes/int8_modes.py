@@ -1,0 +1,35 @@
+"""Which int8 a model gets: dynamic (ranges per batch) or static (calibrated ranges).
+
+EMBED_INT8_MODE=auto takes the flavour measured better for the model: static where
+it was at least as accurate as dynamic on the near-duplicate benchmark and faster,
+dynamic otherwise (accuracy first: int8 is chosen for speed, but a faster file that
+ranks differently from fp32 is not the same model). The figures are in
+docs/benchmarks.md ("int8: dynamic against static"), from `python -m bench.int8_compare`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Int8Mode = Literal["dynamic", "static"]
+
+# Measured with random full-size weights (python -m bench.int8_compare, 2 vCPUs with
+# AVX-512 VNNI); the reasons are in docs/benchmarks.md. A model missing here was not
+# measured and keeps the older, dynamic path.
+AUTO: dict[str, Int8Mode] = {
+    "clip": "dynamic",
+}
+
+
+def resolve(model: str, setting: str) -> Int8Mode:
+    """The flavour `model` runs for EMBED_INT8_MODE=`setting` (auto, dynamic or static)."""
+    if setting == "auto":
+        return AUTO.get(model, "dynamic")
+    if setting not in ("dynamic", "static"):
+        raise ValueError(f"unknown int8 mode {setting!r}; valid: auto, dynamic, static")
+    return setting  # type: ignore[return-value]
+
+
+def precision_label(mode: Int8Mode) -> str:
+    """What ListModels and Provenance say: which int8 answers, as vectors of the two differ."""
+    return f"int8-{mode}"
