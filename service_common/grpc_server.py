@@ -9,9 +9,14 @@ seconds to finish (grpc_drain.py says why the server keeps answering meanwhile),
 the server closes and the service releases what it holds. `serve()` is the `__main__`
 loop around it: run until SIGINT or SIGTERM, then stop.
 
-Interceptors, outermost first: the in-flight counter (grpc_drain.py), those the service
-passes (room for authentication), then request decoding (grpc_requests.py), which must
-sit next to the handler as it takes the request bytes over.
+Interceptors, outermost first: the status counter when metrics are exported
+(grpc_call_metrics.py; outermost, so it also counts the refusals of the others), the
+in-flight counter (grpc_drain.py), those the service passes (room for authentication),
+then request decoding (grpc_requests.py), which must sit next to the handler as it
+takes the request bytes over.
+
+Metrics (`metrics=MetricsExport(...)`, metrics_http.py) are served over HTTP on their
+own port from the moment the server listens until it has stopped.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Gauge
 
+from service_common.grpc_call_metrics import CallStatusInterceptor, requests_counter
 from service_common.grpc_drain import InFlightCalls
 from service_common.grpc_requests import RequestDecodingInterceptor
+from service_common.metrics_http import MetricsEndpoint, MetricsExport
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +65,19 @@ class GrpcServer:
         health: health_aio.HealthServicer,
         calls: InFlightCalls,
         on_stop: Callable[[], Awaitable[None]] | None,
+        metrics: MetricsEndpoint | None = None,
     ) -> None:
         self._server = server
         self._health = health
         self._calls = calls
         self._on_stop = on_stop
+        self._metrics = metrics
         self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port Prometheus scrapes; None when metrics are off."""
+        return self._metrics.port if self._metrics is not None else None
 
     async def set_serving(self, name: str, serving: bool) -> None:
         """Report `name` ("" is the whole server) SERVING or NOT_SERVING; ignored once
@@ -87,6 +102,8 @@ class GrpcServer:
         await self._server.stop(None)  # what remains: cancelled calls, health watches
         if self._on_stop is not None:
             await self._on_stop()
+        if self._metrics is not None:  # last: a scrape during the drain still answers
+            await self._metrics.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
@@ -106,6 +123,7 @@ async def create_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    metrics: MetricsExport | None = None,
 ) -> tuple[GrpcServer, int]:
     """A started server and the port it listens on.
 
@@ -113,7 +131,8 @@ async def create_server(
     `health_names` (a service's finer names, such as one per model). `env_prefix` names
     the host and port variables in a bind error. `credentials` (grpc_security.py) makes
     the port TLS; None leaves it plaintext. `on_stop` runs once the server has
-    stopped, to release what the servicers hold.
+    stopped, to release what the servicers hold. `metrics`: the registry to serve on
+    its own port (on `host`), where calls are counted by status too.
     """
     names = [service.name for service in services]
     calls = InFlightCalls(names)
@@ -126,8 +145,11 @@ async def create_server(
         options.append(("grpc.max_receive_message_length", max_receive_bytes))
     if max_send_bytes is not None:
         options.append(("grpc.max_send_message_length", max_send_bytes))
+    counting: list[grpc.aio.ServerInterceptor] = []
+    if metrics is not None:
+        counting.append(CallStatusInterceptor(requests_counter(metrics.namespace, metrics.registry), names))
     server = grpc.aio.server(
-        interceptors=[calls, *interceptors, RequestDecodingInterceptor()],
+        interceptors=[*counting, calls, *interceptors, RequestDecodingInterceptor()],
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
@@ -140,15 +162,34 @@ async def create_server(
         await health.set(name, SERVING if serving else NOT_SERVING)
     reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
 
+    endpoint = None
+    if metrics is not None:
+        in_flight = Gauge(f"{metrics.namespace}_requests_in_flight", "gRPC calls being served now.",
+                          registry=metrics.registry)
+        in_flight.set_function(lambda: calls.count)
+        # Before the gRPC bind: a grpc server that bound its port but never started keeps
+        # the port until the process ends, while the metrics server closes cleanly.
+        endpoint = await MetricsEndpoint.start(metrics.registry, host, metrics.port, env_prefix)
     address = f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     except RuntimeError as exc:  # grpc's way of saying the bind failed
+        await _close(endpoint)
         raise OSError(f"cannot listen on {address} ({env_prefix}HOST, {env_prefix}PORT): {exc}") from None
     if bound == 0:  # older grpc versions return 0 instead of raising
+        await _close(endpoint)
         raise OSError(f"cannot listen on {address} ({env_prefix}HOST, {env_prefix}PORT)")
-    await server.start()
-    return GrpcServer(server, health, calls, on_stop), bound
+    try:
+        await server.start()
+    except BaseException:
+        await _close(endpoint)
+        raise
+    return GrpcServer(server, health, calls, on_stop, endpoint), bound
+
+
+async def _close(endpoint: MetricsEndpoint | None) -> None:
+    if endpoint is not None:
+        await endpoint.close()
 
 
 def stop_requested() -> asyncio.Event:
