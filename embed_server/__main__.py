@@ -12,10 +12,6 @@ from service_common.grpc_server import serve, stop_requested
 
 log = logging.getLogger("embed_server")
 
-# How long calls in flight may take to finish after SIGTERM. A constant until the
-# settings grow EMBED_GRACE_S, as the scraper has SCRAPER_GRACE_S.
-GRACE_S = 5.0
-
 
 async def _run(settings: EmbedSettings) -> int:
     from embed_server.server import create_server  # after logging is set up: imports torch
@@ -35,7 +31,9 @@ async def _run(settings: EmbedSettings) -> int:
         settings.weights,
         " (RANDOM weights: for demos and benchmarks only)" if settings.weights == "random" else "",
     )
-    await serve(server, stop, GRACE_S)
+    if server.metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", settings.host, server.metrics_port)
+    await serve(server, stop, settings.grace_s)
     return 0
 
 

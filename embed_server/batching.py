@@ -18,17 +18,21 @@ refused request never pays for (nor holds the memory of) decoding. The reservati
 turns into queued items on `submit`, or is returned when the request fails or is
 cancelled first. Queued plus reserved items never exceed `max_queue_size`, which
 therefore also bounds the decoded images a model holds in memory.
+
+An optional `BatchObserver` is told of every forward pass (how long each item waited,
+how long the pass took), which the server turns into Prometheus metrics (metrics.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from embed_server.errors import ModelUnavailable, Overloaded
 
@@ -44,6 +48,12 @@ class BatchCounters:
     items: int = 0
     largest_batch: int = 0
     rejected: int = 0
+
+
+class BatchObserver(Protocol):
+    def batch_ran(self, waits_s: Sequence[float], run_s: float, ok: bool) -> None:
+        """One forward pass over `len(waits_s)` items, each having waited `waits_s[i]`
+        seconds in the queue; it took `run_s` seconds and succeeded unless `ok` is false."""
 
 
 class Reservation:
@@ -77,6 +87,7 @@ class Reservation:
 class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
     future: asyncio.Future[ResultT]
+    queued_at: float = 0.0  # the loop's clock when the item joined the queue
 
 
 class DynamicBatcher(Generic[ItemT, ResultT]):
@@ -89,6 +100,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         max_queue_delay_s: float,
         max_queue_size: int,
         on_drain: Callable[[], None] | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -109,6 +121,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         # burst's requests and activations used back to the OS (glibc keeps it otherwise).
         self._on_drain = on_drain
         self._items_since_drain = 0
+        self._observer = observer
 
     @property
     def queued(self) -> int:
@@ -144,7 +157,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             self._check_room(len(items))
         self._start_worker()
         loop = asyncio.get_running_loop()
-        pending = [_Pending[ItemT, ResultT](item, loop.create_future()) for item in items]
+        now = loop.time()
+        pending = [_Pending[ItemT, ResultT](item, loop.create_future(), now) for item in items]
         self._queue.extend(pending)
         self._has_work.set()
         try:
@@ -205,12 +219,12 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                     batch.append(pending)
             if not batch:
                 continue
+            started = loop.time()
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_batch, [p.item for p in batch]
-                )
+                results, run_s = await loop.run_in_executor(self._executor, self._timed_run, [p.item for p in batch])
             except Exception as exc:  # the forward pass failed: fail exactly this batch
                 log.exception("forward pass of %s failed on a batch of %d", self.name, len(batch))
+                self._observe(batch, started, loop.time() - started, ok=False)
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
@@ -219,9 +233,24 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             self.counters.items += len(batch)
             self._items_since_drain += len(batch)
             self.counters.largest_batch = max(self.counters.largest_batch, len(batch))
+            self._observe(batch, started, run_s, ok=True)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+
+    def _timed_run(self, items: list[ItemT]) -> tuple[Sequence[ResultT], float]:
+        # Timed on the batcher's thread: the pass alone, not the hops to and from the loop.
+        started = time.perf_counter()
+        results = self._run_batch(items)
+        return results, time.perf_counter() - started
+
+    def _observe(self, batch: list[_Pending[ItemT, ResultT]], started: float, run_s: float, *, ok: bool) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer.batch_ran([started - p.queued_at for p in batch], run_s, ok)
+        except Exception:  # metrics must never fail a batch
+            log.exception("batch observer of %s failed", self.name)
 
     async def _wait_for_fuller_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.max_queue_delay_s <= 0:

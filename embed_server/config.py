@@ -38,6 +38,10 @@ class EmbedSettings(ServiceSettings):
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     auth_token: SecretStr | None = None
+    # Prometheus metrics over HTTP on this port, on the same host as gRPC; 0: off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Seconds calls in flight get to finish after SIGTERM before they are cancelled.
+    grace_s: NonNegativeFloat = 5.0
     models: Annotated[CommaList[str], Lower] = MODEL_NAMES
     # "pretrained" loads real weights offline and fails loudly when they are absent;
     # "random" builds the full architecture with seeded random weights (demos, benchmarks).

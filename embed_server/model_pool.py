@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embed_server.batching import DynamicBatcher
+from embed_server.batching import BatchObserver, DynamicBatcher
 from embed_server.config import EmbedSettings
 from embed_server.errors import ModelFailed, NoTextTower, UnknownModel
 from embed_server.models import CARDS, ModelCard, Tokenizer, family
@@ -85,12 +85,15 @@ class LoadedModel:
 
 
 StateListener = Callable[["ServedModel"], Awaitable[None]]
+# The observer of one model's batcher of one kind ("image", "text"): metrics.py's.
+BatchObservers = Callable[[str, str], BatchObserver]
 
 
 class ServedModel:
-    def __init__(self, card: ModelCard, settings: EmbedSettings) -> None:
+    def __init__(self, card: ModelCard, settings: EmbedSettings, observers: BatchObservers | None = None) -> None:
         self.card = card
         self.settings = settings
+        self._observers = observers
         self.state = ModelState.NOT_LOADED
         self.error = ""
         self.loaded: LoadedModel | None = None
@@ -243,6 +246,7 @@ class ServedModel:
                 max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                 max_queue_size=settings.max_queue_size,
                 on_drain=_return_freed_memory,  # after a burst: see bench/embed_burst.py
+                observer=self._observers(self.card.name, kind) if self._observers is not None else None,
             )
 
         def run_images(items: list[np.ndarray]) -> list[ImageOutput]:
@@ -259,9 +263,9 @@ class ServedModel:
 class ModelPool:
     """Every served model by public name."""
 
-    def __init__(self, settings: EmbedSettings) -> None:
+    def __init__(self, settings: EmbedSettings, observers: BatchObservers | None = None) -> None:
         self.settings = settings
-        self.models = {name: ServedModel(CARDS[name], settings) for name in settings.models}
+        self.models = {name: ServedModel(CARDS[name], settings, observers) for name in settings.models}
 
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name.strip().lower())

@@ -20,10 +20,13 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from embed_server.config import EmbedSettings
+from embed_server.metrics import NAMESPACE as METRICS_NAMESPACE
+from embed_server.metrics import EmbedMetrics
 from embed_server.model_pool import ModelPool, ModelState, ServedModel
 from embed_server.service import EmbedServicer
 from service_common.grpc_server import GrpcServer, Service
 from service_common.grpc_server import create_server as create_grpc_server
+from service_common.metrics_http import MetricsExport
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,9 @@ def model_health_name(model: str) -> str:
 async def create_server(settings: EmbedSettings) -> tuple[GrpcServer, int]:
     """Bind, start and begin warming the models. Returns the server and its port
     (useful with EMBED_PORT=0); stopping it also releases the models and their threads."""
-    pool = ModelPool(settings)
+    metrics = EmbedMetrics()
+    pool = ModelPool(settings, metrics.batch_observer)
+    metrics.watch(pool)
     decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
     warm_up: asyncio.Task[None] | None = None
 
@@ -65,6 +70,9 @@ async def create_server(settings: EmbedSettings) -> tuple[GrpcServer, int]:
             interceptors=settings.security.interceptors(),
             credentials=settings.security.credentials(),  # raises SecurityConfigError naming the file
             on_stop=release,
+            metrics=MetricsExport(metrics.registry, METRICS_NAMESPACE, settings.metrics_port)
+            if settings.metrics_port
+            else None,
         )
     except BaseException:
         await release()
