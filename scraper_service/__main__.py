@@ -19,6 +19,8 @@ async def run(settings: ScraperSettings) -> None:
     server, port = await create_server(settings)
     logger.info("scraper listening on %s:%d (engines: %s; %s)", settings.host, port, ", ".join(settings.engines),
                 settings.security.describe())
+    if server.metrics_port is not None:
+        logger.info("metrics on http://%s:%d/metrics", settings.host, server.metrics_port)
     await serve(server, stop, settings.grace_s)
 
 

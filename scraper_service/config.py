@@ -21,6 +21,8 @@ class ScraperSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=50052, ge=0, le=65535)
+    # Prometheus metrics over HTTP on this port, on the same host as gRPC; 0: off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # Securing calls (service_common/grpc_security.py), all off by default: TLS with this
     # certificate and key, mutual TLS with a client CA, a bearer token (needs TLS).
     tls_cert_file: Path | None = None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from scraper_service.engines.base import EngineError, SearchEngine, TransientEngineError
 from scraper_service.models import Found, ImageHit, Platform, SearchSpec
@@ -14,6 +15,14 @@ from scraper_service.tiers import plan_tiers
 from scraper_service.urls import dedup_key, normalise_url
 
 logger = logging.getLogger(__name__)
+
+
+# Why one engine attempt failed: no answer within the platform timeout; a transient
+# refusal (rate limit, the engine's own timeout), which is retried; another engine
+# error, not retried; an unexpected exception in the engine (a bug).
+EngineErrorReason = Literal["timeout", "transient", "error", "internal"]
+# Told of each failed attempt, by engine name (the metrics count them).
+EngineErrorListener = Callable[[str, EngineErrorReason], None]
 
 
 class NoSourcesError(ValueError):
@@ -47,10 +56,17 @@ class _Source:
 
 
 class TieredSearch:
-    def __init__(self, engines: Sequence[SearchEngine], retry: RetryPolicy, timeout_s: float) -> None:
+    def __init__(
+        self,
+        engines: Sequence[SearchEngine],
+        retry: RetryPolicy,
+        timeout_s: float,
+        on_engine_error: EngineErrorListener | None = None,
+    ) -> None:
         self._engines = tuple(engines)
         self._retry = retry
         self._timeout_s = timeout_s
+        self._on_engine_error = on_engine_error
 
     async def stream(self, spec: SearchSpec, report: SearchReport) -> AsyncGenerator[Found, None]:
         """Yield deduplicated results as each source answers, tier after tier.
@@ -115,7 +131,17 @@ class TieredSearch:
             try:
                 return await asyncio.wait_for(source.engine.search(query, source.platform, limit), self._timeout_s)
             except TimeoutError:
+                self._engine_failed(source, "timeout")
                 raise TransientEngineError(f"no answer within {self._timeout_s:g}s") from None
+            except TransientEngineError:
+                self._engine_failed(source, "transient")
+                raise
+            except EngineError:
+                self._engine_failed(source, "error")
+                raise
+            except Exception:
+                self._engine_failed(source, "internal")
+                raise
 
         try:
             hits = await retry_async(attempt, self._retry, (TransientEngineError,), str(source))
@@ -127,6 +153,10 @@ class TieredSearch:
             logger.exception("%s failed unexpectedly", source)
             raise _SourceFailed(f"{source}: internal error ({type(exc).__name__})") from exc
         return source, hits
+
+    def _engine_failed(self, source: _Source, reason: EngineErrorReason) -> None:
+        if self._on_engine_error is not None:
+            self._on_engine_error(source.engine.name, reason)
 
 
 # Library errors can quote whole URLs and resolver dumps; the status message lists one
