@@ -21,8 +21,11 @@ def main() -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The same configuration the tests serve with (server.py): slow-client deadlines,
     # the per-address connection cap, no proxy headers.
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
-    return 0
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    server.run()
+    # A start-up failure (a corrupt gallery store, say) is logged by uvicorn; the exit
+    # status must say so too, or a supervisor would think the gateway stopped cleanly.
+    return 0 if server.started else 3
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ pool for downloads, and closes them on shutdown.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +34,7 @@ from search_gateway.caption import CaptionChain, Captioner, RemoteCaptioner, Zer
 from search_gateway.config import GatewaySettings
 from search_gateway.downloader import Downloader, DownloadLimits
 from search_gateway.failed_downloads import FailedDownloads
+from search_gateway.gallery_wiring import open_gallery
 from search_gateway.images import ImageLimits
 from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
@@ -40,6 +42,7 @@ from search_gateway.netguard import parse_allowlist
 from search_gateway.requestid import RequestIdMiddleware, install_log_stamp
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import BatchLimits, EmbedBatches
+from search_gateway.search.gallery_source import GallerySource
 from search_gateway.search.pipeline import SearchLimits, SearchPipeline
 from search_gateway.thumbnails import ThumbnailSigner
 
@@ -63,6 +66,7 @@ class Gateway:
     signer: ThumbnailSigner
     captions: CaptionChain
     image_limits: ImageLimits
+    gallery: GallerySource | None = None
 
 
 def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
@@ -109,9 +113,13 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
             straggler_wait_s=settings.embed_batch_wait_ms / 1000, concurrency=settings.embed_concurrency), metrics),
         cache=cache, metrics=metrics,
     )
+    catalog = ModelCatalog(embed)
     try:
-        yield Gateway(settings, metrics, embed, scraper, downloader, ModelCatalog(embed), pipeline,
-                      ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits)
+        async with open_gallery(settings, metrics, embed, catalog, captions) as gallery:
+            pipeline = dataclasses.replace(pipeline, gallery=gallery)
+            yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
+                          ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits,
+                          gallery)
     finally:
         await captions.close()
         await downloader.close()

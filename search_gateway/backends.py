@@ -98,6 +98,7 @@ def _model(m: embed_pb2.ModelInfo) -> ModelDescription:
         state=_enum_name(embed_pb2.ModelState, m.state, "MODEL_STATE_"),
         weights=_enum_name(embed_pb2.WeightsSource, m.weights, "WEIGHTS_SOURCE_"),
         runtime=m.runtime, device=m.device, precision=m.precision, error=m.error,
+        weights_fingerprint=m.weights_fingerprint,
     )
 
 

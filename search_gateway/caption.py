@@ -49,29 +49,54 @@ class Captioner(Protocol):
         ...
 
 
+class Vocabulary:
+    """The style and subject prompt vectors of one text tower, computed once per weights.
+
+    Shared by the offline captioner (best style and subject of a query image) and the
+    gallery's machine tags (scored once per stored image, search/tagging.py).
+    """
+
+    def __init__(self, embed: EmbedClient, model: str) -> None:
+        self._embed = embed
+        self.model = model
+        self._prompts: tuple[np.ndarray, np.ndarray, str] | None = None
+        self._lock = asyncio.Lock()
+
+    async def vectors(self, timeout: float, fingerprint: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(styles x dim, subjects x dim), unit rows. Asked again when ``fingerprint``
+        (of the image vectors they will be scored against) is not the weights they came from."""
+        async with self._lock:  # one computation shared by concurrent first callers
+            if self._prompts is None or (fingerprint is not None and fingerprint != self._prompts[2]):
+                styles = await self._embed.embed_text(
+                    self.model, [f"a {s} style tattoo" for s in STYLES], timeout=timeout)
+                subjects = await self._embed.embed_text(
+                    self.model, [f"a tattoo of a {s}" for s in SUBJECTS], timeout=timeout)
+                self._prompts = (_normalise(styles.vectors), _normalise(subjects.vectors),
+                                 styles.provenance.weights_fingerprint)
+            return self._prompts[0], self._prompts[1]
+
+
+def machine_tags(vector: np.ndarray, styles: np.ndarray, subjects: np.ndarray, per_kind: int = 2) -> dict[str, float]:
+    """The best ``per_kind`` styles and subjects of one image vector, with their cosines."""
+    unit = _normalise(np.asarray(vector, dtype=np.float32)[None, :])[0]
+    tags: dict[str, float] = {}
+    for names, prompts in ((STYLES, styles), (SUBJECTS, subjects)):
+        scores = prompts @ unit
+        for i in np.argsort(-scores)[:per_kind]:
+            tags[names[int(i)]] = round(float(scores[int(i)]), 6)
+    return tags
+
+
 class ZeroShotCaptioner:
     """Best style and best subject by cosine against prompt vectors from the text tower."""
 
-    def __init__(self, embed: EmbedClient, model: str = "clip") -> None:
-        self._embed = embed
-        self._model = model
+    def __init__(self, embed: EmbedClient, model: str = "clip", vocabulary: Vocabulary | None = None) -> None:
+        self.vocabulary = vocabulary or Vocabulary(embed, model)
         self.vector_model: str | None = model
-        self._prompts: tuple[np.ndarray, np.ndarray] | None = None
-        self._lock = asyncio.Lock()
-
-    async def _prompt_vectors(self, timeout: float) -> tuple[np.ndarray, np.ndarray]:
-        async with self._lock:  # one computation shared by concurrent first searches
-            if self._prompts is None:
-                styles = await self._embed.embed_text(
-                    self._model, [f"a {s} style tattoo" for s in STYLES], timeout=timeout)
-                subjects = await self._embed.embed_text(
-                    self._model, [f"a tattoo of a {s}" for s in SUBJECTS], timeout=timeout)
-                self._prompts = (_normalise(styles.vectors), _normalise(subjects.vectors))
-            return self._prompts
 
     async def caption(self, image: bytes, image_vector: Awaitable[np.ndarray], *, timeout: float) -> str:
         deadline = time.monotonic() + timeout
-        styles, subjects = await self._prompt_vectors(timeout)
+        styles, subjects = await self.vocabulary.vectors(timeout)
         vector = _normalise((await asyncio.wait_for(image_vector, max(0.01, deadline - time.monotonic())))[None, :])[0]
         style = STYLES[int(np.argmax(styles @ vector))]
         subject = SUBJECTS[int(np.argmax(subjects @ vector))]

@@ -43,6 +43,16 @@ class Metrics:
             "Connections answered 408/429 and closed: header_timeout, body_timeout, too_many_connections.",
             ("kind",), registry=r)
         self.connections = Gauge("gateway_client_connections", "HTTP connections open now.", registry=r)
+        self.gallery_lookups = Counter("gateway_gallery_lookups_total",
+                                       "Gallery queries of searches by result (ok, unavailable).", ("result",),
+                                       registry=r)
+        # "written" counts points the store acknowledged (durable): a crash loses none of them.
+        self.gallery_writes = Counter(
+            "gateway_gallery_points_total",
+            "Web images handed to the gallery's background writer, by result (written, retried, dropped).",
+            ("result",), registry=r)
+        self.gallery_pending = Gauge("gateway_gallery_write_pending", "Points waiting for the gallery writer.",
+                                     registry=r)
 
     def stage(self, name: str, seconds: float) -> None:
         self.stage_seconds.labels(name).observe(seconds)

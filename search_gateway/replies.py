@@ -51,6 +51,8 @@ class ModelDescription:
     device: str
     precision: str
     error: str  # the embed server's own words on why a model failed; for the log only
+    # Which weights exactly (the gallery keeps vectors per fingerprint); "" when not told.
+    weights_fingerprint: str = ""
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -21,7 +22,8 @@ from search_gateway.images import decode_rgb, prepare_in_thread
 from search_gateway.images import thumbnail as make_thumbnail
 from search_gateway.openapi import openapi_document
 from search_gateway.replies import PatchMatches
-from search_gateway.search.types import Candidate, SearchEvent, SearchOutcome, SearchQuery
+from search_gateway.search.types import SOURCES, Candidate, SearchEvent, SearchOutcome, SearchQuery
+from search_gateway.caption import STYLES, SUBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,60 @@ def _json_fields(raw: bytes) -> dict[str, str]:
             raise BadRequest(f"The field 'max_results' must be an integer, not {_json_type(value)}.")
         fields["max_results"] = str(value)  # the range is checked with the query parameter's
     return fields
+
+
+# The machine tags a gallery search may filter by: the captioner's vocabulary.
+TAGS: tuple[str, ...] = (*STYLES, *SUBJECTS)
+MAX_TAGS = 8
+
+
+def _sources(request: Request, fields: Mapping[str, Any] | None) -> frozenset[str]:
+    raw = _param(request, fields, "sources")
+    if raw is None or not raw.strip():
+        return frozenset(SOURCES)
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    wrong = [name for name in names if name not in SOURCES]
+    if wrong or not names:
+        raise BadRequest(f"Parameter 'sources' takes {' or '.join(SOURCES)} (or both, comma-separated), "
+                         f"not {raw[:80]!r}.")
+    return frozenset(names)
+
+
+def _tags(request: Request, fields: Mapping[str, Any] | None) -> tuple[str, ...]:
+    raw = _param(request, fields, "tags")
+    if raw is None:
+        return ()
+    names = tuple(dict.fromkeys(" ".join(t.split()).lower() for t in raw.split(",") if t.strip()))
+    if len(names) > MAX_TAGS:
+        raise BadRequest(f"Parameter 'tags' takes at most {MAX_TAGS} tags.")
+    wrong = [name for name in names if name not in TAGS]
+    if wrong:
+        raise BadRequest(f"Unknown tag {wrong[0][:60]!r}; the tags are the styles and subjects of the "
+                         "captioner's vocabulary (docs/gateway.md lists them).")
+    return names
+
+
+def _min_score(request: Request, fields: Mapping[str, Any] | None) -> float | None:
+    raw = _param(request, fields, "min_score")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"Parameter 'min_score' must be a number, not {raw[:40]!r}.") from None
+    if not -1.0 <= value <= 1.0:  # also refuses nan
+        raise BadRequest("Parameter 'min_score' is a cosine similarity: between -1 and 1.")
+    return value
+
+
+def _like(request: Request, fields: Mapping[str, Any] | None) -> str | None:
+    raw = _param(request, fields, "like")
+    if raw is None:
+        return None
+    try:
+        return str(uuid.UUID(raw.strip()))
+    except ValueError:
+        raise BadRequest("Parameter 'like' must be a gallery image id (a UUID, the 'id' of a result).") from None
 
 
 def _bool(request: Request, form: Mapping[str, Any] | None, name: str, default: bool) -> bool:
@@ -140,21 +196,33 @@ async def _search_query(request: Request) -> SearchQuery:
         model = _param(request, fields, "embedding_model") or s.default_model
         include_attention = _bool(request, form, "include_patch_attention", False)
         max_results = _int(request, fields, "max_results", s.max_results, 1, s.max_results_limit)
+        sources, min_score, tags, like = (_sources(request, fields), _min_score(request, fields),
+                                          _tags(request, fields), _like(request, fields))
+        if "gallery" in sources and gw.gallery is None and (like or sources == {"gallery"}):
+            raise BadRequest("The gallery is off on this gateway (GATEWAY_GALLERY=off): search with sources=web.")
+        common = {"model": model, "max_results": max_results, "sources": sources, "min_score": min_score,
+                  "tags": tags}
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
         if form is not None and data is None:
             field = form.get("text")
             text = field if isinstance(field, str) else None
+        if like is not None:
+            if data is not None or text is not None:
+                raise BadRequest("Send one query: an image, a text or 'like' (a gallery image id), not several.")
+            await gw.catalog.require(model)
+            return SearchQuery(include_attention=False, like=like, **common)
         if data is None and text is None:
-            raise MissingField("Send the query image in the multipart field 'file' (or a 'text' field for text search).")
+            raise MissingField("Send the query image in the multipart field 'file' (or a 'text' field for text "
+                               "search, or 'like' with a gallery image id).")
         if data is not None:
             await gw.catalog.require(model)
             image = await prepare_in_thread(data, gw.image_limits, "uploaded image")
-            return SearchQuery(model=model, max_results=max_results, include_attention=include_attention, image=image)
+            return SearchQuery(include_attention=include_attention, image=image, **common)
         text = " ".join((text or "").split())
         if not text or len(text) > 300:
             raise BadRequest("The 'text' query must be 1 to 300 characters.")
         await gw.catalog.require(model, text=True)
-        return SearchQuery(model=model, max_results=max_results, include_attention=False, text=text)
+        return SearchQuery(include_attention=False, text=text, **common)
     finally:
         if form is not None:
             await form.close()
@@ -162,13 +230,17 @@ async def _search_query(request: Request) -> SearchQuery:
 
 def _body(request: Request, outcome: SearchOutcome) -> dict[str, Any]:
     """The reply body, with a signed thumbnail link for each result."""
+    return search_json.outcome(outcome, _thumbnail_link(request))
+
+
+def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:
     signer = _gateway(request).signer
 
     def thumbnail_link(candidate: Candidate) -> str:
         token = signer.sign(candidate.url, dict(candidate.headers))
         return str(request.url_for("thumbnail", token=token).path)
 
-    return search_json.outcome(outcome, thumbnail_link)
+    return thumbnail_link
 
 
 async def search(request: Request) -> Response:
@@ -181,6 +253,7 @@ async def search_stream(request: Request) -> Response:
     query = await _search_query(request)  # bad requests still get a plain 4xx, before streaming
     gw = _gateway(request)
     events: asyncio.Queue[SearchEvent] = asyncio.Queue(maxsize=1000)
+    thumbnail_link = _thumbnail_link(request)
 
     def emit(event: SearchEvent) -> None:
         # Progress is best effort: a slow reader loses intermediate events, never the final one.
@@ -194,11 +267,11 @@ async def search_stream(request: Request) -> Response:
                 getter = asyncio.ensure_future(events.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    yield _line(search_json.event(getter.result()))
+                    yield _line(search_json.event(getter.result(), thumbnail_link))
                     continue
                 getter.cancel()
                 while not events.empty():
-                    yield _line(search_json.event(events.get_nowait()))
+                    yield _line(search_json.event(events.get_nowait(), thumbnail_link))
                 try:
                     final = {"event": "final", **_body(request, task.result())}
                 except Exception as exc:  # the status line is sent; report the error in-band
@@ -320,9 +393,19 @@ async def ready(request: Request) -> Response:
     embed_ok, scraper_ok, model_ok = await asyncio.gather(
         gw.embed.check_health(), gw.scraper.check_health(), model_ready())
     checks = {"embed_server": embed_ok, "scraper": scraper_ok, f"model:{default}": model_ok}
-    if all(checks.values()):
-        return JSONResponse({"status": "ready", "checks": checks})
-    return JSONResponse({"status": "not_ready", "checks": checks}, status_code=503, headers={"Retry-After": "2"})
+    ready = all(checks.values())
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if gw.gallery is not None:
+        # Reported, but not required: without it searches still answer from the web
+        # (partial), and every replica shares the store, so failing readiness on it
+        # would take the whole site down instead of a part of each answer.
+        gallery_ok = await gw.gallery.check()
+        checks["gallery"] = gallery_ok
+        if not gallery_ok:
+            body["degraded"] = {"gallery": gw.gallery.link.error or "The gallery store does not answer."}
+    if ready:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
 
 async def metrics_text(request: Request) -> Response:

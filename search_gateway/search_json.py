@@ -10,11 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from search_gateway import attention
+from search_gateway.search.gallery_source import result_id
 from search_gateway.search.types import (
     Candidate,
     CandidatesFound,
     CaptionReady,
     Downloaded,
+    GalleryFound,
     RankedResult,
     RankedSoFar,
     SearchEvent,
@@ -26,7 +28,12 @@ from search_gateway.search.types import (
 ThumbnailLink = Callable[[Candidate], str]
 
 
-def event(e: SearchEvent) -> dict[str, Any]:
+def event(e: SearchEvent, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
+    if isinstance(e, GalleryFound):
+        out: dict[str, Any] = {"event": "gallery", "results": [result(r, thumbnail_link) for r in e.results]}
+        if e.error:
+            out["error"] = e.error
+        return out
     if isinstance(e, CaptionReady):
         return {"event": "caption", "caption": e.caption, "caption_source": e.source}
     if isinstance(e, CandidatesFound):
@@ -61,7 +68,12 @@ def result(r: RankedResult, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
     out: dict[str, Any] = {
         "url": c.url, "source_url": c.source_url, "platform": c.platform, "title": c.title, "engine": c.engine,
         "score": round(r.score, 6),
+        # "gallery": the store answered it; "web": this search found it. The id is the
+        # image's gallery point (for like=<id>), once the background writer has stored it.
+        "source": r.source, "id": result_id(r.sha256),
     }
+    if r.tags:
+        out["tags"] = dict(r.tags)  # machine tags (zero-shot), with their scores
     if r.attention is not None:
         out["patch_attention"] = attention.summarize(r.attention)
     out["thumbnail_url"] = thumbnail_link(c)
@@ -73,9 +85,10 @@ def stats(s: SearchStats) -> dict[str, Any]:
         "candidates_found": s.candidates_found, "from_cache": s.from_cache, "downloaded": s.downloaded,
         "embedded": s.embedded, "ranked": s.ranked, "duplicates": s.duplicates, "failed": s.failed,
         "failed_by_reason": dict(s.failed_by_reason),
+        "from_gallery": s.from_gallery, "gallery_known": s.gallery_known,
     }
     for name, error in (("scraper_error", s.scraper_error), ("embed_error", s.embed_error),
-                        ("attention_error", s.attention_error)):
+                        ("attention_error", s.attention_error), ("gallery_error", s.gallery_error)):
         if error:
             out[name] = error
     return out

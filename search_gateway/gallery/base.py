@@ -117,18 +117,20 @@ class GalleryHit:
 class GalleryFilter:
     """What a search or count is restricted to; empty fields do not restrict.
 
-    ``tags`` must ALL be present on a point; ``collections`` and ``content_hashes``
-    match ANY of the values given.
+    ``tags`` must ALL be present on a point; ``collections``, ``content_hashes`` and
+    ``urls`` match ANY of the values given.
     """
 
     collections: tuple[str, ...] = ()
     tenant: str | None = None
     tags: tuple[str, ...] = ()
     content_hashes: tuple[str, ...] = ()
+    # A point seen at any of these image URLs: the search asks it before downloading one.
+    urls: tuple[str, ...] = ()
 
     @property
     def is_empty(self) -> bool:
-        return not (self.collections or self.tenant is not None or self.tags or self.content_hashes)
+        return not (self.collections or self.tenant is not None or self.tags or self.content_hashes or self.urls)
 
 
 @runtime_checkable

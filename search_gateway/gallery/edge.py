@@ -116,6 +116,8 @@ def _edge_filter(spec: GalleryFilter | None) -> qe.Filter | None:
         must.append(qe.FieldCondition("tags", match=qe.MatchValue(tag)))
     if spec.content_hashes:
         must.append(qe.FieldCondition("content_hash", match=qe.MatchAny(list(spec.content_hashes))))
+    if spec.urls:
+        must.append(qe.FieldCondition("urls", match=qe.MatchAny(list(spec.urls))))
     return qe.Filter(must=must)
 
 

@@ -121,13 +121,17 @@ class Gallery:
         tags: Sequence[str] = (),
         min_score: float | None = None,
         tenant: str | None = None,
+        urls: Sequence[str] = (),
+        content_hashes: Sequence[str] = (),
     ) -> list[GalleryHit]:
-        """The most similar remembered images, best first."""
+        """The most similar remembered images, best first (restricted to ``urls`` or
+        ``content_hashes`` when given: "is this one known, and how close is it?")."""
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
         if min_score is not None and not -1.0 <= min_score <= 1.0:
             raise ValueError(f"min_score is a cosine similarity between -1 and 1, got {min_score}")
-        spec = GalleryFilter(collections=tuple(collections), tenant=tenant, tags=tuple(tags))
+        spec = GalleryFilter(collections=tuple(collections), tenant=tenant, tags=tuple(tags),
+                             content_hashes=tuple(content_hashes), urls=tuple(urls))
         return await self.store.search(
             space, _unit_vector(vector, space), limit=limit, filter=spec, min_score=min_score
         )
@@ -146,5 +150,9 @@ class Gallery:
         return await self.store.count(space, GalleryFilter(tuple(collections), tenant, tuple(tags)))
 
     async def get(self, space: VectorSpace, content_hash: str, collection: str = "web") -> GalleryPoint | None:
-        found = await self.store.retrieve(space, [point_id(collection, content_hash)])
+        return await self.by_id(space, point_id(collection, content_hash))
+
+    async def by_id(self, space: VectorSpace, id: str) -> GalleryPoint | None:
+        """The point with this id (and its vector), or None; ``id`` must be a UUID."""
+        found = await self.store.retrieve(space, [id])
         return found[0] if found else None

@@ -50,6 +50,8 @@ def _qdrant_filter(spec: GalleryFilter | None) -> qm.Filter | None:
         must.append(qm.FieldCondition(key="tags", match=qm.MatchValue(value=tag)))
     if spec.content_hashes:
         must.append(qm.FieldCondition(key="content_hash", match=qm.MatchAny(any=list(spec.content_hashes))))
+    if spec.urls:
+        must.append(qm.FieldCondition(key="urls", match=qm.MatchAny(any=list(spec.urls))))
     return qm.Filter(must=must)
 
 
@@ -63,6 +65,8 @@ class QdrantGalleryStore:
         self._prefix = prefix
         # Search-time HNSW beam width; public so a benchmark can sweep it.
         self.hnsw_ef = hnsw_ef
+        # Brute force instead of the HNSW index (GATEWAY_GALLERY_EXACT).
+        self.exact = False
         self._known: set[str] = set()
 
     @classmethod
@@ -186,7 +190,8 @@ class QdrantGalleryStore:
     ) -> list[GalleryHit]:
         if not await self._exists(space):
             return []
-        params = qm.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef and not self._local else None
+        params = (qm.SearchParams(hnsw_ef=self.hnsw_ef, exact=self.exact)
+                  if (self.hnsw_ef or self.exact) and not self._local else None)
         answer = await self._guard(
             self._client.query_points(
                 self._collection(space),

@@ -37,6 +37,8 @@ PAYLOAD_INDEXES: tuple[KeywordIndex, ...] = (
     KeywordIndex("tenant", is_tenant=True),
     KeywordIndex("tags", enable_hnsw=False),
     KeywordIndex("content_hash", enable_hnsw=False),
+    # Asked for every web candidate before it is downloaded (is this URL known?).
+    KeywordIndex("urls", enable_hnsw=False),
 )
 
 

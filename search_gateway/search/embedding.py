@@ -20,6 +20,7 @@ from search_gateway.backends import BackendRejected, EmbedClient
 from search_gateway.cache import EmbeddingCache
 from search_gateway.errors import BackendUnavailable
 from search_gateway.metrics import Metrics
+from search_gateway.replies import Provenance
 from search_gateway.search.budget import Deadline
 from search_gateway.search.tally import Stopwatch
 from search_gateway.search.types import EmbeddedImage, FetchedImage
@@ -38,6 +39,8 @@ class BatchLimits:
 @dataclass(frozen=True)
 class Embedded:
     images: tuple[EmbeddedImage, ...]
+    # Who computed them: the gallery keeps them in that model's and weights' space.
+    provenance: Provenance | None = None
 
 
 @dataclass(frozen=True)
@@ -145,5 +148,6 @@ class EmbedBatches:
         for fetched, vector in zip(batch, reply.vectors, strict=True):
             vector = unit(vector)
             self._cache.put(model, fetched.sha256, vector, fetched.candidate.url, reply.provenance)
-            embedded.append(EmbeddedImage(fetched.candidate, fetched.sha256, vector, fetched.image.embed_bytes))
-        await report(Embedded(tuple(embedded)))
+            embedded.append(EmbeddedImage(fetched.candidate, fetched.sha256, vector, fetched.image.embed_bytes,
+                                          size=(fetched.image.width, fetched.image.height)))
+        await report(Embedded(tuple(embedded), reply.provenance))

@@ -1,5 +1,12 @@
-"""The streaming search: caption -> candidates -> downloads -> embedding in batches -> ranking
--> patch attention.
+"""The streaming search: gallery -> caption -> candidates -> downloads -> embedding in
+batches -> ranking -> patch attention.
+
+With ``gallery`` among the sources, the query's vector goes to the gallery first and
+its best results are ranked (and streamed) before any web work is reported; every
+web candidate the gallery already knows is neither downloaded nor embedded, and every
+image embedded here is handed to the gallery's background writer. A gallery that
+cannot answer makes the search ``partial`` with the reason, never a failure, unless
+the gallery was the only source asked.
 
 No stage waits for the previous one to finish: a download starts as soon as its
 candidate arrives, an ``Embed`` batch leaves as soon as an embed slot is free and
@@ -12,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,12 +28,16 @@ import numpy as np
 from search_gateway.backends import EmbedClient, ScraperClient
 from search_gateway.cache import EmbeddingCache
 from search_gateway.caption import CaptionChain
-from search_gateway.errors import BackendUnavailable
+from search_gateway.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, compose_query
+from search_gateway.errors import BackendUnavailable, NotFound
+from search_gateway.gallery.base import GalleryError, VectorSpace
 from search_gateway.metrics import Metrics
+from search_gateway.replies import Provenance
 from search_gateway.search.budget import Deadline
 from search_gateway.search.candidates import unique_candidates
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import EmbedBatches, Embedded, EmbedResult
+from search_gateway.search.gallery_source import GallerySource, result_id, space_of
 from search_gateway.search.patch_attention import attach_attention
 from search_gateway.search.query_vectors import QueryVectors
 from search_gateway.search.ranking import Ranking
@@ -38,6 +49,7 @@ from search_gateway.search.types import (
     Downloaded,
     EmbeddedImage,
     FetchedImage,
+    GalleryFound,
     RankedResult,
     RankedSoFar,
     SearchEvent,
@@ -70,6 +82,8 @@ class SearchPipeline:
     batches: EmbedBatches
     cache: EmbeddingCache
     metrics: Metrics
+    # None when GATEWAY_GALLERY=off.
+    gallery: GallerySource | None = None
 
     async def run(self, query: SearchQuery, emit: Emit | None = None) -> SearchOutcome:
         self.metrics.in_flight.inc()
@@ -99,14 +113,52 @@ class _Search:
         self.to_embed: asyncio.Queue[FetchedImage | None] = asyncio.Queue()
         self.query_vectors = QueryVectors(pipeline.embed, pipeline.cache, self.deadline)
         self.partial = False
+        # The gallery space of the query's vector, once known; None when it has none.
+        self.space: VectorSpace | None = None
+        self.gallery_down = pipeline.gallery is None
+        self.liked_tags: dict[str, float] = {}
 
     async def run(self) -> SearchOutcome:
         query = self.query
-        query_vector, (caption, source) = await self._caption()
-        self.emit(CaptionReady(caption, source))
+        use_web = "web" in query.sources
+        query_vector = await self._query_vector()
+        # The caption starts now (it may wait for the query's vector too) but is reported
+        # after the gallery's answer: the gallery event comes before any web event.
+        captioning = asyncio.ensure_future(self._caption()) if use_web else None
+        try:
+            if "gallery" in query.sources:
+                await self._from_gallery(query_vector)
+            if captioning is None:
+                caption, source = "", "none"
+            else:
+                caption, source = await captioning
+                self.emit(CaptionReady(caption, source))
+        finally:
+            if captioning is not None and not captioning.done():
+                captioning.cancel()
         with_attention = bool(query.include_attention and query.image is not None)
         # Keep time for CrossAttention at the end when it was asked for.
         reserve = min(3.0, self.limits.budget_s * 0.25) if with_attention else 0.0
+        if use_web:
+            await self._web(caption, query_vector, reserve)
+        else:
+            self.query_vectors.cancel()
+
+        tally = self.tally
+        if not len(self.ranking) and tally.embed_error and tally.embedded == 0 and tally.from_cache == 0:
+            raise BackendUnavailable(tally.embed_error, backend="embed server")
+        results = self.ranking.best(query.max_results, query.min_score)
+        if with_attention and results:
+            results = await self._attention(results)
+        return SearchOutcome(
+            caption=caption, caption_source=source, results=tuple(results), model=query.model,
+            patch_attention=with_attention, partial=self.partial,
+            stats=tally.stats(ranked=len(self.ranking), duplicates=self.ranking.duplicates),
+            timings_ms=self.stopwatch.finish(self.deadline.elapsed()),
+            provenance=self.query_vectors.provenance(query.model),
+        )
+
+    async def _web(self, caption: str, query_vector: asyncio.Future[np.ndarray], reserve: float) -> None:
         collect = asyncio.ensure_future(self._collect(caption, query_vector))
         try:
             async with asyncio.timeout(max(0.0, self.deadline.remaining() - reserve)):
@@ -123,29 +175,42 @@ class _Search:
             await asyncio.gather(collect, return_exceptions=True)
             self.query_vectors.cancel()
 
-        tally = self.tally
-        if not len(self.ranking) and tally.embed_error and tally.embedded == 0 and tally.from_cache == 0:
-            raise BackendUnavailable(tally.embed_error, backend="embed server")
-        results = self.ranking.best(query.max_results)
-        if with_attention and results:
-            results = await self._attention(results)
-        return SearchOutcome(
-            caption=caption, caption_source=source, results=tuple(results), model=query.model,
-            patch_attention=with_attention, partial=self.partial,
-            stats=tally.stats(ranked=len(self.ranking), duplicates=self.ranking.duplicates),
-            timings_ms=self.stopwatch.finish(self.deadline.elapsed()),
-            provenance=self.query_vectors.provenance(query.model),
-        )
-
     # --- the query's vector and caption
-    async def _caption(self) -> tuple[asyncio.Future[np.ndarray], tuple[str, str]]:
-        query, start = self.query, time.monotonic()
+    async def _query_vector(self) -> asyncio.Future[np.ndarray]:
+        query = self.query
+        if query.like is not None:
+            return await self._liked(query.like)
         if query.text is not None:
-            query_vector = self.query_vectors.of_text(query.model, query.text)
+            return self.query_vectors.of_text(query.model, query.text)
+        assert query.image is not None
+        return self.query_vectors.of_image(query.model, query.image)
+
+    async def _liked(self, id: str) -> asyncio.Future[np.ndarray]:
+        """The stored vector of gallery point ``id``: nothing downloaded, nothing embedded."""
+        gallery = self.pipeline.gallery
+        if gallery is None:
+            raise NotFound("The gallery is off on this gateway (GATEWAY_GALLERY=off), so 'like' finds nothing.")
+        try:
+            found = await gallery.like(self.query.model, id)
+        except GalleryError as exc:
+            raise BackendUnavailable(str(exc), backend="gallery") from exc
+        if found is None:
+            raise NotFound(f"No gallery image {id!r} for model {self.query.model!r} with the weights it serves now.")
+        space, point = found
+        self.space = space
+        self.liked_tags = dict(point.tags)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future.set_result(np.asarray(point.vector, dtype=np.float32))
+        return future
+
+    async def _caption(self) -> tuple[str, str]:
+        query, start = self.query, time.monotonic()
+        if query.like is not None:
+            caption = (_caption_from_tags(self.liked_tags), "tags")
+        elif query.text is not None:
             caption = (query.text, "text")
         else:
             assert query.image is not None
-            query_vector = self.query_vectors.of_image(query.model, query.image)
             captions = self.pipeline.captions
             wanted = captions.vector_model
             caption = await captions.caption(
@@ -155,7 +220,45 @@ class _Search:
             if wanted and wanted != query.model:
                 self.query_vectors.cancel(wanted)  # the captioner's alone: not needed any more
         self.stopwatch.mark("caption", start)
-        return query_vector, caption
+        return caption
+
+    # --- the gallery
+    async def _query_space(self, query_vector: asyncio.Future[np.ndarray]) -> VectorSpace | None:
+        """The space of the query's vector (from its embed reply's provenance)."""
+        vector = await query_vector
+        if self.space is None:
+            self.space = space_of(self.query.model, self.query_vectors.provenance(self.query.model), vector.shape[0])
+        return self.space
+
+    async def _from_gallery(self, query_vector: asyncio.Future[np.ndarray]) -> None:
+        gallery, query, start = self.pipeline.gallery, self.query, time.monotonic()
+        if gallery is None:
+            return
+        space = await self._query_space(query_vector)
+        found: list[RankedResult] = []
+        error = None
+        if space is not None:
+            try:
+                found = await gallery.find(space, await query_vector, limit=query.max_results, tags=query.tags,
+                                           min_score=query.min_score)
+            except GalleryError as exc:
+                error = str(exc)
+                self._gallery_failed(error)
+        if query.like is not None:
+            found = [r for r in found if result_id(r.sha256) != query.like]  # not "like itself"
+        for result in found:
+            self.ranking.add_ranked(result)
+        self.tally.from_gallery = len(found)
+        self.stopwatch.mark("gallery", start)
+        self.emit(GalleryFound(tuple(found), error))
+        if error is not None and "web" not in query.sources:
+            raise BackendUnavailable(error, backend="gallery")
+
+    def _gallery_failed(self, error: str) -> None:
+        # Asked no more in this search: one sentence in the reply, not a hundred failing calls.
+        self.gallery_down = True
+        self.tally.gallery_error = error
+        self.partial = True
 
     # --- candidates, downloads, embedding, ranking
     async def _collect(self, caption: str, query_vector: asyncio.Future[np.ndarray]) -> None:
@@ -198,6 +301,8 @@ class _Search:
             self.tally.from_cache += 1
             self.ranking.add(EmbeddedImage(candidate, sha256, cached.vector, None), await query_vector)
             return
+        if await self._known_to_gallery(candidate, query_vector):
+            return
         known = self.pipeline.downloads.known_failure(candidate.url)
         if known is not None:  # failed recently: counted as failed again, not fetched again
             self.tally.skip(known)
@@ -215,10 +320,32 @@ class _Search:
         if same_picture is not None:  # seen before at another URL
             cache.remember_url(model, candidate.url, fetched.sha256)
             self.tally.from_cache += 1
-            self.ranking.add(EmbeddedImage(candidate, fetched.sha256, same_picture.vector, fetched.image.embed_bytes),
-                             await query_vector)
+            embedded = EmbeddedImage(candidate, fetched.sha256, same_picture.vector, fetched.image.embed_bytes,
+                                     size=(fetched.image.width, fetched.image.height))
+            self.ranking.add(embedded, await query_vector)
+            self._remember(same_picture.provenance, (embedded,))  # a new URL of it, at least
             return
         await self.to_embed.put(fetched)
+
+    async def _known_to_gallery(self, candidate: Candidate, query_vector: asyncio.Future[np.ndarray]) -> bool:
+        """Ranked from the gallery (scored by its store) when it already knows this URL."""
+        gallery = self.pipeline.gallery
+        if gallery is None or self.gallery_down:
+            return False
+        space = await self._query_space(query_vector)
+        if space is None:
+            return False
+        try:
+            known = await gallery.known_url(space, await query_vector, candidate.url)
+        except GalleryError as exc:
+            self._gallery_failed(str(exc))
+            return False
+        if known is None:
+            return False
+        self.tally.gallery_known += 1
+        # The candidate as this search found it (its page and headers), the score from the store.
+        self.ranking.add_ranked(replace(known, candidate=candidate))
+        return True
 
     async def _rank_embedded(self, result: EmbedResult, query_vector: asyncio.Future[np.ndarray]) -> None:
         if not isinstance(result, Embedded):
@@ -232,6 +359,15 @@ class _Search:
         for embedded in result.images:
             self.tally.embedded += 1
             self.ranking.add(embedded, vector)
+        self._remember(result.provenance, result.images)
+
+    def _remember(self, provenance: Provenance | None, images: Sequence[EmbeddedImage]) -> None:
+        """Hand web images to the gallery's background writer, in the space of who embedded them."""
+        gallery = self.pipeline.gallery
+        if gallery is not None and images:
+            space = space_of(self.query.model, provenance, images[0].vector.shape[0])
+            if space is not None:
+                gallery.remember(space, images)
         self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self.ranking.best(5))))
 
     # --- patch attention
@@ -247,3 +383,12 @@ class _Search:
             self.partial = True
         self.stopwatch.mark("attention", start)
         return [*top, *rest]
+
+
+def _caption_from_tags(tags: dict[str, float]) -> str:
+    """A web query for "more like this" from the stored image's machine tags."""
+    style = max((t for t in tags if t in STYLES), key=lambda t: tags[t], default=None)
+    subject = max((t for t in tags if t in SUBJECTS), key=lambda t: tags[t], default=None)
+    if style and subject:
+        return compose_query(style, subject)
+    return f"{style or subject} tattoo" if (style or subject) else FALLBACK_CAPTION

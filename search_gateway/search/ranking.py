@@ -34,8 +34,18 @@ class Ranking:
                 worst = min(self._kept, key=lambda sha: self._by_sha[sha].score)
                 del self._kept[worst]
 
-    def best(self, n: int) -> list[RankedResult]:
-        return sorted(self._by_sha.values(), key=lambda r: -r.score)[:n]
+    def add_ranked(self, result: RankedResult) -> None:
+        """A result scored elsewhere (by the gallery's store): the first one of a picture wins."""
+        if result.sha256 in self._by_sha:
+            self.duplicates += 1
+            return
+        self._by_sha[result.sha256] = result
+
+    def best(self, n: int, min_score: float | None = None) -> list[RankedResult]:
+        ranked = sorted(self._by_sha.values(), key=lambda r: -r.score)
+        if min_score is not None:
+            ranked = [r for r in ranked if r.score >= min_score]
+        return ranked[:n]
 
     def kept_bytes(self, sha256: str) -> bytes | None:
         return self._kept.get(sha256)

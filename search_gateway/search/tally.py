@@ -23,6 +23,9 @@ class Tally:
         self.scraper_error: str | None = None
         self.embed_error: str | None = None
         self.attention_error: str | None = None
+        self.from_gallery = 0
+        self.gallery_known = 0
+        self.gallery_error: str | None = None
 
     @property
     def failed(self) -> int:
@@ -42,6 +45,7 @@ class Tally:
             embedded=self.embedded, ranked=ranked, duplicates=duplicates,
             failed_by_reason=MappingProxyType(dict(self.failed_by_reason)),
             scraper_error=self.scraper_error, embed_error=self.embed_error, attention_error=self.attention_error,
+            from_gallery=self.from_gallery, gallery_known=self.gallery_known, gallery_error=self.gallery_error,
         )
 
 

@@ -19,15 +19,26 @@ from search_gateway.images import PreparedImage
 from search_gateway.replies import PatchMatches, Provenance
 
 
+SOURCES: tuple[str, ...] = ("gallery", "web")
+
+
 @dataclass(frozen=True)
 class SearchQuery:
-    """What was asked: an image (searched by its caption and ranked by its vector) or a text."""
+    """What was asked: an image (searched by its caption and ranked by its vector), a
+    text, or a gallery point (``like``: its stored vector, nothing downloaded or embedded)."""
 
     model: str
     max_results: int
     include_attention: bool
     image: PreparedImage | None = None
     text: str | None = None
+    like: str | None = None
+    # Where results come from: the gallery (what the product already knows), the web, or both.
+    sources: frozenset[str] = frozenset(SOURCES)
+    # Results scored below this cosine are left out (gallery: in the store query).
+    min_score: float | None = None
+    # Gallery results must carry every one of these machine tags (applied in the store query).
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,8 @@ class EmbeddedImage:
     sha256: str
     vector: np.ndarray
     embed_bytes: bytes | None
+    # (width, height) of the downloaded image, kept in the gallery; None when not downloaded.
+    size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,10 @@ class RankedResult:
     sha256: str
     score: float
     attention: PatchMatches | None = None
+    # "gallery" when the store answered it (no download), "web" when this search found it.
+    source: str = "web"
+    # Machine style/subject tags with their scores (gallery results only).
+    tags: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,11 @@ class SearchStats:
     scraper_error: str | None = None
     embed_error: str | None = None
     attention_error: str | None = None
+    # Results the gallery gave at once, web candidates it already knew (not downloaded),
+    # and why it could not answer (the search then ran on the web alone).
+    from_gallery: int = 0
+    gallery_known: int = 0
+    gallery_error: str | None = None
 
     @property
     def failed(self) -> int:
@@ -137,4 +159,12 @@ class RankedSoFar:
     best: tuple[tuple[str, float], ...]  # (url, score) of the best few so far
 
 
-SearchEvent = CaptionReady | CandidatesFound | Downloaded | RankedSoFar
+@dataclass(frozen=True)
+class GalleryFound:
+    """What the gallery answered, before any web work (``error`` when it could not)."""
+
+    results: tuple[RankedResult, ...]
+    error: str | None = None
+
+
+SearchEvent = GalleryFound | CaptionReady | CandidatesFound | Downloaded | RankedSoFar

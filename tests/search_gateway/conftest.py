@@ -98,6 +98,9 @@ def gateway_settings(embed_target: str, scraper_target: str, site: Site | None, 
         embed_timeout_s=5.0,
         scraper_timeout_s=5.0,
         reconnect_backoff_max_ms=300,
+        # Off unless a test gives it a folder of its own (test_gateway_gallery.py): the
+        # default var/gallery is shared by everyone's runs and may be opened by one process only.
+        gallery="off",
     )
     return base.replace(**overrides)
 
