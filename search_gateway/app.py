@@ -82,7 +82,8 @@ def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
 async def _open(settings: GatewaySettings, metrics: Metrics,
                 failure_timer: Callable[[], float] = time.monotonic) -> AsyncIterator[Gateway]:
     channel_options = {"retries": settings.rpc_retries, "reconnect_backoff_max_ms": settings.reconnect_backoff_max_ms}
-    embed = EmbedClient(embed_channel(settings.embed_target, security=settings.embed_security, **channel_options),
+    embed = EmbedClient(embed_channel(settings.embed_target, ready_model=settings.default_model,
+                                      security=settings.embed_security, **channel_options),
                         timeout_s=settings.embed_timeout_s)
     scraper = ScraperClient(scraper_channel(settings.scraper_target, security=settings.scraper_security,
                                             **channel_options), timeout_s=settings.scraper_timeout_s)

@@ -42,16 +42,27 @@ class BackendRejected(BadRequest):
     code = "rejected_by_backend"
 
 
-def embed_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int,
+def embed_health_name(model: str) -> str:
+    """The health name under which an embed server reports one model
+    (``embed_server.server.model_health_name``; not imported: it would import torch)."""
+    return f"{EMBED_SERVICE}/{model}"
+
+
+def embed_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int, ready_model: str | None = None,
                   security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
+    """With ``ready_model`` (the gateway's default model), calls go only to replicas
+    where that model is SERVING: not one that is stopping, nor one restarted whose
+    model is still loading. Without, to replicas SERVING as a whole."""
+    health = EMBED_SERVICE if ready_model is None else embed_health_name(ready_model)
     return open_channel(target, services=[EMBED_SERVICE], retries=retries,
-                        reconnect_backoff_max_ms=reconnect_backoff_max_ms, security=security)
+                        reconnect_backoff_max_ms=reconnect_backoff_max_ms, health_service=health, security=security)
 
 
 def scraper_channel(target: str, *, retries: int, reconnect_backoff_max_ms: int,
                     security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
     return open_channel(target, services=[SCRAPER_SERVICE], retries=retries,
-                        reconnect_backoff_max_ms=reconnect_backoff_max_ms, security=security)
+                        reconnect_backoff_max_ms=reconnect_backoff_max_ms, health_service=SCRAPER_SERVICE,
+                        security=security)
 
 
 def _translate(exc: grpc.aio.AioRpcError, backend: str) -> Exception:

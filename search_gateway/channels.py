@@ -14,6 +14,16 @@ hand-written around each call:
   candidates already received are still used). A6 calls this "committed".
 - Which codes are retried: see ``RETRYABLE_CODES``.
 
+Client-side health checking (gRFC A17, ``healthCheckConfig``): the channel watches
+each replica's ``grpc.health.v1`` status and the balancer picks only replicas that
+say SERVING. A replica stopping on SIGTERM turns NOT_SERVING at once and gets no new
+calls from then on (rather than refusing them, which costs a retry); a restarted one
+gets calls once it says SERVING, i.e. once its models are warm, not as soon as it
+listens (a call there would wait for the load). A server without the health service
+counts as healthy. The names watched are the ones the services report: the embed
+server's per-model name for the gateway's default model (``backends.embed_channel``),
+the scraper's service name.
+
 Retry throttling (A6's ``retryThrottling`` token bucket) is left out on purpose: it
 is one bucket per channel, so losing one replica with a few batches in flight would
 spend it and turn the next retries, the ones that would reach the healthy replica,
@@ -62,12 +72,15 @@ def max_attempts(retries: int) -> int:
     return min(1 + max(0, retries), MAX_ATTEMPTS_CAP)
 
 
-def service_config(services: Sequence[str], *, retries: int) -> str:
+def service_config(services: Sequence[str], *, retries: int, health_service: str | None = None) -> str:
     """The JSON for the ``grpc.service_config`` channel option: a retry policy for
     every method of ``services`` (full names, e.g. ``tattoo_search.v1.EmbedService``).
     The standard health service is not named: a readiness probe wants the answer
-    now, not after back-offs."""
+    now, not after back-offs. With ``health_service``, a replica is picked only while
+    its health status under that name is SERVING."""
     config: dict[str, object] = {}
+    if health_service is not None:
+        config["healthCheckConfig"] = {"serviceName": health_service}
     attempts = max_attempts(retries)
     if attempts >= 2:  # a policy of one attempt is invalid; no policy means no retries
         config["methodConfig"] = [{
@@ -83,13 +96,14 @@ def service_config(services: Sequence[str], *, retries: int) -> str:
     return json.dumps(config)
 
 
-def open_channel(target: str, *, services: Sequence[str], retries: int,
-                 reconnect_backoff_max_ms: int, security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
-    """One channel per backend for the gateway's lifetime, balanced round robin, with
-    the retry policy above for ``services``, TLS and a token as ``security`` says."""
+def open_channel(target: str, *, services: Sequence[str], retries: int, reconnect_backoff_max_ms: int,
+                 health_service: str | None = None, security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
+    """One channel per backend for the gateway's lifetime, balanced round robin over the
+    replicas that are SERVING under ``health_service``, with the retry policy above for
+    ``services``, TLS and a token as ``security`` says."""
     options: list[tuple[str, str | int]] = [
         ("grpc.lb_policy_name", "round_robin"),
-        ("grpc.service_config", service_config(services, retries=retries)),
+        ("grpc.service_config", service_config(services, retries=retries, health_service=health_service)),
         # Ours, not one a DNS TXT record could substitute.
         ("grpc.service_config_disable_resolution", 1),
         ("grpc.enable_retries", 1),
