@@ -8,7 +8,10 @@ tests/search_gateway/test_gateway_openapi_fuzz.py holds the server to it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from search_gateway.caption import STYLES, SUBJECTS
 
 from search_gateway.config import GatewaySettings
 from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
@@ -44,6 +47,8 @@ def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
             "description": "A text query, for a model with a text tower (supports_text in GET /models); "
                            "at most 300 characters."}
     return {
+        # Required but for like=<id>, which the description cannot say; a like search
+        # without a body is answered too (a body sent with it is not used).
         "required": True,
         "content": {
             "multipart/form-data": {"schema": {
@@ -68,11 +73,36 @@ def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
     }
 
 
-def _search_params(models: list[str], default: str, max_results: int) -> list[dict[str, Any]]:
+# Empty, or 1 to 8 vocabulary tags separated by commas (routes.py checks the same).
+_TAG = "(" + "|".join(re.escape(t) for t in (*STYLES, *SUBJECTS)) + ")"
+_TAGS_PATTERN = f"^$|^{_TAG}(,{_TAG}){{0,7}}$"
+
+
+def _search_params(models: list[str], default: str, max_results: int, gallery: bool) -> list[dict[str, Any]]:
+    params = _all_search_params(models, default, max_results)
+    if not gallery:  # GATEWAY_GALLERY=off: web only, no gallery ids to name
+        params = [p for p in params if p["name"] != "like"]
+        sources = next(p for p in params if p["name"] == "sources")
+        sources["schema"] = {"type": "string", "enum": ["web"], "default": "web"}
+    return params
+
+
+def _all_search_params(models: list[str], default: str, max_results: int) -> list[dict[str, Any]]:
     return [
         _model_param(models, default),
         {"name": "include_patch_attention", "in": "query", "schema": {"type": "boolean", "default": False}},
         {"name": "max_results", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": max_results}},
+        {"name": "sources", "in": "query", "schema": {"type": "string", "enum": ["gallery,web", "gallery", "web", "web,gallery"],
+                                                      "default": "gallery,web"},
+         "description": "Where results come from: the gallery (at once, no web traffic), the web, or both."},
+        {"name": "min_score", "in": "query", "schema": {"type": "number", "minimum": -1, "maximum": 1},
+         "description": "Leave out results scored below this cosine similarity."},
+        {"name": "tags", "in": "query", "schema": {"type": "string", "pattern": _TAGS_PATTERN},
+         "description": "Comma-separated machine tags (styles and subjects, at most 8); gallery results must "
+                        "carry all of them."},
+        {"name": "like", "in": "query", "schema": {"type": "string", "format": "uuid"},
+         "description": "Instead of an image or text (which are then not used): the id of a result, to search "
+                        "by its stored vector."},
     ]
 
 
@@ -85,6 +115,10 @@ _SCHEMAS: dict[str, Any] = {
         "url": {"type": "string"}, "source_url": {"type": "string"}, "platform": {"type": "string"},
         "title": {"type": "string"}, "engine": {"type": "string"}, "score": {"type": "number"},
         "thumbnail_url": {"type": "string"},
+        "source": {"type": "string", "enum": ["gallery", "web"]},
+        "id": {"type": "string", "format": "uuid", "description": "The image's gallery id, for like=<id>."},
+        "tags": {"type": "object", "additionalProperties": {"type": "number"},
+                 "description": "Machine (zero-shot) style and subject tags with their scores."},
         "patch_attention": {"type": "object", "properties": {
             "overall_similarity": {"type": "number"}, "query_grid_size": {"type": "integer"},
             "candidate_grid_size": {"type": "integer"}, "attention_summary": {"type": "object"}}},
@@ -112,7 +146,9 @@ _SCHEMAS: dict[str, Any] = {
         "default_model": {"type": "string"}}},
     "Readiness": {"type": "object", "required": ["status", "checks"], "properties": {
         "status": {"type": "string", "enum": ["ready", "not_ready"]},
-        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}}}},
+        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "degraded": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": "Parts not answering that searches do without (the gallery)."}}},
 }
 
 
@@ -123,17 +159,17 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
     served = list(models) if models else [s.default_model]
     limit = s.max_results_limit
     search_responses = {"200": {"description": "Ranked results", "content": {_JSON: {
-        "schema": {"$ref": "#/components/schemas/SearchResponse"}}}}, **_errors(*_BODY, *_ACCESS, *_IMAGE, 503)}
+        "schema": {"$ref": "#/components/schemas/SearchResponse"}}}}, **_errors(*_BODY, *_ACCESS, 404, *_IMAGE, 503)}
     paths: dict[str, Any] = {
         "/search": {"post": {
             "summary": "Search by image (or text); JSON answer when the search ends or its time budget does.",
-            "parameters": _search_params(served, s.default_model, limit),
+            "parameters": _search_params(served, s.default_model, limit, s.gallery == "on"),
             "requestBody": _search_body(served, limit),
             "responses": search_responses,
         }},
         "/search/stream": {"post": {
             "summary": "The same search as NDJSON progress events: caption, candidates, downloaded, ranked, final.",
-            "parameters": _search_params(served, s.default_model, limit),
+            "parameters": _search_params(served, s.default_model, limit, s.gallery == "on"),
             "requestBody": _search_body(served, limit),
             "responses": {**search_responses, "200": {
                 "description": "One JSON object a line; the last has event=final or event=error.",

@@ -77,6 +77,9 @@ def _json_fields(raw: bytes) -> dict[str, str]:
     fields = {name: _json_string(payload[name], name) for name in ("text", "embedding_model") if name in payload}
     if "max_results" in payload:
         value = payload["max_results"]
+        # 33.0 is an integer to JSON Schema (and to a JavaScript client): accepted as 33.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise BadRequest(f"The field 'max_results' must be an integer, not {_json_type(value)}.")
         fields["max_results"] = str(value)  # the range is checked with the query parameter's
@@ -207,8 +210,8 @@ async def _search_query(request: Request) -> SearchQuery:
             field = form.get("text")
             text = field if isinstance(field, str) else None
         if like is not None:
-            if data is not None or text is not None:
-                raise BadRequest("Send one query: an image, a text or 'like' (a gallery image id), not several.")
+            # 'like' is the query when given; an image or text sent along is not used
+            # (documented: a client switching to "more like this" may keep its form).
             await gw.catalog.require(model)
             return SearchQuery(include_attention=False, like=like, **common)
         if data is None and text is None:
