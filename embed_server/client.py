@@ -4,18 +4,28 @@
     python -m embed_server.client embed --model clip photo.jpg other.png
     python -m embed_server.client text --model clip "a geometric wolf tattoo"
     python -m embed_server.client attention --model dinov2 query.jpg candidate.jpg
+
+Against a server with TLS: --tls-ca (and --tls-cert/--tls-key for mutual TLS); its
+bearer token is read from EMBED_AUTH_TOKEN, never from the command line (which `ps` shows).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import grpc
 import numpy as np
+from pydantic import SecretStr
 
+from service_common.grpc_security import (
+    ClientSecurity,
+    SecurityConfigError,
+    sync_channel,
+)
 from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 
@@ -23,6 +33,10 @@ from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="127.0.0.1:50051", help="server address (default %(default)s)")
+    parser.add_argument("--tls-ca", type=Path, help="CA of the server's certificate: TLS (default: plaintext)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS (with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, help="its private key")
+    parser.add_argument("--tls-server-name", default="", help="name to verify in the server's certificate")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("models", help="list the served models")
     for name in ("embed", "text", "attention"):
@@ -30,8 +44,21 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--model", default="clip")
         sub.add_argument("inputs", nargs="+")
     args = parser.parse_args(argv)
+    token = os.environ.get("EMBED_AUTH_TOKEN", "").strip()
+    try:
+        security = ClientSecurity(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key,
+                                  server_name=args.tls_server_name, token=SecretStr(token) if token else None,
+                                  token_variable="EMBED_AUTH_TOKEN")
+        channel = sync_channel(args.target, security)
+    except SecurityConfigError as exc:
+        # The shared sentences name the gateway's variables; here they are flags.
+        message = str(exc)
+        for variable, flag in (("GRPC_TLS_CA_FILE", "--tls-ca"), ("GRPC_TLS_CERT_FILE", "--tls-cert"),
+                               ("GRPC_TLS_KEY_FILE", "--tls-key"), ("GRPC_TLS_SERVER_NAME", "--tls-server-name")):
+            message = message.replace(variable, flag)
+        parser.error(message)
 
-    with grpc.insecure_channel(args.target) as channel:
+    with channel:
         stub = embed_pb2_grpc.EmbedServiceStub(channel)
         try:
             print(json.dumps(_run(stub, args), indent=2))

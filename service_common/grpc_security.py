@@ -397,20 +397,3 @@ def sync_channel(target: str, security: ClientSecurity = PLAINTEXT, options: Cha
         return grpc.insecure_channel(target, options=all_options)
     return grpc.secure_channel(target, credentials, options=all_options)
 
-
-def client_security_from_env(prefix: str, token_variable: str, environ: dict[str, str] | None = None) -> ClientSecurity:
-    """For command-line clients and benchmarks: `<prefix>GRPC_TLS_CA_FILE`,
-    `<prefix>GRPC_TLS_CERT_FILE`, `<prefix>GRPC_TLS_KEY_FILE`, `<prefix>GRPC_TLS_SERVER_NAME`
-    and the token from `token_variable`, all optional (plaintext when none is set)."""
-    env = os.environ if environ is None else environ
-
-    def path(name: str) -> Path | None:
-        value = env.get(f"{prefix}{name}", "").strip()
-        return Path(value) if value else None
-
-    token = env.get(token_variable, "").strip()
-    return ClientSecurity(
-        ca_file=path("GRPC_TLS_CA_FILE"), cert_file=path("GRPC_TLS_CERT_FILE"), key_file=path("GRPC_TLS_KEY_FILE"),
-        server_name=env.get(f"{prefix}GRPC_TLS_SERVER_NAME", "").strip(), token=SecretStr(token) if token else None,
-        env_prefix=prefix, token_variable=token_variable,
-    )

@@ -33,8 +33,9 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2
 
-from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 from embed_server.server import model_health_name
+from service_common.grpc_server import GrpcServer
+from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 from tests.search_gateway.conftest import gateway_settings, image_form
 from tests.search_gateway.gateway_support import (
     Hits,
@@ -274,7 +275,7 @@ async def test_a_replica_whose_default_model_is_not_serving_gets_no_calls(tmp_pa
             with grpc.insecure_channel(server.target) as channel:
                 assert wait_for_health(channel, SERVING, timeout=120) == SERVING
         # As a replica reports while its model loads after a restart (or once stopping).
-        assert warming.server is not None
+        assert isinstance(warming.server, GrpcServer)
         warming.call(warming.server.set_serving(model_health_name("clip"), False))
         hits = Hits()
         async with serve_aiohttp(image_site_app(hits, 1, images=IMAGES)) as site_port:

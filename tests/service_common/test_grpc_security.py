@@ -25,10 +25,23 @@ from pydantic import SecretStr
 from embed_server.config import EmbedSettings
 from scraper_service.config import ScraperSettings
 from search_gateway.config import GatewaySettings
-from service_common.grpc_security import ClientSecurity, SecurityConfigError, ServerSecurity, sync_channel
+from service_common.grpc_security import (
+    ClientSecurity,
+    SecurityConfigError,
+    ServerSecurity,
+    sync_channel,
+)
 from tattoo_search.v1 import scraper_pb2, scraper_pb2_grpc
-from tests.search_gateway.conftest import Site, gateway_settings, image_form, site  # noqa: F401 - the fixture
-from tests.search_gateway.gateway_support import embed_server, run_gateway, scraper_server, write_catalog
+from tests.search_gateway.conftest import gateway_settings, image_form
+from tests.search_gateway.gateway_support import (
+    Hits,
+    embed_server,
+    image_site_app,
+    run_gateway,
+    scraper_server,
+    serve_aiohttp,
+    write_catalog,
+)
 from tests.support.background import BackgroundServer, wait_for_health
 from tests.support.images import jpeg
 
@@ -62,7 +75,7 @@ class Authority:
 
     def _sign(self, subject: str, key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
               sans: list[x509.GeneralName] | None = None) -> x509.Certificate:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(self.name))
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
@@ -156,7 +169,8 @@ def test_a_missing_token_is_unauthenticated_with_a_sentence(pki: Pki, tls_scrape
     with sync_channel(tls_scraper.target, _client(pki)) as channel:
         error = _refusal(lambda: _search(channel))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
-    assert "needs a bearer token" in error.details() and "SCRAPER_AUTH_TOKEN" in error.details()  # type: ignore[attr-defined]
+    details = error.details() or ""  # type: ignore[attr-defined]
+    assert "needs a bearer token" in details and "SCRAPER_AUTH_TOKEN" in details
 
 
 @pytest.mark.parametrize("header", [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer ", f"Basic {TOKEN}", TOKEN])
@@ -164,7 +178,7 @@ def test_a_wrong_token_is_unauthenticated_and_never_echoed(pki: Pki, tls_scraper
     with sync_channel(tls_scraper.target, _client(pki)) as channel:
         error = _refusal(lambda: _search(channel, metadata=(("authorization", header),)))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
-    details = error.details()  # type: ignore[attr-defined]
+    details = error.details() or ""  # type: ignore[attr-defined]
     assert "was not accepted" in details and TOKEN[:8] not in details
 
 
@@ -220,7 +234,7 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_or_with_a_strangers(p
     with _tls_scraper(pki, catalog, mutual=True) as server:
         for cert in (None, pki.stranger):
             with sync_channel(server.target, _client(pki, token=TOKEN, cert=cert)) as channel:
-                error = _refusal(lambda: _search(channel))  # noqa: B023 - called at once
+                error = _refusal(lambda: _search(channel))
             assert error.code() == grpc.StatusCode.UNAVAILABLE, cert  # type: ignore[attr-defined]
         with sync_channel(server.target, _client(pki, token=TOKEN, cert=pki.client)) as channel:
             assert len(_search(channel)) == 3
@@ -314,12 +328,19 @@ def test_unusable_pem_files_are_refused_naming_the_variable(pki: Pki, tmp_path: 
 # --- the gateway end to end
 
 
-async def test_the_gateway_searches_against_tls_and_token_backends(pki: Pki, site: Site, tmp_path: Path) -> None:
+async def test_the_gateway_searches_against_tls_and_token_backends(pki: Pki, tmp_path: Path) -> None:
     embed_token, scraper_token = "embed-token-0123456789", "scraper-token-9876543210"
-    catalog_file = write_catalog(tmp_path / "catalog.jsonl", site.good_urls(6))
+    async with serve_aiohttp(image_site_app(Hits(), 1, images=6)) as site_port:
+        urls = [f"http://127.0.0.1:{site_port}/img/{i}.jpg" for i in range(6)]
+        await _search_through_a_secured_gateway(pki, write_catalog(tmp_path / "catalog.jsonl", urls), site_port,
+                                                embed_token, scraper_token)
+
+
+async def _search_through_a_secured_gateway(pki: Pki, catalog_file: Path, site_port: int, embed_token: str,
+                                            scraper_token: str) -> None:
     tls = {"EMBED_TLS_CERT_FILE": str(pki.server.cert), "EMBED_TLS_KEY_FILE": str(pki.server.key),
            "EMBED_TLS_CLIENT_CA_FILE": str(pki.ca.pem), "EMBED_AUTH_TOKEN": embed_token, "EMBED_MODELS": "clip"}
-    with embed_server(**tls) as embed, scraper_server(
+    with embed_server(0, **tls) as embed, scraper_server(
         catalog_file, tls_cert_file=pki.server.cert, tls_key_file=pki.server.key, tls_client_ca_file=pki.ca.pem,
         auth_token=SecretStr(scraper_token),
     ) as scraper:
@@ -327,9 +348,9 @@ async def test_the_gateway_searches_against_tls_and_token_backends(pki: Pki, sit
         with sync_channel(embed.target, probe) as channel:  # health needs no token
             assert wait_for_health(channel, timeout=120) == SERVING
         secured = gateway_settings(
-            embed.target, scraper.target, site, grpc_tls_ca_file=pki.ca.pem, grpc_tls_cert_file=pki.client.cert,
-            grpc_tls_key_file=pki.client.key, embed_auth_token=SecretStr(embed_token),
-            scraper_auth_token=SecretStr(scraper_token),
+            embed.target, scraper.target, None, fetch_allow=(f"127.0.0.1:{site_port}",),
+            grpc_tls_ca_file=pki.ca.pem, grpc_tls_cert_file=pki.client.cert, grpc_tls_key_file=pki.client.key,
+            embed_auth_token=SecretStr(embed_token), scraper_auth_token=SecretStr(scraper_token),
         )
         async with run_gateway(secured) as gateway, aiohttp.ClientSession() as http:
             async with http.post(f"{gateway.url}/search", data=image_form(jpeg(501))) as response:
@@ -340,6 +361,6 @@ async def test_the_gateway_searches_against_tls_and_token_backends(pki: Pki, sit
                 assert response.status == 200, await response.text()
         # The same gateway with the embed server's token wrong: a clear 503, not a hang.
         wrong = secured.replace(embed_auth_token=SecretStr("not-the-token"))
-        async with run_gateway(wrong) as gateway, aiohttp.ClientSession() as http:
-            async with http.post(f"{gateway.url}/search", data=image_form(jpeg(502))) as response:
-                assert response.status == 503, await response.text()
+        async with (run_gateway(wrong) as gateway, aiohttp.ClientSession() as http,
+                    http.post(f"{gateway.url}/search", data=image_form(jpeg(502))) as response):
+            assert response.status == 503, await response.text()
