@@ -4,12 +4,17 @@
     python -m bench.quality --layout inshop --path "In-shop Clothes Retrieval Benchmark" --model dinov2
     python -m bench.quality --layout sop --path Stanford_Online_Products --k 100
     python -m bench.quality --layout revisited --path data/datasets/roxford5k --model dinov2
+    python -m bench.quality --layout folder --path var/quality/near-dup --rerank --rerank-k 20,50,100
 
 Reads the benchmark (`layouts`), embeds every distinct image once through the embed
 server's `Embed` (`embedding`, cached on disk), ranks each query over the gallery by
 exact cosine (`retrieval`) and prints Recall@1/5/10/K, mAP@R and mAP (Revisited
 Oxford/Paris convention) with the numbers of queries and images, as a Markdown table
-and as JSON (`--json`). Exit status: 0 done, 1 the server failed, 2 bad input.
+and as JSON (`--json`). With `--rerank`, also two-stage search (`two_stage`): each
+query's global top K re-ranked by local evidence from `EmbedPatches` patch tokens
+(`patches`, cached on disk next to the vectors), the same figures per K, method and
+weight, and the latency it adds per query. Exit status: 0 done, 1 the server failed,
+2 bad input.
 """
 
 from __future__ import annotations
@@ -17,15 +22,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 
-from bench.quality import layouts
-from bench.quality.embedding import EmbeddingError, ModelIdentity, VectorCache, describe_model, embed_images
+from bench.quality import layouts, two_stage
+from bench.quality.embedding import (
+    EmbeddingError,
+    ModelIdentity,
+    VectorCache,
+    describe_model,
+    embed_images,
+    image_key,
+)
 from bench.quality.evaluate import evaluate, recall_ks
 from bench.quality.layouts import Benchmark, ImageRef, LayoutError
+from bench.quality.patches import PatchCache, fetch_patches
+from search_gateway.search import rerank
 from tattoo_search.v1 import embed_pb2_grpc
 
 
@@ -44,7 +62,39 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=16, help="images per Embed call (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=4, help="Embed calls in flight (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=120, help="deadline of one Embed call, seconds")
+    parser.add_argument("--rerank", action="store_true", help="also measure two-stage search (re-ranking by patches)")
+    parser.add_argument("--rerank-k", default="20,50,100",
+                        help="stage one's K values, comma-separated (default %(default)s)")
+    parser.add_argument("--rerank-methods", default=",".join(rerank.METHODS),
+                        help="local scores to try: maxsim, mutual (default %(default)s)")
+    parser.add_argument("--rerank-weights", default="0.25,0.5,0.75,1",
+                        help="weights of the local score, each in [0, 1] (default %(default)s)")
+    parser.add_argument("--latency-queries", type=int, default=5,
+                        help="queries whose patches are fetched cold again to time it, per K (default %(default)s)")
+    parser.add_argument("--patch-concurrency", type=int, default=8,
+                        help="EmbedPatches calls in flight (one image each; default %(default)s)")
     return parser
+
+
+def _plan(args: argparse.Namespace) -> two_stage.Plan:
+    """The two-stage grid from the options; ValueError with a sentence when one is wrong."""
+    try:
+        ks = tuple(sorted({int(v) for v in args.rerank_k.split(",") if v.strip()}))
+        weights = tuple(dict.fromkeys(float(v) for v in args.rerank_weights.split(",") if v.strip()))
+    except ValueError as exc:
+        raise ValueError(f"--rerank-k takes whole numbers and --rerank-weights numbers, comma-separated ({exc})") \
+            from exc
+    methods = tuple(dict.fromkeys(m.strip() for m in args.rerank_methods.split(",") if m.strip()))
+    if not ks or ks[0] < 1:
+        raise ValueError("--rerank-k needs at least one K, each at least 1")
+    if not weights or not all(0.0 <= w <= 1.0 for w in weights):
+        raise ValueError("--rerank-weights needs at least one weight, each between 0 and 1")
+    unknown = [m for m in methods if m not in rerank.METHODS]
+    if not methods or unknown:
+        raise ValueError(f"--rerank-methods: valid methods are {', '.join(rerank.METHODS)}; got {args.rerank_methods!r}")
+    if args.latency_queries < 0 or args.patch_concurrency < 1:
+        raise ValueError("--latency-queries must be at least 0 and --patch-concurrency at least 1")
+    return two_stage.Plan(ks, methods, weights)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     try:
+        plan = _plan(args) if args.rerank else None
         benchmarks = layouts.read(args.layout, args.path, protocols)
     except (LayoutError, ValueError, OSError) as exc:
         print(f"quality: {exc}", file=sys.stderr)
@@ -85,18 +136,119 @@ def main(argv: list[str] | None = None) -> int:
         gallery = vectors[[row_of[ref] for ref in benchmark.gallery]]
         queries = vectors[[row_of[q.image] for q in benchmark.queries]]
         results.append(evaluate(benchmark, gallery, queries, ks))
+    staged = None
+    if plan is not None:
+        try:
+            staged = _two_stage(args, plan, identity, benchmarks, vectors, row_of, ks)
+        except EmbeddingError as exc:
+            print(f"quality: {exc}", file=sys.stderr)
+            return 1
 
     warnings = _warnings(identity, results)
     report = {"layout": args.layout, "path": str(args.path), "target": args.target, "k": args.k,
               "model": asdict(identity), "embedding": asdict(stats), "warnings": warnings, "results": results}
+    if staged is not None:
+        report["two_stage"] = staged
     out = args.json or Path("var/quality") / f"{args.layout}-{identity.model}-{identity.precision}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(_table(identity.model, identity.weights, f"{identity.runtime} {identity.precision}", ks, results))
+    if staged is not None:
+        print(_two_stage_tables(results, staged))
     for warning in warnings:
         print(f"note: {warning}")
     print(f"embedded {stats.embedded} image(s), {stats.from_cache} from the cache, in {stats.seconds:.1f} s; wrote {out}")
     return 0
+
+
+def _two_stage(args: argparse.Namespace, plan: two_stage.Plan, identity: ModelIdentity, benchmarks: list[Benchmark],
+               vectors: np.ndarray, row_of: dict[ImageRef, int], ks: tuple[int, ...]) -> dict[str, object]:
+    """Patches for every query and its top K, then figures and latency per K (see `two_stage`)."""
+    deepest = max(plan.ks)
+    tops, needed = [], []
+    for benchmark in benchmarks:
+        gallery = vectors[[row_of[ref] for ref in benchmark.gallery]]
+        queries = vectors[[row_of[q.image] for q in benchmark.queries]]
+        tops.append(two_stage.candidates(benchmark, gallery, queries, deepest))
+        needed += [q.image for q in benchmark.queries]
+        needed += [benchmark.gallery[int(i)] for top in tops[-1] for i in top]
+    needed = list(dict.fromkeys(needed))
+    key_of = {ref: image_key(ref)[0] for ref in needed}
+    cache = None if args.no_cache else PatchCache(args.cache_dir, identity)
+    with grpc.insecure_channel(args.target) as channel:
+        stub = embed_pb2_grpc.EmbedServiceStub(channel)
+        patches, stats = fetch_patches(stub, identity, needed, cache, concurrency=args.patch_concurrency,
+                                       timeout=args.timeout)
+        # Latency on the first benchmark only: a second protocol of Revisited has the same queries and images.
+        first, first_tops = benchmarks[0], tops[0]
+        chosen = two_stage.sample(len(first.queries), args.latency_queries)
+        cold: dict[int, list[float]] = {k: [] for k in plan.ks}
+        with ThreadPoolExecutor(max_workers=args.patch_concurrency) as pool:
+            for k in plan.ks:
+                for number in chosen:
+                    refs = [first.queries[number].image, *(first.gallery[int(i)] for i in first_tops[number][:k])]
+                    cold[k].append(two_stage.cold_fetch_ms(stub, identity, refs, pool, args.timeout))
+    cached: dict[int, list[float]] = {k: [] for k in plan.ks}
+    if cache is not None:
+        for k in plan.ks:
+            for number, top in enumerate(first_tops):
+                keys = [key_of[first.queries[number].image], *(key_of[first.gallery[int(i)]] for i in top[:k])]
+                cached[k].append(two_stage.cached_fetch_ms(cache, keys))
+    rows: list[dict[str, object]] = []
+    scoring: dict[tuple[int, str], list[float]] = {}
+    for benchmark in benchmarks:
+        gallery = vectors[[row_of[ref] for ref in benchmark.gallery]]
+        queries = vectors[[row_of[q.image] for q in benchmark.queries]]
+        found, times = two_stage.evaluate_two_stage(
+            benchmark, gallery, queries, _lookup(patches, key_of, benchmark.gallery),
+            _lookup(patches, key_of, [q.image for q in benchmark.queries]), plan, ks)
+        rows += found
+        for key, values in times.items():
+            scoring.setdefault(key, []).extend(values)
+    latency = [{"k": k, "fetch_cold_ms": two_stage.summarise(cold[k]),
+                "fetch_cached_ms": two_stage.summarise(cached[k]),
+                "scoring_ms": {m: two_stage.summarise(scoring.get((k, m), [])) for m in plan.methods}}
+               for k in plan.ks]
+    return {"ks": list(plan.ks), "methods": list(plan.methods), "weights": list(plan.weights),
+            "default": {"method": rerank.DEFAULT_METHOD, "weight": rerank.DEFAULT_WEIGHT},
+            "patches": asdict(stats), "latency_queries": chosen, "results": rows, "latency": latency}
+
+
+def _lookup(patches: dict[str, np.ndarray], key_of: dict[ImageRef, str],
+            refs: Sequence[ImageRef]) -> Callable[[int], np.ndarray]:
+    return lambda index: patches[key_of[refs[index]]]
+
+
+def _two_stage_tables(results: list[dict[str, object]], staged: dict[str, Any]) -> str:
+    head = ["benchmark", "K", "stage two", "weight", "R@1", "R@5", "R@10", "mAP@R", "mAP"]
+    lines = ["", "Two-stage search: the global top K re-ranked by local patch evidence",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    metrics = ("recall@1", "recall@5", "recall@10", "map@r", "map")
+    for result in results:
+        cells = [str(result["benchmark"]), "-", "none (global only)", "-", *(_percent(result[m]) for m in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    for row in staged["results"]:
+        cells = [str(row["benchmark"]), str(row["k"]), str(row["method"]), f"{row['weight']:g}",
+                 *(_percent(row[m]) for m in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    methods = staged["methods"]
+    head = ["K", "patch fetch, cold", "patch fetch, cached", *(f"scoring, {m}" for m in methods)]
+    lines += ["", "Added latency per query, ms: median / p95 (queries)",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in staged["latency"]:
+        cells = [str(entry["k"]), _latency(entry["fetch_cold_ms"]), _latency(entry["fetch_cached_ms"]),
+                 *(_latency(entry["scoring_ms"][m]) for m in methods)]
+        lines.append("| " + " | ".join(cells) + " |")
+    patches = staged["patches"]
+    lines.append(f"patches of {patches['images']} image(s): {patches['fetched']} fetched, {patches['from_cache']} "
+                 f"from the cache, in {patches['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def _latency(summary: dict[str, Any]) -> str:
+    if not summary["n"]:
+        return "n/a"
+    return f"{summary['median']:.1f} / {summary['p95']:.1f} ({summary['n']})"
 
 
 def _refs(benchmark: Benchmark) -> list[ImageRef]:

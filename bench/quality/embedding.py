@@ -22,10 +22,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -36,6 +37,7 @@ from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
 
 RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+T = TypeVar("T")
 
 
 def _png(width: int, height: int) -> bytes:
@@ -209,20 +211,26 @@ def embed_images(
     return np.stack([vectors[k] for k in keys]).astype(np.float32), stats
 
 
-def _embed_with_retries(
-    stub: embed_pb2_grpc.EmbedServiceStub, model: str, images: list[bytes], timeout: float, what: str = "a warm-up image"
-) -> embed_pb2.EmbedResponse:
+def with_retries(call: Callable[[], T], what: str) -> T:
+    """`call()`, tried again with doubling back-off while the server says retry; else EmbeddingError naming `what`."""
     delay = 0.2
     for attempt in range(6):
         try:
-            return stub.Embed(embed_pb2.EmbedRequest(model=model, images=images), timeout=timeout)
+            return call()
         except grpc.RpcError as exc:
             if exc.code() in RETRYABLE and attempt < 5:  # queue full or replica gone: back off, try again
                 time.sleep(delay)
                 delay *= 2
                 continue
-            raise EmbeddingError(f"Embed failed for {what}: {exc.code().name}: {exc.details()}") from exc
+            raise EmbeddingError(f"{what}: {exc.code().name}: {exc.details()}") from exc
     raise AssertionError("unreachable")
+
+
+def _embed_with_retries(
+    stub: embed_pb2_grpc.EmbedServiceStub, model: str, images: list[bytes], timeout: float, what: str = "a warm-up image"
+) -> embed_pb2.EmbedResponse:
+    request = embed_pb2.EmbedRequest(model=model, images=images)
+    return with_retries(lambda: stub.Embed(request, timeout=timeout), f"Embed failed for {what}")
 
 
 def _embed_batch(
@@ -230,14 +238,14 @@ def _embed_batch(
 ) -> np.ndarray:
     names = ", ".join(str(ref.path) for ref in refs[:4]) + (", ..." if len(refs) > 4 else "")
     response = _embed_with_retries(stub, identity.model, images, timeout, f"the batch of {names}")
-    _check_provenance(identity, response.provenance)
+    check_provenance(identity, response.provenance)
     rows = to_numpy(response.embeddings)
     if rows.shape != (len(images), identity.global_dim):
         raise EmbeddingError(f"Embed returned shape {rows.shape} for {len(images)} images of dim {identity.global_dim}")
     return rows.copy()
 
 
-def _check_provenance(identity: ModelIdentity, provenance: embed_pb2.Provenance) -> None:
+def check_provenance(identity: ModelIdentity, provenance: embed_pb2.Provenance) -> None:
     seen = (provenance.model, embed_pb2.WeightsSource.Name(provenance.weights), provenance.runtime, provenance.precision)
     expected = (identity.model, identity.weights, identity.runtime, identity.precision)
     if identity.fingerprint_source == "server" and _fingerprint_of(provenance):

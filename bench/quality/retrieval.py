@@ -55,12 +55,17 @@ class ExactCosine:
         return self.size
 
     def search(self, queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        for start, rankings, _ in self.search_scored(queries):
+            yield start, rankings
+
+    def search_scored(self, queries: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """As `search`, with each chunk's cosines [rows, gallery] by gallery index (two-stage search needs them)."""
         if queries.ndim != 2 or queries.shape[1] != self._gallery.shape[1]:
             raise ValueError(f"query vectors of shape {queries.shape} do not match gallery dim {self._gallery.shape[1]}")
         queries = _normalised(queries)
         for start in range(0, queries.shape[0], self._chunk):
             scores = queries[start : start + self._chunk] @ self._gallery.T
-            yield start, np.argsort(-scores, axis=1, kind="stable")
+            yield start, np.argsort(-scores, axis=1, kind="stable"), scores
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:
