@@ -40,6 +40,9 @@ class EmbedSettings(ServiceSettings):
     auth_token: SecretStr | None = None
     # Prometheus metrics over HTTP on this port, on the same host as gRPC; 0: off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Close each client connection gracefully after this many seconds (0: never), so that
+    # clients balancing over a DNS name find replicas added since they connected.
+    max_connection_age_s: NonNegativeFloat = 0.0
     # Seconds calls in flight get to finish after SIGTERM before they are cancelled.
     grace_s: NonNegativeFloat = 5.0
     models: Annotated[CommaList[str], Lower] = MODEL_NAMES

@@ -67,6 +67,7 @@ async def create_server(settings: EmbedSettings) -> tuple[GrpcServer, int]:
             health_names=map(model_health_name, pool.models),
             max_receive_bytes=settings.max_request_bytes,
             max_send_bytes=MAX_REPLY_BYTES,
+            max_connection_age_s=settings.max_connection_age_s,
             interceptors=settings.security.interceptors(),
             credentials=settings.security.credentials(),  # raises SecurityConfigError naming the file
             on_stop=release,

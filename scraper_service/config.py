@@ -23,6 +23,9 @@ class ScraperSettings(ServiceSettings):
     port: int = Field(default=50052, ge=0, le=65535)
     # Prometheus metrics over HTTP on this port, on the same host as gRPC; 0: off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Close each client connection gracefully after this many seconds (0: never), so that
+    # clients balancing over a DNS name find replicas added since they connected.
+    max_connection_age_s: NonNegativeFloat = 0.0
     # Securing calls (service_common/grpc_security.py), all off by default: TLS with this
     # certificate and key, mutual TLS with a client CA, a bearer token (needs TLS).
     tls_cert_file: Path | None = None

@@ -46,6 +46,7 @@ async def create_server(settings: ScraperSettings, *, clock: Clock = time.monoto
         port=settings.port,
         env_prefix="SCRAPER_",
         max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        max_connection_age_s=settings.max_connection_age_s,
         metrics=MetricsExport(metrics.registry, METRICS_NAMESPACE, settings.metrics_port)
         if settings.metrics_port
         else None,

@@ -120,6 +120,7 @@ async def create_server(
     max_receive_bytes: int | None = None,
     max_send_bytes: int | None = None,
     max_concurrent_rpcs: int | None = None,
+    max_connection_age_s: float = 0.0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
@@ -132,7 +133,8 @@ async def create_server(
     the host and port variables in a bind error. `credentials` (grpc_security.py) makes
     the port TLS; None leaves it plaintext. `on_stop` runs once the server has
     stopped, to release what the servicers hold. `metrics`: the registry to serve on
-    its own port (on `host`), where calls are counted by status too.
+    its own port (on `host`), where calls are counted by status too. `max_connection_age_s`
+    (0: none) closes each client connection gracefully at that age, so clients re-resolve.
     """
     names = [service.name for service in services]
     calls = InFlightCalls(names)
@@ -145,6 +147,14 @@ async def create_server(
         options.append(("grpc.max_receive_message_length", max_receive_bytes))
     if max_send_bytes is not None:
         options.append(("grpc.max_send_message_length", max_send_bytes))
+    if max_connection_age_s > 0:
+        # A client balancing round robin over `dns:///` resolves the name again only when
+        # a connection closes; without an age limit, replicas added by an autoscaler
+        # would get no calls until something broke. GOAWAY at this age (with a grace for
+        # calls in flight) makes every client reconnect and find the current replicas.
+        age_ms = int(max_connection_age_s * 1000)
+        options.append(("grpc.max_connection_age_ms", age_ms))
+        options.append(("grpc.max_connection_age_grace_ms", max(age_ms // 10, 5000)))
     counting: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
         counting.append(CallStatusInterceptor(requests_counter(metrics.namespace, metrics.registry), names))

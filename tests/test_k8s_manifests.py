@@ -161,12 +161,7 @@ def cpu_cores(quantity: str) -> float:
 # Settings that issue 14 names and other engineers are adding now; the manifests use
 # them already. Until its settings class declares one, it is tolerated and left out of
 # the value check; once declared, its value is checked like any other.
-COMING_SETTINGS = {
-    "EMBED_METRICS_PORT", "EMBED_TLS_CERT_FILE", "EMBED_TLS_KEY_FILE", "EMBED_TLS_CLIENT_CA_FILE", "EMBED_AUTH_TOKEN",
-    "SCRAPER_METRICS_PORT", "SCRAPER_TLS_CERT_FILE", "SCRAPER_TLS_KEY_FILE", "SCRAPER_TLS_CLIENT_CA_FILE",
-    "SCRAPER_AUTH_TOKEN", "GATEWAY_GRPC_TLS_CA_FILE", "GATEWAY_GRPC_TLS_CERT_FILE", "GATEWAY_GRPC_TLS_KEY_FILE",
-    "GATEWAY_EMBED_AUTH_TOKEN", "GATEWAY_SCRAPER_AUTH_TOKEN", "GATEWAY_GALLERY_URL", "GATEWAY_GALLERY_API_KEY",
-}
+COMING_SETTINGS = {"GATEWAY_GALLERY_URL", "GATEWAY_GALLERY_API_KEY"}
 # Deployment -> (its settings class, its variables' prefix, its gRPC port or None).
 SERVICES: dict[str, tuple[type[Any], str, int | None]] = {
     "embed-server": (EmbedSettings, "EMBED_", 50051),

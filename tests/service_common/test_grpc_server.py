@@ -185,3 +185,28 @@ async def test_a_stop_with_nothing_in_flight_reports_a_clean_stop(caplog: pytest
         await server.stop(0)
     assert "every call in flight finished" in caplog.text
     assert "cancelling" not in caplog.text
+
+
+async def _state_after_first_call(max_connection_age_s: float) -> grpc.ChannelConnectivity:
+    """The channel's state once a call has connected it and 1.5 s have passed."""
+    server, port = await _start(Gated(), max_connection_age_s=max_connection_age_s)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await _status(channel, "") == SERVING
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.5
+            state = channel.get_state()
+            while loop.time() < until and state is grpc.ChannelConnectivity.READY:
+                await asyncio.sleep(0.05)
+                state = channel.get_state()
+            return state
+    finally:
+        await server.stop(0)
+
+
+async def test_a_connection_age_limit_makes_clients_reconnect() -> None:
+    # Clients that balance over a DNS name re-resolve it only when a connection closes:
+    # the age limit is what lets them find replicas added since they connected.
+    assert await _state_after_first_call(0.3) is not grpc.ChannelConnectivity.READY
+    # Without it the connection stays up (the same wait, so the test can tell them apart).
+    assert await _state_after_first_call(0.0) is grpc.ChannelConnectivity.READY
