@@ -3,7 +3,10 @@
 
 A forwarding gRPC proxy (a real ``grpc.aio`` server) stands between the gateway and
 the real embed server, passes every call through unchanged but refuses ``ListModels``,
-and counts what it saw.
+and counts what it saw. It forwards the health ``Watch`` stream too: the gateway's
+channel picks a backend only once its health says SERVING (client-side health
+checking), so a proxy that answered ``Watch`` as a unary call would leave the channel
+waiting for a status that never comes.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from tests.support.images import jpeg
 
 LIST_MODELS = "/tattoo_search.v1.EmbedService/ListModels"
 EMBED = "/tattoo_search.v1.EmbedService/Embed"
+# The only server-streaming method the gateway calls on the embed server.
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 
 
 class _Forward(grpc.GenericRpcHandler):
-    """Every unary call forwarded as raw bytes, but for the refused methods."""
+    """Every call forwarded as raw bytes, but for the refused methods. A generic
+    handler sees only the method's name, not its shape, so the streaming one is named."""
 
     def __init__(self, upstream: grpc.aio.Channel, refused: frozenset[str], seen: Counter[str]) -> None:
         self.upstream = upstream
@@ -36,6 +42,8 @@ class _Forward(grpc.GenericRpcHandler):
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = details.method  # type: ignore[attr-defined]
+        if method == HEALTH_WATCH:
+            return self._stream(method)
         call = self.upstream.unary_unary(method)  # no (de)serializers: bytes in, bytes out
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -45,6 +53,16 @@ class _Forward(grpc.GenericRpcHandler):
             return await call(request, timeout=context.time_remaining())
 
         return grpc.unary_unary_rpc_method_handler(forward)
+
+    def _stream(self, method: str) -> grpc.RpcMethodHandler:
+        call = self.upstream.unary_stream(method)
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            self.seen[method] += 1
+            async for reply in call(request, timeout=context.time_remaining()):
+                yield reply
+
+        return grpc.unary_stream_rpc_method_handler(forward)
 
 
 @asynccontextmanager
