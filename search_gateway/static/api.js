@@ -35,6 +35,8 @@ function plainError(status, body, retryAfter) {
     backend_unavailable: UNAVAILABLE,
     download_failed: "The result's picture could not be downloaded from its site. It may have moved or been removed.",
     url_refused: "The result's address is not allowed to be fetched by this server.",
+    not_found: "That picture is not in the gallery for the model picked (or not stored yet). " +
+      "Pick the model its results came from, or try again in a moment.",
   };
   let message = byCode[code];
   if (!message) {
@@ -105,6 +107,32 @@ export async function listModels() {
   return response.json();
 }
 
+/**
+ * What this gateway's search offers beyond the web, read from its OpenAPI description:
+ * `gallery` (false when GATEWAY_GALLERY=off lists the sources as web-only) and `tags`
+ * (the vocabulary a gallery search may filter by). Null when the description cannot be
+ * read; the page then offers the gallery and learns otherwise from a search's 400.
+ */
+export async function searchOptions() {
+  let doc;
+  try {
+    const response = await send("/openapi.json", { headers: { Accept: "application/json" } }, { ask: false });
+    doc = await response.json();
+  } catch {
+    return null;
+  }
+  const params = doc?.paths?.["/search/stream"]?.post?.parameters || [];
+  const param = (name) => params.find((p) => p.name === name)?.schema || null;
+  const sources = param("sources")?.enum || ["web"];
+  return { gallery: sources.some((s) => s.split(",").includes("gallery")), tags: tagVocabulary(param("tags")?.pattern) };
+}
+
+/** The tag names in the OpenAPI pattern `^$|^(a|b\ c)(,(a|b\ c)){0,7}$`, unescaped. */
+function tagVocabulary(pattern) {
+  const group = /\^\(([^()]*)\)/.exec(pattern || "");
+  return group ? group[1].split("|").map((t) => t.replace(/\\(.)/g, "$1")).filter(Boolean) : [];
+}
+
 function query(params) {
   const q = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
@@ -114,16 +142,21 @@ function query(params) {
 }
 
 /**
- * Runs a streaming search. `onEvent` gets every progress event (caption, candidates,
- * downloaded, ranked); the promise resolves with the final body, or rejects with a
- * PlainError (or an AbortError when `signal` aborts).
+ * Runs a streaming search. `onEvent` gets every progress event (gallery, caption,
+ * candidates, downloaded, ranked); the promise resolves with the final body, or rejects
+ * with a PlainError (or an AbortError when `signal` aborts). With `like` (a gallery id)
+ * the stored picture is the query and nothing is uploaded.
  */
-export async function streamSearch({ file, text, model, maxResults, attention }, onEvent, signal) {
-  const form = new FormData();
-  if (file) form.append("file", file, file.name || "query");
-  else form.append("text", text);
-  const params = { embedding_model: model, max_results: maxResults, include_patch_attention: attention && !!file };
-  const response = await send(`/search/stream?${query(params)}`, { method: "POST", body: form, signal });
+export async function streamSearch({ file, text, like, model, maxResults, attention, sources, tags }, onEvent, signal) {
+  const params = { embedding_model: model, max_results: maxResults, include_patch_attention: attention && !!file && !like,
+    sources, tags: tags?.length ? tags.join(",") : "", like };
+  let body;
+  if (!like) {
+    body = new FormData();
+    if (file) body.append("file", file, file.name || "query");
+    else body.append("text", text);
+  }
+  const response = await send(`/search/stream?${query(params)}`, { method: "POST", body, signal });
 
   const reader = response.body.getReader();
   const decoder = new TextDecoder();

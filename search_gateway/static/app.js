@@ -1,14 +1,16 @@
 // The search page: picking the query, the streaming search with its progress bar,
-// the results grid and the attention view. No framework; the DOM is built with
+// the results grid (gallery results at once, web results merged in), "more like this"
+// and the attention view. No framework; the DOM is built with
 // textContent and attributes only (never innerHTML with data from the network).
-import { PlainError, analyzeAttention, imageUrl, listModels, streamSearch, usingKey } from "./api.js";
+import { PlainError, analyzeAttention, imageUrl, listModels, searchOptions, streamSearch, usingKey } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const el = {
   form: $("search-form"), file: $("file"), dropZone: $("drop-zone"), preview: $("preview"),
-  previewImg: $("preview-img"), previewName: $("preview-name"), clearFile: $("clear-file"),
+  previewImg: $("preview-img"), previewName: $("preview-name"), previewLike: $("preview-like"), clearFile: $("clear-file"),
   text: $("text"), model: $("model"), modelInfo: $("model-info"), reloadModels: $("reload-models"),
   maxResults: $("max-results"), attention: $("attention"), search: $("search"), cancel: $("cancel"),
+  sourcesField: $("sources-field"), tagsField: $("tags-field"), tags: $("tags"), tagsCount: $("tags-count"),
   progressPanel: $("progress-panel"), progress: $("progress"), caption: $("caption"), counts: $("counts"),
   error: $("error"), resultsPanel: $("results-panel"), resultsHeading: $("results-heading"),
   resultsSummary: $("results-summary"), results: $("results"), emptyHint: $("empty-hint"),
@@ -20,9 +22,12 @@ const el = {
 const STATE_WORDS = { ready: "loaded", not_loaded: "loads on first use", loading: "loading", failed: "failed to load", unspecified: "state unknown" };
 const THUMB_SIZE = 320;
 const IMAGE_RETRY_MS = 1500;
+const MAX_TAGS = 8;
+const GALLERY_DOWN = "The gallery is unavailable; showing web results only.";
 
 const state = {
   file: null,            // the picked File
+  like: null,            // {id, title, thumbnailUrl} of a gallery result: "more like this" (instead of the file)
   previewUrl: null,      // its blob: URL, revoked when replaced
   models: [],            // GET /models answer
   search: null,          // AbortController of the running search
@@ -31,6 +36,8 @@ const state = {
   analyzeButton: null,   // where focus returns when the analysis closes
   modelPicked: false,    // the person chose a model: reloading the list keeps it
   thumbUrls: [],         // blob: URLs of thumbnails fetched with the API key, revoked with their results
+  thumbs: new Map(),     // gallery id -> thumbnail element shown, so the final list reuses the gallery's cards
+  gallery: null,         // whether the gateway has a gallery: null until its OpenAPI description says
 };
 
 // ---------- small helpers
@@ -76,7 +83,10 @@ function showError(target, err) {
 function setFile(file) {
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
   state.file = file || null;
+  state.like = null;  // a picked file replaces "more like this" (and "Remove image" removes either)
   state.previewUrl = null;
+  el.previewLike.hidden = true;
+  el.previewImg.alt = "The image you picked";
   showError(el.error, null);
   if (!file) {
     el.file.value = "";
@@ -95,7 +105,40 @@ function setFile(file) {
   el.dropZone.classList.add("has-file");
 }
 
+/** "More like this": the gallery picture becomes the query, shown as "Like: <thumbnail>". */
+function setLike(result, index) {
+  setFile(null);
+  const title = result.title || `result ${index + 1}`;
+  state.like = { id: result.id, title, thumbnailUrl: result.thumbnail_url || "" };
+  el.previewLike.hidden = false;
+  el.previewImg.hidden = false;
+  el.previewImg.alt = `More like: ${title}`;
+  el.previewName.textContent = title;
+  el.preview.hidden = false;
+  el.clearFile.hidden = false;
+  el.dropZone.classList.add("has-file");
+  if (!state.like.thumbnailUrl) {
+    el.previewImg.hidden = true;
+    return;
+  }
+  const src = `${state.like.thumbnailUrl}?size=${THUMB_SIZE}`;
+  if (!usingKey()) {
+    el.previewImg.src = src;
+    return;
+  }
+  const like = state.like;
+  imageUrl(src).then((blobUrl) => {
+    if (state.like !== like) return URL.revokeObjectURL(blobUrl);  // replaced meanwhile
+    state.previewUrl = blobUrl;
+    el.previewImg.src = blobUrl;
+  }, () => { el.previewImg.hidden = true; });
+}
+
 el.previewImg.addEventListener("error", () => {
+  if (state.like) {
+    el.previewImg.hidden = true;  // the caption still names the picture
+    return;
+  }
   // Not something the browser can show (maybe not an image at all): the server will say.
   if (!state.file) return;
   el.previewImg.hidden = true;
@@ -185,6 +228,51 @@ el.model.addEventListener("change", () => {
 });
 el.reloadModels.addEventListener("click", loadModels);
 
+// ---------- where to search: the gallery, the web or both; gallery tags
+
+function selectedSources() {
+  if (el.sourcesField.hidden) return "";  // no gallery (or not known yet): the gateway's default
+  return el.form.querySelector('input[name="sources"]:checked')?.value || "";
+}
+
+const includesGallery = (sources) => sources === "" ? state.gallery !== false : sources.split(",").includes("gallery");
+const includesWeb = (sources) => sources === "" || sources.split(",").includes("web");
+
+function selectedTags() {
+  if (el.tagsField.hidden) return [];
+  return [...el.tags.querySelectorAll("input:checked")].map((input) => input.value);
+}
+
+function updateTagsField() {
+  el.tagsField.hidden = el.sourcesField.hidden || !el.tags.children.length || !includesGallery(selectedSources());
+  const picked = selectedTags().length;
+  el.tagsCount.textContent = picked ? `(${picked} picked)` : "";
+  // At most 8: the rest wait until one is unticked.
+  for (const input of el.tags.querySelectorAll("input")) input.disabled = !input.checked && picked >= MAX_TAGS;
+}
+
+/** Shows or hides the gallery's controls: hidden when the gateway runs with the gallery off. */
+function offerGallery(offered, tags = []) {
+  state.gallery = offered;
+  el.form.dataset.gallery = offered === null ? "unknown" : offered ? "on" : "off";
+  el.sourcesField.hidden = offered === false;
+  if (tags.length && !el.tags.children.length) {
+    el.tags.replaceChildren(...tags.map((tag, i) => make("span", { className: "chip" },
+      make("input", { type: "checkbox", id: `tag-${i}`, value: tag }),
+      make("label", { for: `tag-${i}`, text: tag }))));
+  }
+  updateTagsField();
+}
+
+async function loadSearchOptions() {
+  const options = await searchOptions();
+  // Unknown (the description could not be read): offer it; a search's 400 says otherwise.
+  offerGallery(options ? options.gallery : null, options?.tags || []);
+}
+
+el.sourcesField.addEventListener("change", updateTagsField);
+el.tags.addEventListener("change", updateTagsField);
+
 // ---------- the search and its progress
 
 function setSearching(on) {
@@ -194,18 +282,22 @@ function setSearching(on) {
   el.search.textContent = on ? "Searching…" : "Search";
 }
 
-function progressTracker() {
-  const p = { caption: false, found: 0, downloaded: 0, failed: 0, ranked: 0 };
+function progressTracker(onGallery) {
+  const p = { caption: false, found: 0, downloaded: 0, failed: 0, ranked: 0, gallery: null };
   const setValue = (value) => {
     const v = Math.max(Number(el.progress.value) || 0, Math.min(100, Math.round(value)));
     el.progress.value = v;
   };
   const counts = () => {
-    el.counts.textContent =
-      `Found ${p.found} · downloaded ${p.downloaded}` + (p.failed ? ` (${p.failed} failed)` : "") + ` · ranked ${p.ranked}`;
+    const web = `found ${p.found} · downloaded ${p.downloaded}` + (p.failed ? ` (${p.failed} failed)` : "") + ` · ranked ${p.ranked}`;
+    el.counts.textContent = p.gallery === null ? web[0].toUpperCase() + web.slice(1) : `${p.gallery} from the gallery · ${web}`;
   };
   return (event) => {
     switch (event.event) {
+      case "gallery":
+        p.gallery = (event.results || []).length;
+        onGallery(event);
+        break;
       case "caption":
         p.caption = true;
         el.caption.textContent = `Looking for: “${event.caption}”`;
@@ -236,13 +328,36 @@ function progressTracker() {
   };
 }
 
+/** What the search looked for, as "for …" or "like …" (a gallery-only search has no caption). */
+function lookedFor(body, query) {
+  if (query.like) return `like “${query.like.title}”` + (body.caption ? ` (on the web: “${body.caption}”)` : "");
+  if (body.caption) return `for “${body.caption}”`;
+  return query.text && !query.file ? `for “${query.text}”` : "like your image";
+}
+
+/** A search error in words that fit what was asked (the gallery alone, a gateway without one). */
+function searchError(err, sources) {
+  if (!(err instanceof PlainError)) return err;
+  if (err.status === 400 && /gallery is off/i.test(`${err.message} ${err.detail}`)) {
+    offerGallery(false);  // the description was not readable, or the gateway changed: hide the switch
+    return new PlainError("This server has no gallery: search again to look on the web.", { detail: err.detail });
+  }
+  if (sources === "gallery" && err.status === 503) {
+    return new PlainError("The gallery is unavailable right now. Search the web (“Web”) or try again in a moment.",
+      { detail: err.detail, status: err.status, code: err.code });
+  }
+  return err;
+}
+
 async function runSearch() {
   showError(el.error, null);
   const text = el.text.value.trim();
-  const file = state.file;
+  const like = state.like;
+  const file = like ? null : state.file;
   const model = el.model.value;
   const maxResults = Number(el.maxResults.value);
-  if (!file && !text) {
+  const sources = selectedSources();
+  if (!like && !file && !text) {
     showError(el.error, new PlainError("Pick an image (or type a few words) to search with."));
     el.file.focus();
     return;
@@ -253,18 +368,21 @@ async function runSearch() {
     return;
   }
   const described = selectedModel();
-  if (!file && described && !described.supports_text) {
+  if (!like && !file && described && !described.supports_text) {
     showError(el.error, new PlainError(`The ${model} model cannot search by text. Pick a model marked “text”, or search with an image.`));
     el.model.focus();
     return;
   }
 
+  state.search?.abort();  // "More like this" during a search replaces it
   const controller = new AbortController();
   state.search = controller;
+  const query = { file, text, like };
+  state.last = { file, model };  // the gallery's cards (shown before the end) may be analyzed too
   setSearching(true);
   el.progressPanel.hidden = false;
   el.progress.value = 0;
-  el.caption.textContent = file ? "Reading your image…" : `Looking for: “${text}”`;
+  el.caption.textContent = like ? `Looking for designs like “${like.title}”…` : file ? "Reading your image…" : `Looking for: “${text}”`;
   el.counts.textContent = "Starting the search…";
   el.results.replaceChildren();
   releaseThumbnails();
@@ -272,28 +390,42 @@ async function runSearch() {
   el.resultsPanel.classList.remove("partial");
   el.emptyHint.hidden = true;
 
+  const onGallery = (event) => {
+    if (state.search !== controller) return;
+    renderGallery(event, { query, sources, model });
+  };
   try {
-    const body = await streamSearch({ file, text, model, maxResults, attention: el.attention.checked },
-      progressTracker(), controller.signal);
+    const body = await streamSearch({ file, text, like: like?.id, model, maxResults, attention: el.attention.checked,
+      sources, tags: selectedTags() }, progressTracker(onGallery), controller.signal);
+    if (state.search !== controller) return;
     el.progress.value = 100;
     state.last = { file, model: body.embedding_model || model };
     const s = body.stats || {};
-    const seconds = body.timings?.total_ms ? ` in ${(body.timings.total_ms / 1000).toFixed(1)} s` : "";
-    el.caption.textContent = `Looked for: “${body.caption}”`;
-    el.counts.textContent = `Done${seconds}: found ${s.candidates_found ?? 0} · downloaded ${s.downloaded ?? 0}` +
-      (s.failed ? ` (${s.failed} failed)` : "") + ` · ranked ${s.ranked ?? 0}`;
-    renderResults(body);
+    const ms = body.timings?.total_ms;
+    const seconds = !ms ? "" : ms < 1000 ? ` in ${Math.round(ms)} ms` : ` in ${(ms / 1000).toFixed(1)} s`;
+    const gallery = includesGallery(sources) && !s.gallery_error ? `${s.from_gallery ?? 0} from the gallery` : "";
+    const web = includesWeb(sources)
+      ? `found ${s.candidates_found ?? 0} · downloaded ${s.downloaded ?? 0}` + (s.failed ? ` (${s.failed} failed)` : "") +
+        ` · ranked ${s.ranked ?? 0}`
+      : "";
+    const sought = lookedFor(body, query);
+    el.caption.textContent = `Looked for: ${sought.startsWith("for ") ? sought.slice(4) : `designs ${sought}`}`;
+    el.counts.textContent = `Done${seconds}: ${[gallery, web].filter(Boolean).join(" · ")}`;
+    renderResults(body, query);
   } catch (err) {
+    if (state.search !== controller) return;  // replaced by a newer search: that one reports
     if (err.name === "AbortError") {
       el.counts.textContent = "Search cancelled.";
-      el.emptyHint.hidden = false;
+      el.emptyHint.hidden = el.results.children.length > 0;
     } else {
       el.counts.textContent = "The search did not finish.";
-      showError(el.error, err);
+      showError(el.error, searchError(err, sources));
     }
   } finally {
-    if (state.search === controller) state.search = null;
-    setSearching(false);
+    if (state.search === controller) {
+      state.search = null;
+      setSearching(false);
+    }
   }
 }
 
@@ -348,6 +480,7 @@ function thumbnail(result, index) {
 function releaseThumbnails() {
   for (const url of state.thumbUrls) URL.revokeObjectURL(url);
   state.thumbUrls = [];
+  state.thumbs = new Map();
 }
 
 function placeholder() {
@@ -356,10 +489,41 @@ function placeholder() {
     make("span", { className: "placeholder-text", text: "Image unavailable" }));
 }
 
+/** The thumbnail already shown for this picture (its gallery card), relabelled; else a new one. */
+function thumbnailFor(result, index) {
+  const shown = result.id ? state.thumbs.get(result.id) : null;
+  if (shown) {
+    const img = shown.querySelector("img");
+    if (img) img.alt = result.title ? `Result ${index + 1}: ${result.title}` : `Result ${index + 1}`;
+    return shown;
+  }
+  const holder = thumbnail(result, index);
+  if (result.id) state.thumbs.set(result.id, holder);
+  return holder;
+}
+
+/** Where the result came from, in words (not colour alone): "gallery" or "web". */
+function sourceBadge(result) {
+  const source = result.source === "gallery" ? "gallery" : "web";
+  return make("span", { className: `source-badge source-${source}` },
+    make("span", { className: "visually-hidden", text: "From the " }), source);
+}
+
+function topTags(result, count = 3) {
+  const tags = Object.entries(result.tags || {}).sort((a, b) => b[1] - a[1]).slice(0, count).map(([tag]) => tag);
+  return tags.length ? make("p", { className: "tags", text: `Tags: ${tags.join(", ")}` }) : null;
+}
+
 function card(result, index, canAnalyze) {
   const title = result.title || `Result ${index + 1}`;
   const source = safeHttpUrl(result.source_url) || safeHttpUrl(result.url);
   const actions = make("div", { className: "card-actions" });
+  if (result.source === "gallery" && result.id) {
+    const button = make("button", { type: "button", className: "more-like" },
+      "More like this", make("span", { className: "visually-hidden", text: ` result ${index + 1}` }));
+    button.addEventListener("click", () => moreLikeThis(result, index));
+    actions.append(button);
+  }
   if (source) {
     actions.append(make("a", { href: source, target: "_blank", rel: "noopener noreferrer", className: "source-link" },
       "Source page", make("span", { className: "visually-hidden", text: ` of result ${index + 1} (opens in a new tab)` })));
@@ -374,30 +538,67 @@ function card(result, index, canAnalyze) {
   const patches = pa?.attention_summary
     ? make("p", { className: "patches", text: `Patches: ${percent(pa.attention_summary.strong_match_ratio, 0)} strong matches` })
     : null;
-  return make("li", { className: "card", dataset: { score: String(result.score) } },
-    thumbnail(result, index),
+  return make("li", { className: `card from-${result.source === "gallery" ? "gallery" : "web"}`,
+    dataset: { score: String(result.score), source: result.source || "web", id: result.id || "" } },
+    thumbnailFor(result, index),
     make("div", { className: "card-body" },
       make("p", { className: "score" },
         make("span", { className: "score-value", text: percent(result.score) }), " similar"),
       make("p", { className: "meta" },
+        sourceBadge(result),
         make("span", { className: "platform", text: result.platform || "web" }),
         make("span", { className: "card-title", text: title })),
+      topTags(result),
       patches,
       actions));
 }
 
-function renderResults(body) {
+/** "More like this": the gallery picture is the query, with the model and sources picked now. */
+function moreLikeThis(result, index) {
+  setLike(result, index);
+  el.resultsHeading.focus();  // the button goes with the old results; focus stays where they were
+  runSearch();
+}
+
+/** The stream's first event: the gallery's results, shown at once while the web is searched. */
+function renderGallery(event, { query, sources, model }) {
+  const results = event.results || [];
+  const notices = [];
+  if (event.error && includesWeb(sources)) {
+    notices.push(make("p", { className: "notice gallery-notice" },
+      make("span", { className: "badge warning", text: "gallery" }), ` ${GALLERY_DOWN}`));
+  }
+  const more = includesWeb(sources) ? " Looking on the web…" : "";
+  notices.unshift(make("p", {
+    text: results.length
+      ? `${results.length} design${results.length === 1 ? "" : "s"} from the gallery, ranked with ${model}.${more}`
+      : `The gallery has nothing like this yet.${more}`,
+  }));
+  el.resultsSummary.replaceChildren(...notices);
+  el.results.replaceChildren(...results.map((r, i) => card(r, i, Boolean(query.file))));
+  el.emptyHint.hidden = results.length > 0;
+}
+
+function renderResults(body, query) {
   const results = body.results || [];
   const random = body.embedding_weights === "random";
   const canAnalyze = Boolean(state.last?.file);
+  const galleryDown = Boolean(body.stats?.gallery_error);
   el.resultsPanel.classList.toggle("partial", Boolean(body.partial));
 
+  const fromGallery = results.filter((r) => r.source === "gallery").length;
+  const split = fromGallery && fromGallery < results.length
+    ? ` (${fromGallery} from the gallery, ${results.length - fromGallery} from the web)`
+    : fromGallery ? " from the gallery" : "";
   const summary = [make("p", {
     text: results.length
-      ? `${results.length} design${results.length === 1 ? "" : "s"} for “${body.caption}”, ranked with ${body.embedding_model}.`
-      : `No designs were found for “${body.caption}”. Try another picture or other words.`,
+      ? `${results.length} design${results.length === 1 ? "" : "s"}${split} ${lookedFor(body, query)}, ranked with ${body.embedding_model}.`
+      : `No designs were found ${lookedFor(body, query)}. Try another picture or other words.`,
   })];
-  if (body.partial) {
+  if (galleryDown) {
+    summary.push(make("p", { className: "notice gallery-notice" },
+      make("span", { className: "badge warning", text: "gallery" }), ` ${GALLERY_DOWN}`));
+  } else if (body.partial) {
     summary.push(make("p", { className: "notice partial-notice" },
       make("span", { className: "badge warning", text: "partial" }),
       " The time limit ran out (or a service failed) before every candidate was ranked: these are the best found so far."));
@@ -408,9 +609,11 @@ function renderResults(body) {
       " The model runs with random weights (a demo), so these scores do not measure similarity."));
   }
   if (!canAnalyze && results.length) {
-    summary.push(make("p", { className: "hint", text: "Analyze needs an image query; it is not offered for text searches." }));
+    summary.push(make("p", { className: "hint",
+      text: "Analyze needs an uploaded image; it is not offered for text or “more like this” searches." }));
   }
   el.resultsSummary.replaceChildren(...summary);
+  // One card per picture: the gallery's cards already shown keep their thumbnails.
   el.results.replaceChildren(...results.map((r, i) => card(r, i, canAnalyze)));
   el.emptyHint.hidden = results.length > 0;
 }
@@ -483,4 +686,4 @@ el.dialog.addEventListener("click", (event) => {
   }
 });
 
-loadModels();
+loadModels().then(loadSearchOptions);

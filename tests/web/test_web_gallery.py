@@ -1,0 +1,263 @@
+"""The gallery on the search page (issue 12) in headless Chromium: the source switch,
+results marked by source, "More like this", and the switch hidden when the gateway
+has no gallery. The three real services on loopback, the embedded store in a tmp folder.
+
+The gallery test also takes a screenshot (docs/screenshots/gallery.png with
+UPDATE_SCREENSHOTS=1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.search_gateway.conftest import gateway_settings
+from tests.search_gateway.gateway_support import RunningGateway, run_gateway
+from tests.support.background import BackgroundServer
+from tests.web.conftest import DesignSite, WebStack
+from tests.web.test_web_page import IMAGE_LOADED, SCREENSHOTS, TIMEOUT_MS
+
+WRITTEN = re.compile(r'^gateway_gallery_points_total\{result="written"\} (\S+)$', re.MULTILINE)
+# Every card's source and gallery id, in the order shown.
+CARDS = "() => [...document.querySelectorAll('#results .card')].map((c) => [c.dataset.source, c.dataset.id])"
+# The cards of the first non-empty list the page shows during a search (before the final one).
+RECORD_FIRST_CARDS = """() => {
+  window.__firstCards = null;
+  const list = document.getElementById("results");
+  new MutationObserver(() => {
+    if (window.__firstCards === null && list.children.length)
+      window.__firstCards = [...list.children].map((c) => [c.dataset.source, c.dataset.id]);
+  }).observe(list, { childList: true });
+}"""
+
+
+class CountedScraper:
+    """Counts the gateway's calls to its (real) scraper."""
+
+    def __init__(self, gateway: RunningGateway) -> None:
+        self.calls = 0
+        client = gateway.app.state.gateway.scraper
+        real = client.search
+
+        def search(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        client.search = search
+
+
+async def _open_page(browser: Any, stack: WebStack | RunningGateway, **context: Any) -> tuple[Any, list[str]]:
+    page = await browser.new_page(**context)
+    page.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console: {msg.text}")
+            if "Content Security Policy" in msg.text else None)
+    await page.goto(f"{stack.url}/")
+    # The page has read the models and whether this gateway has a gallery.
+    await page.locator("#search-form[data-gallery]").wait_for(state="attached")
+    return page, problems
+
+
+async def _pick(page: Any, radio: str) -> None:
+    """Picks a source as a person does: a click on its label (the radio itself is drawn by it)."""
+    await page.click(f"label[for={radio}]")
+    assert await page.locator(f"#{radio}").is_checked()
+
+
+async def _search(page: Any) -> None:
+    await page.click("#search")
+    await page.locator("#counts", has_text="Done").wait_for()
+    await page.wait_for_function("() => !document.getElementById('search').disabled")
+
+
+async def _written(stack: WebStack, at_least: int) -> int:
+    """Waits for the gallery's background writer to have stored `at_least` points."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(400):
+            async with http.get(f"{stack.url}/metrics") as resp:
+                found = WRITTEN.search(await resp.text())
+            written = int(float(found.group(1))) if found else 0
+            if written >= at_least:
+                return written
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the gallery writer stored {written} of {at_least} pictures")
+
+
+# A card whose thumbnail has loaded, or been given up on (the design site dropped "fragile").
+CARD_SETTLED = "(card) => card.classList.contains('broken') || [...card.querySelectorAll('.thumb img')].every((i) => i.complete && i.naturalWidth > 0)"
+
+
+async def _wait_thumbnails(page: Any) -> None:
+    cards = page.locator("#results .card")
+    for i in range(await cards.count()):
+        await cards.nth(i).scroll_into_view_if_needed()  # thumbnails load lazily
+        await page.wait_for_function(CARD_SETTLED, arg=await cards.nth(i).element_handle())
+    await page.evaluate("() => window.scrollTo(0, 0)")
+
+
+async def test_gallery_results_more_like_this_and_the_source_switch(browser: Any, gallery_stack: WebStack) -> None:
+    stack = gallery_stack
+    page, problems = await _open_page(browser, stack, viewport={"width": 1280, "height": 900})
+    switch = page.locator("#sources-field")
+    assert await switch.is_visible()
+    assert await page.locator("#sources-both").is_checked()  # the default: both
+    query = str(stack.site.image("blackwork-mandala-0"))
+
+    # A web search fills the gallery (every picture it embeds, by the background writer).
+    await _pick(page, "sources-web")
+    await page.set_input_files("#file", query)
+    await _search(page)
+    web = await page.evaluate(CARDS)
+    assert len(web) >= 6 and all(source == "web" for source, _ in web), web
+    assert await page.locator("#results .card .source-badge", has_text="web").count() == len(web)
+    await _written(stack, len(web))
+
+    # Gallery only: the same picture answers at once from the store, no scraper call.
+    scraper = CountedScraper(stack.gateway)
+    await _pick(page, "sources-gallery")
+    await _search(page)
+    assert scraper.calls == 0
+    gallery = await page.evaluate(CARDS)
+    assert len(gallery) >= 6 and all(source == "gallery" for source, _ in gallery), gallery
+    assert {i for _, i in gallery} <= {i for _, i in web}
+    first = page.locator("#results .card").first
+    assert await first.locator(".score-value").inner_text() == "100.0%"  # the query picture itself
+    assert await first.locator(".source-badge").text_content() == "From the gallery"  # words, not colour alone
+    assert await page.locator("#results button.more-like").count() == len(gallery)
+    assert re.search(r"Done.*: \d+ from the gallery$", await page.locator("#counts").inner_text())
+
+    # More like this on the first: the stored picture is the query ("Like:" and its thumbnail),
+    # with the model and sources picked; the list is what the API answers for like=<id>.
+    liked_id = gallery[0][1]
+    liked_thumb = await first.locator(".thumb img").get_attribute("src")
+    await first.locator("button.more-like").click()
+    await page.locator("#caption", has_text="Looked for: designs like").wait_for()
+    await page.locator("#counts", has_text="Done").wait_for()
+    assert await page.locator("#preview-like").inner_text() == "Like:"
+    assert await page.locator("#preview-img").get_attribute("src") == liked_thumb
+    await page.wait_for_function(IMAGE_LOADED, arg=await page.locator("#preview-img").element_handle())
+    liked = await page.evaluate(CARDS)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{stack.url}/search", params={"like": liked_id, "sources": "gallery",
+                                                            "embedding_model": "clip"}) as resp:
+            expected = await resp.json()
+    assert [r["id"] for r in expected["results"]] == [i for _, i in liked], (expected, liked)
+    assert liked and all(source == "gallery" for source, _ in liked) and liked_id not in [i for _, i in liked]
+    assert scraper.calls == 0
+    await _wait_thumbnails(page)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "gallery.png"), full_page=True)
+
+    # Both: the gallery's cards come first (the stream's first event), then the web's merge
+    # in, one card per picture.
+    await page.click("#clear-file")
+    await page.set_input_files("#file", query)
+    await _pick(page, "sources-both")
+    await page.evaluate(RECORD_FIRST_CARDS)
+    await _search(page)
+    early = await page.evaluate("() => window.__firstCards")
+    assert early and all(source == "gallery" for source, _ in early), early
+    both = await page.evaluate(CARDS)
+    ids = [i for _, i in both]
+    assert len(ids) == len(set(ids)) and all(ids), both
+    assert scraper.calls == 1
+
+    # Web only again: every card is marked web, keyboard only (arrow keys move the switch).
+    await page.focus("#sources-both")
+    await page.keyboard.press("ArrowRight")
+    await page.keyboard.press("ArrowRight")
+    assert await page.locator("#sources-web").is_checked()
+    await _search(page)
+    again = await page.evaluate(CARDS)
+    assert again and all(source == "web" for source, _ in again), again
+    assert await page.locator("#results button.more-like").count() == 0
+    assert not problems, problems
+
+
+async def test_tag_chips_filter_the_gallery(browser: Any, gallery_stack: WebStack, tmp_path: Path) -> None:
+    stack = gallery_stack
+    page, problems = await _open_page(browser, stack, viewport={"width": 390, "height": 844}, is_mobile=True)
+    assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    await _pick(page, "sources-web")
+    assert await page.locator("#tags-field").is_hidden()  # tags filter gallery results only
+    await page.set_input_files("#file", str(stack.site.image("blackwork-mandala-0")))
+    await _search(page)
+    await _written(stack, await page.locator("#results .card").count())
+
+    await _pick(page, "sources-gallery")
+    await page.locator("#tags-field summary").click()
+    chips = page.locator("#tags input[type=checkbox]")
+    assert await chips.count() == 60  # the vocabulary, from the OpenAPI description
+    await _search(page)
+    everything = await page.locator("#results .card .tags").all_inner_texts()
+    tag = everything[0].removeprefix("Tags: ").split(", ")[0]
+    await page.locator("#tags label", has_text=re.compile(f"^{re.escape(tag)}$")).click()
+    assert await page.locator("#tags-count").inner_text() == "(1 picked)"
+    await _search(page)
+    shown = await page.evaluate(CARDS)
+    async with aiohttp.ClientSession() as http:
+        form = aiohttp.FormData()
+        form.add_field("file", stack.site.image("blackwork-mandala-0").read_bytes(), filename="q.png")
+        async with http.post(f"{stack.url}/search", data=form,
+                             params={"sources": "gallery", "tags": tag, "embedding_model": "clip"}) as resp:
+            expected = await resp.json()
+    # What the API answers with that tag: every result carries it (the store applied the filter).
+    assert expected["results"] and all(tag in r["tags"] for r in expected["results"])
+    assert [i for _, i in shown] == [r["id"] for r in expected["results"]]
+    assert all(source == "gallery" for source, _ in shown)
+    assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    await page.screenshot(path=str(tmp_path / "phone-gallery.png"), full_page=True)  # kept by pytest's tmp_path, to look at
+    assert not problems, problems
+
+
+async def test_no_gallery_hides_the_switch(browser: Any, web_stack: WebStack) -> None:
+    # GATEWAY_GALLERY=off (the web stack): the OpenAPI description lists sources as web-only.
+    page, problems = await _open_page(browser, web_stack)
+    assert await page.get_attribute("#search-form", "data-gallery") == "off"
+    assert await page.locator("#sources-field").is_hidden() and await page.locator("#tags-field").is_hidden()
+
+    # When the description cannot be read the switch is offered; the gateway's 400 for a
+    # gallery search takes it away, in plain words.
+    await page.route("**/openapi.json", lambda route: route.abort())
+    await page.reload()
+    await page.locator("#search-form[data-gallery=unknown]").wait_for(state="attached")
+    await _pick(page, "sources-gallery")
+    await page.fill("#text", "rose")
+    await page.click("#search")
+    await page.locator("#error .error-message", has_text="This server has no gallery").wait_for()
+    assert await page.locator("#sources-field").is_hidden()
+    await page.unroute("**/openapi.json")
+    await _search(page)  # sources no longer sent: the web answers
+    assert await page.locator("#results .card[data-source=web]").count() > 0
+    assert not problems, problems
+
+
+async def test_an_unreachable_gallery_is_said_and_the_web_answers(
+        browser: Any, embed: BackgroundServer, design_site: DesignSite, tmp_path: Path) -> None:
+    from tests.search_gateway.gateway_support import scraper_server
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with scraper_server(design_site.manifest) as scraper:
+        settings = gateway_settings(embed.target, scraper.target, design_site, gallery="on",  # type: ignore[arg-type]
+                                    gallery_path=tmp_path / "unused", gallery_url=f"http://127.0.0.1:{closed}")
+        async with run_gateway(settings) as gateway:
+            page, problems = await _open_page(browser, gateway)
+            await page.fill("#text", "mandala")
+            await _search(page)
+            notice = page.locator("#results-summary .gallery-notice")
+            assert "The gallery is unavailable; showing web results only." in await notice.inner_text()
+            assert await page.locator("#results .card[data-source=web]").count() > 0
+
+            await _pick(page, "sources-gallery")
+            await page.click("#search")
+            message = page.locator("#error .error-message")
+            await message.wait_for()
+            assert "The gallery is unavailable right now" in await message.inner_text()
+            assert not problems, problems
