@@ -90,7 +90,8 @@ async def _written(stack: WebStack, at_least: int) -> int:
 
 
 # A card whose thumbnail has loaded, or been given up on (the design site dropped "fragile").
-CARD_SETTLED = "(card) => card.classList.contains('broken') || [...card.querySelectorAll('.thumb img')].every((i) => i.complete && i.naturalWidth > 0)"
+CARD_SETTLED = ("(card) => card.classList.contains('broken') || "
+                "[...card.querySelectorAll('.thumb img')].every((i) => i.complete && i.naturalWidth > 0)")
 
 
 async def _wait_thumbnails(page: Any) -> None:
