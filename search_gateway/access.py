@@ -16,6 +16,8 @@ from cachetools import LRUCache
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_gateway.errors import RateLimited, Unauthorized, UploadTooLarge, to_response
+from search_gateway.tenants import LOCAL, parse_api_keys
+from search_gateway.tenants import SCOPE_KEY as TENANT_SCOPE_KEY
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -78,7 +80,9 @@ def _address(text: str) -> IPAddress | None:
 
 
 def _split_outside_quotes(text: str, separator: str) -> list[str]:
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for char in text:
         if escaped:
             escaped = False
@@ -125,7 +129,7 @@ class ClientIdentity:
     """
 
     def __init__(self, keys: Iterable[str] = (), trusted_proxies: Iterable[str] = ()) -> None:
-        self.keys = frozenset(keys)
+        self.keys = frozenset(parse_api_keys(keys))
         self.proxies = parse_trusted_proxies(trusted_proxies)
 
     def _trusted(self, ip: IPAddress | None) -> bool:
@@ -158,20 +162,34 @@ class ClientIdentity:
 
 
 class ApiKeyMiddleware:
-    """When keys are configured, every request outside OPEN_PATHS needs one (X-API-Key or Bearer)."""
+    """When keys are configured, every request outside OPEN_PATHS needs one (X-API-Key or Bearer).
+
+    ``keys`` are ``GATEWAY_API_KEYS`` entries (``TENANT:KEY`` or a plain key, tenants.py);
+    the caller's tenant is left in the scope for the routes, ``local`` when keys are off.
+    """
 
     def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
         self.app = app
-        self.keys = tuple(k.encode() for k in keys)
+        self.keys = tuple((k.encode(), tenant) for k, tenant in parse_api_keys(keys).items())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or _is_open(scope["path"]) or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or not self.keys:
+            if scope["type"] == "http":
+                scope[TENANT_SCOPE_KEY] = LOCAL
             await self.app(scope, receive, send)
             return
         given = _given_key(scope)
         # Constant-time comparison against every key, so timing says nothing.
-        ok = bool(given) and any(hmac.compare_digest(given.encode(), k) for k in self.keys)  # type: ignore[union-attr]
-        if not ok:
+        tenant = None
+        for key, owner in self.keys:
+            if hmac.compare_digest((given or "").encode(), key) and given:
+                tenant = owner
+        if tenant is not None:
+            scope[TENANT_SCOPE_KEY] = tenant
+        if _is_open(scope["path"]) or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        if tenant is None:
             response = to_response(Unauthorized("A valid API key is required (X-API-Key header)."))
             response.headers["WWW-Authenticate"] = "Bearer"
             await response(scope, receive, send)
@@ -186,7 +204,8 @@ class TokenBuckets:
     computes it), so age alone never needs to drop one; only the count is bounded.
     """
 
-    def __init__(self, per_minute: int, burst: int, max_clients: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: int, burst: int, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self.max_clients = max_clients
@@ -218,7 +237,8 @@ class RateLimitMiddleware:
             return
         wait = self.buckets.take(self.identity.key(scope))
         if wait > 0:
-            await to_response(RateLimited(f"Too many requests; retry in {math.ceil(wait)} s.", retry_after=wait))(scope, receive, send)
+            refusal = RateLimited(f"Too many requests; retry in {math.ceil(wait)} s.", retry_after=wait)
+            await to_response(refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -226,17 +246,22 @@ class RateLimitMiddleware:
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes``: by Content-Length at once, else while reading."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, collection_max_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Uploads to a collection carry many images: their own, larger limit.
+        self.collection_max_bytes = collection_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = UploadTooLarge(f"The request body is over the {self.max_bytes}-byte limit.")
+        limit, name = self.max_bytes, ""
+        if self.collection_max_bytes and scope["path"].startswith("/collections/") and scope["path"].endswith("/images"):
+            limit, name = self.collection_max_bytes, " (GATEWAY_COLLECTION_MAX_BYTES)"
+        too_large = UploadTooLarge(f"The request body is over the {limit}-byte limit{name}.")
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        if length is not None and length.isdigit() and int(length) > limit:
             await to_response(too_large)(scope, receive, send)
             return
         seen = 0
@@ -246,7 +271,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise too_large  # surfaces in the route, mapped to 413 by the one handler
             return message
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,7 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search_gateway import errors, routes, web
+from search_gateway import collection_routes, errors, routes, web
 from search_gateway.access import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -29,6 +30,8 @@ from search_gateway.access import (
     TokenBuckets,
 )
 from search_gateway.backends import EmbedClient, ScraperClient, embed_channel, scraper_channel
+from search_gateway.blobs.base import BlobStore
+from search_gateway.blobs.factory import open_blob_store
 from search_gateway.cache import EmbeddingCache
 from search_gateway.caption import CaptionChain, Captioner, RemoteCaptioner, ZeroShotCaptioner
 from search_gateway.config import GatewaySettings
@@ -67,6 +70,8 @@ class Gateway:
     captions: CaptionChain
     image_limits: ImageLimits
     gallery: GallerySource | None = None
+    # Uploaded originals of private collections; None when the gallery is off.
+    blobs: BlobStore | None = None
 
 
 def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
@@ -115,17 +120,25 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
         cache=cache, metrics=metrics,
     )
     catalog = ModelCatalog(embed)
+    blobs: BlobStore | None = None
     try:
         async with open_gallery(settings, metrics, embed, catalog, captions) as gallery:
+            if gallery is not None:
+                blobs = await open_blob_store(
+                    path=None if settings.blobs_url else settings.blobs_path, url=settings.blobs_url or None,
+                    bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix)
             pipeline = dataclasses.replace(pipeline, gallery=gallery)
             yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
                           ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits,
-                          gallery)
+                          gallery, blobs)
     finally:
+        if blobs is not None:
+            await blobs.close()
         await captions.close()
         await downloader.close()
-        await embed.channel.close()
-        await scraper.channel.close()
+        # grpc.aio's grace defaults to None (cancel at once); grpc-stubs 1.53 makes it required.
+        await embed.channel.close(None)
+        await scraper.channel.close(None)
 
 
 class _RequestMetrics:
@@ -179,7 +192,8 @@ def create_app(settings: GatewaySettings | None = None, *,
                      settings.embed_security.describe(), settings.scraper_target, settings.scraper_security.describe())
             yield
 
-    route_list = [
+    # Every item is a Route or a Mount, both with a path; BaseRoute (web.routes()) has none.
+    route_list: list[Any] = [
         Route("/search", routes.search, methods=["POST"]),
         Route("/search/stream", routes.search_stream, methods=["POST"]),
         Route("/analyze-attention", routes.analyze_attention, methods=["POST"]),
@@ -189,6 +203,12 @@ def create_app(settings: GatewaySettings | None = None, *,
         Route("/metrics", routes.metrics_text, methods=["GET"]),
         Route("/openapi.json", routes.openapi, methods=["GET"]),
         Route("/thumbnails/{token}", routes.thumbnail, methods=["GET"]),
+        Route("/collections", collection_routes.list_collections, methods=["GET"]),
+        Route("/collections", collection_routes.create_collection, methods=["POST"]),
+        Route("/collections/{name}", collection_routes.delete_collection, methods=["DELETE"]),
+        Route("/collections/{name}/images", collection_routes.add_images, methods=["POST"]),
+        Route("/collections/{name}/images/{id}", collection_routes.get_image, methods=["GET"]),
+        Route("/collections/{name}/images/{id}", collection_routes.delete_image, methods=["DELETE"]),
         *web.routes(),  # the search page at / and its files under /static
     ]
     buckets = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None
@@ -198,13 +218,14 @@ def create_app(settings: GatewaySettings | None = None, *,
     middleware = [
         Middleware(RequestIdMiddleware),
         Middleware(_RequestMetrics, metrics=metrics, paths=frozenset(r.path for r in route_list)),
-        Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+        Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
                    allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
                    expose_headers=["X-Request-ID", "Retry-After"], max_age=600),
         Middleware(ApiKeyMiddleware, keys=settings.api_keys),
         Middleware(RateLimitMiddleware, buckets=buckets,
                    identity=ClientIdentity(settings.api_keys, settings.trusted_proxies)),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.upload_max_bytes + _FORM_OVERHEAD),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.upload_max_bytes + _FORM_OVERHEAD,
+                   collection_max_bytes=settings.collection_max_bytes),
     ]
     app = Starlette(
         routes=route_list,

@@ -120,6 +120,7 @@ class GatewaySettings(ServiceSettings):
     caption_timeout_s: PositiveFloat = 8.0
     # --- access
     cors_origins: CommaList[str] = ()
+    # TENANT:KEY entries (a plain KEY is a tenant of its own): search_gateway/tenants.py.
     api_keys: CommaList[str] = ()
     # Addresses or CIDR ranges of reverse proxies whose X-Forwarded-For / Forwarded
     # headers name the client (access.py). Empty: those headers are ignored, and the
@@ -151,6 +152,18 @@ class GatewaySettings(ServiceSettings):
     # First wait before a failed gallery write (doubling, 4 attempts), and between tries
     # to open a store that was unreachable.
     gallery_retry_s: PositiveFloat = 2.0
+    # --- private collections (collections.py): uploaded originals kept once by SHA-256
+    # in a folder, or an S3-compatible bucket when GATEWAY_BLOBS_URL is set.
+    blobs_path: Path = Path("var/blobs")
+    blobs_url: str = ""
+    blobs_bucket: str = ""
+    blobs_region: str = "us-east-1"
+    blobs_prefix: str = "blobs/"
+    # Bytes nothing refers to are kept this long (an upload in progress looks like that).
+    blobs_gc_grace_s: NonNegativeFloat = 86400.0
+    # Per POST /collections/{name}/images: inputs (file and url fields) and total bytes.
+    collection_max_files: AtLeastOne = 100
+    collection_max_bytes: AtLeastOne = 40 * 1024 * 1024
 
     @field_validator("default_model")
     @classmethod
@@ -179,6 +192,17 @@ class GatewaySettings(ServiceSettings):
 
         try:
             parse_trusted_proxies(value)
+        except ValueError as exc:
+            raise ValueError(f"is not valid: {exc}") from None
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from search_gateway.tenants import parse_api_keys
+
+        try:
+            parse_api_keys(value)
         except ValueError as exc:
             raise ValueError(f"is not valid: {exc}") from None
         return value

@@ -62,6 +62,10 @@ class NotFound(GatewayError):
     status, code = 404, "not_found"
 
 
+class Conflict(GatewayError):
+    status, code = 409, "conflict"
+
+
 class UploadTooLarge(GatewayError):
     status, code = 413, "upload_too_large"
 

@@ -6,6 +6,7 @@ Errors are raised, never answered here: ``errors.to_response`` does that in one 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import uuid
@@ -17,13 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from search_gateway import attention, search_json
+from search_gateway.caption import STYLES, SUBJECTS
 from search_gateway.errors import BadRequest, GatewayError, MissingField, UploadTooLarge, to_response
 from search_gateway.images import decode_rgb, prepare_in_thread
 from search_gateway.images import thumbnail as make_thumbnail
 from search_gateway.openapi import openapi_document
 from search_gateway.replies import PatchMatches
 from search_gateway.search.types import SOURCES, Candidate, SearchEvent, SearchOutcome, SearchQuery
-from search_gateway.caption import STYLES, SUBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ _FALSE = ("0", "false", "no", "off", "")
 JSON_FIELDS = ("text", "embedding_model", "max_results")
 
 
-def _gateway(request: Request):  # type: ignore[no-untyped-def]
+def _gateway(request: Request):
     return request.app.state.gateway
 
 
@@ -203,8 +204,8 @@ async def _search_query(request: Request) -> SearchQuery:
                                           _tags(request, fields), _like(request, fields))
         if "gallery" in sources and gw.gallery is None and (like or sources == {"gallery"}):
             raise BadRequest("The gallery is off on this gateway (GATEWAY_GALLERY=off): search with sources=web.")
-        common = {"model": model, "max_results": max_results, "sources": sources, "min_score": min_score,
-                  "tags": tags}
+        query = functools.partial(SearchQuery, model=model, max_results=max_results, sources=sources,
+                                  min_score=min_score, tags=tags)
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
         if form is not None and data is None:
             field = form.get("text")
@@ -213,19 +214,19 @@ async def _search_query(request: Request) -> SearchQuery:
             # 'like' is the query when given; an image or text sent along is not used
             # (documented: a client switching to "more like this" may keep its form).
             await gw.catalog.require(model)
-            return SearchQuery(include_attention=False, like=like, **common)
+            return query(include_attention=False, like=like)
         if data is None and text is None:
             raise MissingField("Send the query image in the multipart field 'file' (or a 'text' field for text "
                                "search, or 'like' with a gallery image id).")
         if data is not None:
             await gw.catalog.require(model)
             image = await prepare_in_thread(data, gw.image_limits, "uploaded image")
-            return SearchQuery(include_attention=include_attention, image=image, **common)
+            return query(include_attention=include_attention, image=image)
         text = " ".join((text or "").split())
         if not text or len(text) > 300:
             raise BadRequest("The 'text' query must be 1 to 300 characters.")
         await gw.catalog.require(model, text=True)
-        return SearchQuery(include_attention=False, text=text, **common)
+        return query(include_attention=False, text=text)
     finally:
         if form is not None:
             await form.close()
@@ -426,6 +427,11 @@ async def thumbnail(request: Request) -> Response:
     s = gw.settings
     url, headers = gw.signer.verify(request.path_params["token"])
     size = _int(request, None, "size", 256, 16, s.thumbnail_max_side)
-    raw = await gw.downloader.fetch(url, headers, timeout=s.download_timeout_s)
+    if url.startswith("blob:"):  # an uploaded original: signed by us, for its tenant only
+        from search_gateway.collection_routes import blob_thumbnail
+
+        raw = await blob_thumbnail(request, url[len("blob:"):])
+    else:
+        raw = await gw.downloader.fetch(url, headers, timeout=s.download_timeout_s)
     jpeg = await asyncio.to_thread(make_thumbnail, raw, max_pixels=s.max_pixels, max_side=size)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -75,9 +75,14 @@ def _slug(text: str, limit: int) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "x"
 
 
-def point_id(collection: str, content_hash: str) -> str:
-    """The point's id: the same picture in the same collection is always the same point."""
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{collection}\0{content_hash}"))
+def point_id(collection: str, content_hash: str, tenant: str | None = None) -> str:
+    """The point's id: the same picture in the same collection is always the same point.
+
+    A private collection's tenant is part of it, so two tenants' collections of the same
+    name never share (or overwrite) a point; public points keep their original ids.
+    """
+    key = f"{collection}\0{content_hash}" if tenant is None else f"{tenant}\0{collection}\0{content_hash}"
+    return str(uuid.uuid5(_POINT_NAMESPACE, key))
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class GalleryPoint:
 
     @property
     def id(self) -> str:
-        return point_id(self.collection, self.content_hash)
+        return point_id(self.collection, self.content_hash, self.tenant)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,167 @@
+"""HTTP handlers of private collections: list, create, delete, upload images, get and delete one.
+
+Another tenant's collection does not exist for a caller: every lookup is by (tenant,
+name), so it answers 404 exactly like a name nobody used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from search_gateway.blobs.gc import release
+from search_gateway.collections import WEB, Collection, CollectionRecords, bad_name
+from search_gateway.errors import BackendUnavailable, BadRequest, Conflict, GatewayError, NotFound
+from search_gateway.gallery.base import GalleryError, GalleryPoint
+from search_gateway.tenants import tenant_of
+from search_gateway.uploads import Uploader, read_inputs
+
+
+def _gateway(request: Request) -> Any:
+    return request.app.state.gateway
+
+
+async def records(request: Request) -> CollectionRecords:
+    gw = _gateway(request)
+    if gw.gallery is None or gw.blobs is None:
+        raise NotFound("Private collections need the gallery, which is off on this gateway (GATEWAY_GALLERY=off).")
+    try:
+        gallery = await gw.gallery.link.gallery()
+    except GalleryError as exc:
+        raise BackendUnavailable(str(exc), backend="gallery") from exc
+    return CollectionRecords(gallery.store)
+
+
+def _missing(name: str) -> NotFound:
+    return NotFound(f"There is no collection {name[:60]!r}.")
+
+
+async def _owned(request: Request, recs: CollectionRecords) -> Collection:
+    name = request.path_params["name"]
+    found = await recs.get(tenant_of(request.scope), name) if bad_name(name) is None else None
+    if found is None:
+        raise _missing(name)
+    return found
+
+
+def _describe(c: Collection, images: int) -> dict[str, Any]:
+    return {"name": c.name, "images": images, "models": list(c.models),
+            "created": c.created.isoformat(), "updated": c.updated.isoformat()}
+
+
+async def list_collections(request: Request) -> Response:
+    recs = await records(request)
+    tenant = tenant_of(request.scope)
+    mine = [_describe(c, await recs.count(tenant, c.name)) for c in await recs.of_tenant(tenant)]
+    return JSONResponse({"collections": [{"name": WEB, "shared": True}, *mine]})
+
+
+async def create_collection(request: Request) -> Response:
+    recs = await records(request)
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise BadRequest('Send a JSON body such as {"name": "flash-2024"}.') from None
+    name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str):
+        raise BadRequest('Send a JSON body such as {"name": "flash-2024"}: the field "name" (a string) is required.')
+    problem = bad_name(name)
+    if problem:
+        raise BadRequest(problem)
+    tenant = tenant_of(request.scope)
+    if await recs.get(tenant, name) is not None:
+        raise Conflict(f"The collection {name!r} already exists.")
+    created = await recs.create(tenant, name)
+    return JSONResponse(_describe(created, 0), status_code=201)
+
+
+async def delete_collection(request: Request) -> Response:
+    recs = await records(request)
+    collection = await _owned(request, recs)
+    # The record goes last: a crash half-way leaves a collection that can be deleted again.
+    while images := await recs.images(collection.tenant, collection.name):
+        await _forget(request, recs, images)
+    await recs.forget(collection.tenant, collection.name)
+    return Response(status_code=204)
+
+
+async def _forget(request: Request, recs: CollectionRecords, images: list[GalleryPoint]) -> None:
+    """Points in every model space first, then the records, then bytes nothing holds any more."""
+    gw = _gateway(request)
+    gallery = await gw.gallery.link.gallery()
+    by_model: dict[str, list[str]] = {}
+    for image in images:
+        for model in image.engine.split(","):
+            by_model.setdefault(model, []).append(image.id)
+    for model, ids in by_model.items():
+        space = await gw.gallery.space_for(model) if model else None
+        if space is not None:
+            await gallery.store.delete(space, ids)
+    await recs.remove_images(images)
+    for image in images:
+        await release(gw.blobs, image.content_hash, recs.referenced)
+
+
+async def add_images(request: Request) -> Response:
+    recs = await records(request)
+    collection = await _owned(request, recs)
+    gw = _gateway(request)
+    inputs, tags, models = await read_inputs(request, gw.settings)
+    for model in models:
+        await gw.catalog.require(model)
+    uploader = Uploader(gw, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
+    results = [await uploader.add(item) for item in inputs]
+    return JSONResponse({"collection": collection.name, "results": results})
+
+
+def _thumbnail_path(request: Request) -> Callable[[str, str], str]:
+    signer = _gateway(request).signer
+
+    def link(tenant: str, sha256: str) -> str:
+        return str(request.url_for("thumbnail", token=signer.sign(f"blob:{tenant}/{sha256}")).path)
+
+    return link
+
+
+async def get_image(request: Request) -> Response:
+    recs = await records(request)
+    collection = await _owned(request, recs)
+    image = await recs.image(collection.tenant, collection.name, request.path_params["id"])
+    if image is None:
+        raise NotFound("There is no such image in this collection.")
+    return JSONResponse({
+        "id": image.id, "collection": collection.name, "sha256": image.content_hash,
+        "width": image.width, "height": image.height, "filename": image.title, "urls": list(image.urls),
+        "tags": sorted(image.tags), "models": [m for m in image.engine.split(",") if m],
+        "added": image.first_seen.isoformat() if image.first_seen else None,
+        "thumbnail": _thumbnail_path(request)(collection.tenant, image.content_hash),
+    })
+
+
+async def delete_image(request: Request) -> Response:
+    recs = await records(request)
+    collection = await _owned(request, recs)
+    image = await recs.image(collection.tenant, collection.name, request.path_params["id"])
+    if image is None:
+        raise NotFound("There is no such image in this collection.")
+    await _forget(request, recs, [image])
+    return Response(status_code=204)
+
+
+async def blob_thumbnail(request: Request, target: str) -> bytes:
+    """The original of a signed ``blob:<tenant>/<sha256>`` link, for its own tenant only."""
+    gw = _gateway(request)
+    tenant, _, sha256 = target.partition("/")
+    if gw.blobs is None or tenant != tenant_of(request.scope):
+        raise NotFound("This thumbnail link is unknown or has expired; search again.")
+    try:
+        data: bytes = await gw.blobs.get(sha256)
+    except GatewayError:
+        raise
+    except Exception:
+        raise NotFound("This picture is no longer stored.") from None
+    return data

@@ -1,0 +1,117 @@
+"""Private collections' records, kept in the gallery store itself.
+
+Why in the store (not a JSON file under var/): the store's writes are durable when they
+return (they survive kill -9), and with a Qdrant server every gateway replica sees the
+same records; a file would be one machine's. The records live in a dedicated vector
+space of payload-only points (one-dimensional, every vector ``[1]``), laid out as
+ordinary gallery points, so both engines keep them without a schema of their own:
+
+* a collection: ``collection="@collections"``, ``tenant``, ``content_hash=<name>``,
+  ``first_seen``/``last_seen`` = created/updated, ``engine`` = the models indexed;
+* an image of a collection: ``collection=<name>``, ``tenant``, ``content_hash=<sha256>``,
+  ``engine`` = its models, ``title`` its file name, ``urls`` where it was fetched from.
+
+An image record has the same id as the image's points in the model spaces, which is
+the id the API shows. Counting records by hash (any tenant) says whether a blob is
+still referenced.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from search_gateway.gallery.base import GalleryFilter, GalleryPoint, GalleryStore, VectorSpace
+
+META = VectorSpace("collections", "meta-v1", 1)
+_RECORDS = "@collections"
+_ONE = (1.0,)
+WEB = "web"
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+NAME_RULE = "1-48 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+# The store answers at most this many points per query; listings page by deleting or by name.
+_PAGE = 1000
+
+
+def bad_name(name: str) -> str | None:
+    """Why ``name`` cannot name a new collection, or None."""
+    if name == WEB:
+        return "The collection name 'web' is reserved for images from the public web."
+    if not NAME.fullmatch(name):
+        return f"A collection name is {NAME_RULE}; {name[:60]!r} is not."
+    return None
+
+
+def _models(point: GalleryPoint) -> tuple[str, ...]:
+    return tuple(m for m in point.engine.split(",") if m)
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    tenant: str
+    created: datetime
+    updated: datetime
+    models: tuple[str, ...]
+
+
+def _collection(point: GalleryPoint) -> Collection:
+    now = datetime.now(UTC)
+    return Collection(point.content_hash, point.tenant or "", point.first_seen or now, point.last_seen or now,
+                      _models(point))
+
+
+class CollectionRecords:
+    def __init__(self, store: GalleryStore) -> None:
+        self.store = store
+
+    async def _all(self, spec: GalleryFilter, limit: int = _PAGE) -> list[GalleryPoint]:
+        hits = await self.store.search(META, _ONE, limit=limit, filter=spec)
+        return [hit.point for hit in hits]
+
+    async def of_tenant(self, tenant: str) -> list[Collection]:
+        found = await self._all(GalleryFilter(collections=(_RECORDS,), tenant=tenant))
+        return sorted((_collection(p) for p in found), key=lambda c: c.name)
+
+    async def get(self, tenant: str, name: str) -> Collection | None:
+        found = await self.store.retrieve(META, [GalleryPoint(name, _ONE, _RECORDS, tenant).id])
+        return _collection(found[0]) if found else None
+
+    async def create(self, tenant: str, name: str) -> Collection:
+        now = datetime.now(UTC)
+        await self.store.upsert(META, [GalleryPoint(name, _ONE, _RECORDS, tenant, first_seen=now, last_seen=now)])
+        return Collection(name, tenant, now, now, ())
+
+    async def touch(self, collection: Collection, models: Sequence[str]) -> None:
+        merged = ",".join(dict.fromkeys([*collection.models, *models]))
+        await self.store.upsert(META, [GalleryPoint(collection.name, _ONE, _RECORDS, collection.tenant, engine=merged,
+                                                    first_seen=collection.created, last_seen=datetime.now(UTC))])
+
+    async def forget(self, tenant: str, name: str) -> None:
+        await self.store.delete(META, [GalleryPoint(name, _ONE, _RECORDS, tenant).id])
+
+    async def count(self, tenant: str, name: str) -> int:
+        return await self.store.count(META, GalleryFilter(collections=(name,), tenant=tenant))
+
+    async def images(self, tenant: str, name: str, limit: int = _PAGE) -> list[GalleryPoint]:
+        return await self._all(GalleryFilter(collections=(name,), tenant=tenant), limit)
+
+    async def image(self, tenant: str, name: str, id: str) -> GalleryPoint | None:
+        found = await self.store.retrieve(META, [id])
+        # The id alone names a point; it is the caller's only when tenant and collection match.
+        return next((p for p in found if p.tenant == tenant and p.collection == name), None)
+
+    async def image_by_hash(self, tenant: str, name: str, sha256: str) -> GalleryPoint | None:
+        return await self.image(tenant, name, GalleryPoint(sha256, _ONE, name, tenant).id)
+
+    async def add_image(self, point: GalleryPoint) -> None:
+        await self.store.upsert(META, [replace(point, vector=_ONE)])
+
+    async def remove_images(self, points: Sequence[GalleryPoint]) -> None:
+        await self.store.delete(META, [p.id for p in points])
+
+    async def referenced(self, sha256: str) -> bool:
+        """Whether any collection of any tenant still holds this picture."""
+        return await self.store.count(META, GalleryFilter(content_hashes=(sha256,))) > 0

@@ -1,0 +1,128 @@
+"""Private collections (issue 13): tenants, the collections API, uploads into the blob
+store. Real embed and scraper servers, the embedded gallery store and local blobs in tmp."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from search_gateway.config import ConfigError, GatewaySettings
+from search_gateway.tenants import parse_api_keys
+from tests.search_gateway.conftest import Site, gateway_settings
+from tests.search_gateway.gateway_support import run_gateway, scraper_server, write_catalog
+from tests.support.background import BackgroundServer
+from tests.support.images import jpeg
+
+pytestmark = pytest.mark.asyncio
+
+A, B = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
+
+
+@pytest_asyncio.fixture
+async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
+    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
+        yield server
+
+
+def _settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path, **more: Any) -> Any:
+    return gateway_settings(embed.target, scraper.target, site, gallery="on", gallery_path=tmp / "gallery",
+                            blobs_path=tmp / "blobs", api_keys=("studio-a:key-a", "studio-b:key-b"), **more)
+
+
+def _files(*items: tuple[str, bytes | str]) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    for name, value in items:
+        if isinstance(value, bytes):
+            form.add_field(name, value, filename=f"{len(value)}.jpg", content_type="image/jpeg")
+        else:
+            form.add_field(name, value)
+    return form
+
+
+def test_api_keys_name_tenants_and_plain_keys_stay_their_own() -> None:
+    keys = parse_api_keys(["studio-a:k1", "studio-a:k2", "plain-key"])
+    assert keys["k1"] == keys["k2"] == "studio-a"
+    assert keys["plain-key"].startswith("key-") and "plain" not in keys["plain-key"]
+    with pytest.raises(ConfigError, match="GATEWAY_API_KEYS"):
+        GatewaySettings(api_keys=("Bad Tenant:k",))
+
+
+async def test_collections_upload_and_tenants_never_cross(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    picture, other = jpeg(3, (344, 240)), jpeg(5, (300, 260))
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        async def call(method: str, path: str, headers: dict[str, str], **kw: Any) -> tuple[int, Any]:
+            async with http.request(method, gw.url + path, headers=headers, **kw) as resp:
+                return resp.status, (await resp.json() if resp.content_type == "application/json" else None)
+
+        assert (await call("POST", "/collections", A, json={"name": "flash"}))[0] == 201
+        assert (await call("POST", "/collections", A, json={"name": "flash"}))[0] == 409
+        status, body = await call("POST", "/collections", A, json={"name": "Bad Name!"})
+        assert status == 400 and "a-z" in body["detail"]
+        assert (await call("POST", "/collections", A, json={"name": "web"}))[0] == 400
+        assert (await call("POST", "/collections", B, json={"name": "flash"}))[0] == 201  # same name, other tenant
+
+        status, body = await call("POST", "/collections/flash/images", A, data=_files(
+            ("file", picture), ("file", b"not an image at all"), ("file", picture[: len(picture) // 2]),
+            ("url", "http://127.0.0.1:1/x.jpg"), ("file", picture), ("url", f"{site.base}/img/5.jpg")))
+        assert status == 200, body
+        kinds = [r["status"] for r in body["results"]]
+        assert kinds == ["added", "rejected", "rejected", "rejected", "duplicate", "added"], body
+        added = body["results"][0]["id"]
+        assert body["results"][4]["id"] == added
+        assert all(r["reason"] for r in body["results"][1:4])
+        assert len(list((tmp_path / "blobs").rglob("*"))) >= 2
+
+        status, listed = await call("GET", "/collections", A)
+        flash = next(c for c in listed["collections"] if c["name"] == "flash")
+        assert flash["images"] == 2 and flash["models"]
+        status, image = await call("GET", f"/collections/flash/images/{added}", A)
+        assert status == 200 and image["width"] == 344
+        async with http.get(gw.url + image["thumbnail"], headers=A) as resp:
+            assert resp.status == 200 and resp.content_type == "image/jpeg"
+
+        # Tenant B: the same name is another collection; A's image and thumbnail do not exist for B.
+        assert (await call("GET", f"/collections/flash/images/{added}", B))[0] == 404
+        async with http.get(gw.url + image["thumbnail"], headers=B) as resp:
+            assert resp.status == 404
+        _, b_list = await call("GET", "/collections", B)
+        assert next(c for c in b_list["collections"] if c["name"] == "flash")["images"] == 0
+        assert (await call("DELETE", f"/collections/flash/images/{added}", B))[0] == 404
+        status, _ = await call("POST", "/collections/flash/images", B, data=_files(("file", other)))
+        assert status == 200
+
+        # Delete: A's points and the blob nobody else holds go; B's collection stays.
+        assert (await call("DELETE", f"/collections/flash/images/{added}", A))[0] == 204
+        assert (await call("GET", f"/collections/flash/images/{added}", A))[0] == 404
+        assert (await call("DELETE", "/collections/flash", A))[0] == 204
+        assert (await call("DELETE", "/collections/flash", A))[0] == 404
+        _, a_list = await call("GET", "/collections", A)
+        assert [c["name"] for c in a_list["collections"]] == ["web"]
+        _, b_list = await call("GET", "/collections", B)
+        assert next(c for c in b_list["collections"] if c["name"] == "flash")["images"] == 1
+
+
+async def test_too_many_files_and_too_large_bodies_are_refused_naming_the_limit(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    settings = _settings(embed, scraper, site, tmp_path, collection_max_files=10,
+                         collection_max_bytes=4 * 1024 * 1024)
+    async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
+        async with http.post(f"{gw.url}/collections", json={"name": "big"}, headers=A) as resp:
+            assert resp.status == 201
+        many = _files(*[("file", b"x")] * 1000)
+        async with http.post(f"{gw.url}/collections/big/images", data=many, headers=A) as resp:
+            body = await resp.json()
+            assert resp.status == 413 and "GATEWAY_COLLECTION_MAX_FILES" in body["detail"]
+        huge = aiohttp.FormData()
+        huge.add_field("file", io.BytesIO(b"\0" * (50 * 1024 * 1024)), filename="huge.jpg")
+        async with http.post(f"{gw.url}/collections/big/images", data=huge, headers=A) as resp:
+            body = await resp.json()
+            assert resp.status == 413 and "GATEWAY_COLLECTION_MAX_BYTES" in body["detail"]
+        async with http.get(f"{gw.url}/collections", headers=A) as resp:
+            assert resp.status == 200  # still up
