@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/tattoo_search/v1/*.proto)
 GENERATED := tattoo_search/.generated
 
-.PHONY: install protos run test bench clean
+.PHONY: install protos run lint test bench clean
 
 install: $(VENV)/.installed protos
 
@@ -36,7 +36,12 @@ run: install
 
 # The browser tests drive Debian's chromium, installed here when missing (never a
 # browser download by a test tool); WEB_TESTS=skip skips them where it cannot be.
-test: install
+# Lint and type checks (configured in pyproject.toml), run before every test run.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy embed_server scraper_service search_gateway service_common
+
+test: install lint
 	./scripts/install-browser.sh || [ "$$WEB_TESTS" = skip ]
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

@@ -103,8 +103,8 @@ def raw_section(models: list[str], variants: list[str], batches: list[int], min_
         print("| model | onnx / torch | int8 / onnx | int8 / torch |")
         print("|---|---|---|---|")
         for name in models:
-            get = lambda v: results.get((name, v), {}).get(8)  # noqa: E731
-            cells = [(get("onnx"), get("torch")), (get("int8"), get("onnx")), (get("int8"), get("torch"))]
+            at8 = {v: results.get((name, v), {}).get(8) for v in ("onnx", "torch", "int8")}
+            cells = [(at8["onnx"], at8["torch"]), (at8["int8"], at8["onnx"]), (at8["int8"], at8["torch"])]
             print(f"| {name} | " + " | ".join(f"{a / b:.2f}x" if a and b else "-" for a, b in cells) + " |")
     if accuracy:
         print("\n## int8 accuracy: minimum cosine to ONNX fp32 over 16 photos\n")
@@ -155,7 +155,8 @@ def served(model: str, variant: str, max_batch: int, clients: int, seconds: floa
 
 def served_section(plan: list[tuple[str, str]], raw: dict, clients: int, seconds: float) -> None:
     print(f"\n## Served: {clients} concurrent single-image clients, 640x480 JPEG, images/s\n")
-    print("| model | runtime | batching off (max 1) | batching on (max 8) | on / off | on / raw b8 same runtime | on / raw torch b8 |")
+    print("| model | runtime | batching off (max 1) | batching on (max 8) | on / off "
+          "| on / raw b8 same runtime | on / raw torch b8 |")
     print("|---|---|---|---|---|---|---|")
     for name, variant in plan:
         off = served(name, variant, 1, clients, seconds)
@@ -163,7 +164,8 @@ def served_section(plan: list[tuple[str, str]], raw: dict, clients: int, seconds
         same = raw.get((name, variant), {}).get(8)
         base = raw.get((name, "torch"), {}).get(8)
         ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
-        print(f"| {name} | {variant} | {off:.1f} | {on:.1f} | {on / off:.2f}x | {ratio(on, same)} | {ratio(on, base)} |", flush=True)
+        print(f"| {name} | {variant} | {off:.1f} | {on:.1f} | {on / off:.2f}x | {ratio(on, same)} | {ratio(on, base)} |",
+              flush=True)
 
 
 def memory_section(variants: list[str]) -> None:
@@ -200,7 +202,8 @@ def main() -> None:
     configure_torch_threads(EmbedSettings().threads)
     print(f"machine: {machine_line()}\n")
     models = [m for m in args.models.split(",") if m]
-    raw = raw_section(models, args.variants.split(","), [int(b) for b in args.batches.split(",")], args.min_seconds) if models else {}
+    batches = [int(b) for b in args.batches.split(",")]
+    raw = raw_section(models, args.variants.split(","), batches, args.min_seconds) if models else {}
     plan = [tuple(item.split(":")) for item in args.served.split(",") if item]
     if plan:
         served_section(plan, raw, args.clients, args.served_seconds)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from search_gateway.gallery.qdrant import QdrantGalleryStore
 LIMIT = 50
 BATCH = 500
 TAGS = [f"style-{i}" for i in range(20)] + [f"subject-{i}" for i in range(20)]
-T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 def cpu_flags() -> str:
@@ -157,7 +157,7 @@ async def run_size(args: argparse.Namespace, data: np.ndarray, queries: np.ndarr
                 store.hnsw_ef = int(ef)
             for name, (spec, _) in filters.items():
                 latencies, recalls = [], []
-                for q, expected in zip(queries, truth[name]):
+                for q, expected in zip(queries, truth[name], strict=True):
                     t = time.perf_counter()
                     hits = await store.search(space, q.tolist(), limit=LIMIT, filter=spec)
                     latencies.append(time.perf_counter() - t)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
 import gc
 import json
 import os
@@ -227,7 +228,7 @@ def measure_raw(case: Case, env: dict[str, str], probe: np.ndarray, expected: tu
         result.parity = parity(runtime.run_image(probe), expected)
         for batch in batches:
             pixels = np.ascontiguousarray(np.resize(probe, (batch, *probe.shape[1:])))
-            result.raw_images_per_s[batch] = batch / median_seconds(lambda: runtime.run_image(pixels), seconds)
+            result.raw_images_per_s[batch] = batch / median_seconds(functools.partial(runtime.run_image, pixels), seconds)
         used, scope = gpu_memory_mb(os.getpid())
         result.gpu_memory_mb["raw"], result.gpu_memory_scope = used, scope
     finally:
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     info: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_line(),
         "gpu": gpu_line(),
         "onnxruntime": ort.__version__,

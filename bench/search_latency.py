@@ -25,9 +25,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np

@@ -162,7 +162,8 @@ def _report(name: str, tally: Tally, total: int) -> None:
     last = f"{closes[-1]:.1f} s" if closes else "-"
     print(f"{name}: {total} asked, {tally.opened} opened, {tally.connect_failed} could not connect; "
           f"{tally.still_open} still open at the end; ended by the gateway: {tally.answered_408} with 408, "
-          f"{tally.refused_429} with 429 (connection cap), {tally.answered_other} with another status, {tally.closed_silently} closed "
+          f"{tally.refused_429} with 429 (connection cap), {tally.answered_other} with another status, "
+          f"{tally.closed_silently} closed "
           f"without an answer; time to end: median {median}, last {last}")
 
 

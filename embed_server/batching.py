@@ -63,9 +63,9 @@ class Reservation:
     request failed, was cancelled or succeeded. Releasing twice is harmless.
     """
 
-    def __init__(self, batcher: DynamicBatcher, count: int) -> None:  # type: ignore[type-arg]
+    def __init__(self, batcher: DynamicBatcher, count: int) -> None:
         self.count = count
-        self._batcher: DynamicBatcher | None = batcher  # type: ignore[type-arg]
+        self._batcher: DynamicBatcher | None = batcher
 
     def release(self) -> None:
         if self._batcher is not None:

@@ -99,7 +99,7 @@ def _run(stub: embed_pb2_grpc.EmbedServiceStub, args: argparse.Namespace) -> obj
         "query_grid": [response.query_grid_height, response.query_grid_width],
         "candidates": [
             {"input": path, "overall_similarity": c.overall_similarity, "global_similarity": c.global_similarity}
-            for path, c in zip(args.inputs[1:], response.candidates)
+            for path, c in zip(args.inputs[1:], response.candidates, strict=True)
         ],
     }
 
@@ -111,7 +111,7 @@ def _vectors(response: embed_pb2.EmbedResponse, labels: list[str]) -> object:
         "weights": embed_pb2.WeightsSource.Name(response.provenance.weights),
         "runtime": response.provenance.runtime,
         "dim": int(vectors.shape[1]),
-        "vectors": {label: np.round(v[:4], 4).tolist() + ["..."] for label, v in zip(labels, vectors)},
+        "vectors": {label: np.round(v[:4], 4).tolist() + ["..."] for label, v in zip(labels, vectors, strict=True)},
     }
 
 

@@ -25,7 +25,8 @@ def main() -> int:
     from embed_server.runtimes.factory import resolve_runtime
 
     if resolve_runtime(settings) != "onnx":
-        print("embed_server.export: nothing to export: the runtime is torch (install onnxruntime or set EMBED_RUNTIME=onnx)", file=sys.stderr)
+        print("embed_server.export: nothing to export: the runtime is torch (install onnxruntime or set EMBED_RUNTIME=onnx)",
+              file=sys.stderr)
         return 2
     failed = 0
     for name in settings.models:

@@ -57,8 +57,8 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
         if draft_size and image.format in ("JPEG", "MPO"):
             image.draft("RGB", (draft_size, draft_size))
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-        return _to_rgb(image)
+        upright = ImageOps.exif_transpose(image) or image
+        return _to_rgb(upright)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"it is truncated or corrupt ({exc})") from None
 

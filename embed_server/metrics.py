@@ -119,7 +119,7 @@ class _PoolCollector(Collector):
         yield from _device_memory(sorted(devices))
 
 
-def _depth(batcher: DynamicBatcher) -> int:  # type: ignore[type-arg]
+def _depth(batcher: DynamicBatcher) -> int:
     return batcher.queued + batcher.reserved
 
 

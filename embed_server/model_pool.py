@@ -238,7 +238,7 @@ class ServedModel:
     def _batchers(self, description: ModelDescription, runtime: Runtime) -> LoadedModel:
         settings = self.settings
 
-        def batcher(kind: str, run: Callable) -> DynamicBatcher:  # type: ignore[type-arg]
+        def batcher(kind: str, run: Callable) -> DynamicBatcher:
             return DynamicBatcher(
                 f"{self.card.name}/{kind}",
                 run,
@@ -251,7 +251,7 @@ class ServedModel:
 
         def run_images(items: list[np.ndarray]) -> list[ImageOutput]:
             global_vecs, patches = runtime.run_image(np.stack(items))
-            return [ImageOutput(g, p) for g, p in zip(global_vecs, patches)]
+            return [ImageOutput(g, p) for g, p in zip(global_vecs, patches, strict=True)]
 
         def run_texts(items: list[np.ndarray]) -> list[np.ndarray]:
             return list(runtime.run_text(np.stack(items)))

@@ -57,6 +57,6 @@ class Preprocess:
             left = int(round((new_w - self.image_size) / 2.0))
             top = int(round((new_h - self.image_size) / 2.0))
             image = image.crop((left, top, left + self.image_size, top + self.image_size))
-        pixels = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
+        pixels: np.ndarray = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))

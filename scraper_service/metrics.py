@@ -57,13 +57,13 @@ class ScraperMetrics:
     def engine_error(self, engine: str, reason: EngineErrorReason) -> None:
         self._engine_errors.labels(engine, reason).inc()
 
-    def watch_cache(self, cache: TTLCache) -> None:  # type: ignore[type-arg]
+    def watch_cache(self, cache: TTLCache) -> None:
         """Read `cache`'s counts at every scrape."""
         self.registry.register(_CacheCollector(cache))
 
 
 class _CacheCollector(Collector):
-    def __init__(self, cache: TTLCache) -> None:  # type: ignore[type-arg]
+    def __init__(self, cache: TTLCache) -> None:
         self._cache = cache
 
     def collect(self) -> Iterator[CounterMetricFamily]:

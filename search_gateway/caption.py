@@ -139,7 +139,8 @@ class RemoteCaptioner:
 
     vector_model: str | None = None
 
-    def __init__(self, url: str, model: str, token: str, session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> None:
+    def __init__(self, url: str, model: str, token: str,
+                 session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> None:
         self._url = url if url.rstrip("/").endswith("/chat/completions") else url.rstrip("/") + "/chat/completions"
         self._model = model
         self._token = token

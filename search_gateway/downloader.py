@@ -83,8 +83,8 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-def _socket_factory(allow: Allowlist):  # type: ignore[no-untyped-def]
-    def _guarded_socket(addr_info):  # type: ignore[no-untyped-def]
+def _socket_factory(allow: Allowlist):
+    def _guarded_socket(addr_info):
         family, type_, proto, _, sockaddr = addr_info
         ip = parse_ip(str(sockaddr[0]))
         if ip is None or not permitted(_current_host.get(), int(sockaddr[1]), ip, allow):
@@ -99,7 +99,8 @@ def _socket_factory(allow: Allowlist):  # type: ignore[no-untyped-def]
 def check_url(url: URL, allow: Allowlist) -> None:
     """Refuse what can be refused before any network traffic."""
     if url.scheme not in ("http", "https"):
-        raise DownloadRefused(f"Only http and https URLs are fetched, not {url.scheme or 'a relative URL'!r}.", reason="bad_scheme")
+        raise DownloadRefused(f"Only http and https URLs are fetched, not {url.scheme or 'a relative URL'!r}.",
+                              reason="bad_scheme")
     if not url.raw_host:
         raise DownloadRefused("The URL has no host.", reason="bad_url")
     if url.user is not None or url.password is not None:
@@ -218,7 +219,8 @@ class Downloader:
                             # failed-download memory keeps it only briefly).
                             raise DownloadFailed(f"{url} answered {resp.status}.", reason="throttled")
                         if resp.status != 200:
-                            raise DownloadFailed(f"{url} answered {resp.status}.", reason="http_4xx" if resp.status < 500 else "http_other")
+                            reason = "http_4xx" if resp.status < 500 else "http_other"
+                            raise DownloadFailed(f"{url} answered {resp.status}.", reason=reason)
                         return await self._read_capped(resp)
             except TimeoutError:
                 raise _Retryable("timeout", f"{url} did not answer in time.") from None

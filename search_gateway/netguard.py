@@ -108,7 +108,7 @@ def _inet_aton(host: str) -> IPAddress | None:
     value = 0
     for n in head:
         value = value * 256 + n  # type: ignore[operator]
-    return ipaddress.IPv4Address(value * 256 ** (4 - len(head)) + last)  # type: ignore[operator]
+    return ipaddress.IPv4Address(value * 256 ** (4 - len(head)) + last)
 
 
 def _bare(text: str) -> str:

@@ -12,7 +12,6 @@ import re
 from typing import Any
 
 from search_gateway.caption import STYLES, SUBJECTS
-
 from search_gateway.config import GatewaySettings
 from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
 

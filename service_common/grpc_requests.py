@@ -30,7 +30,7 @@ class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
         # Handlers are looked up on every call; each is wrapped once, not once per call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
+    async def intercept_service(  # type: ignore[override]  # grpc returns None for a method nobody serves; grpc-stubs says never
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
@@ -50,7 +50,8 @@ class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
 def decoding_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.RpcMethodHandler:
     """`handler` taking raw bytes and decoding them itself, or `handler` unchanged when
     its behaviour is of a kind this module does not wrap (a synchronous one)."""
-    deserialize: Deserializer = handler.request_deserializer
+    # No deserializer means gRPC hands the handler the bytes as they came.
+    deserialize: Deserializer = handler.request_deserializer or (lambda raw: raw)
     name = message_name(deserialize, method)
 
     async def decode(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -62,8 +63,9 @@ def decoding_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.R
                 f"the request is not a valid {name} message (its bytes are not a complete protobuf "
                 f"encoding of it: truncated, corrupt or another message type)",
             )
-            raise AssertionError("unreachable: abort raises")
+            raise AssertionError("unreachable: abort raises") from None
 
+    adapt: Callable[[Any, grpc.aio.ServicerContext], Any] | None = None
     if handler.request_streaming:
         behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
 
@@ -71,11 +73,12 @@ def decoding_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.R
             async for raw in iterator:
                 yield await decode(raw, context)
 
-        def adapt(iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        def adapt_requests(iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             return iterator if iterator is None else requests(iterator, context)
+
+        adapt = adapt_requests
     else:
         behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
-        adapt = None  # type: ignore[assignment]
 
     if inspect.isasyncgenfunction(behaviour):
 
@@ -95,7 +98,7 @@ def decoding_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.R
     else:
         return handler
 
-    return handler._replace(request_deserializer=None, **{behaviour_field(handler): new_behaviour})  # type: ignore[attr-defined]
+    return handler._replace(request_deserializer=None, **{behaviour_field(handler): new_behaviour})  # type: ignore[attr-defined,no-any-return]  # a namedtuple at run time
 
 
 def behaviour_field(handler: grpc.RpcMethodHandler) -> str:

@@ -278,16 +278,16 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return f"the bearer token was not accepted: it does not match the server's {self._variable}"
         return None
 
-    async def intercept_service(
+    async def intercept_service(  # type: ignore[override]  # grpc returns None for a method nobody serves; grpc-stubs says never
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if handler is None or method.startswith(self._open):
             return handler
-        problem = self.accepts(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+        problem = self.accepts(handler_call_details.invocation_metadata)
         if problem is None:
             return handler
         return _refusing(handler, problem, lambda peer: self._note_refusal(method, peer))

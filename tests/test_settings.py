@@ -21,7 +21,8 @@ from service_common.settings import ServiceSettings, SettingsError
         (ScraperSettings, {"SCRAPER_WORKERS": "0"}, "SCRAPER_WORKERS='0' must be at least 1"),
         (GatewaySettings, {"GATEWAY_EMBED_BATCH": "0"}, "GATEWAY_EMBED_BATCH='0' must be at least 1"),
         (ScraperSettings, {"SCRAPER_PORT": "fifty"}, "SCRAPER_PORT='fifty' is not a whole number"),
-        (GatewaySettings, {"GATEWAY_CAPTION_MODE": "online"}, "GATEWAY_CAPTION_MODE='online' is not one of offline, remote, none"),
+        (GatewaySettings, {"GATEWAY_CAPTION_MODE": "online"},
+         "GATEWAY_CAPTION_MODE='online' is not one of offline, remote, none"),
         # "nan" passes every comparison, so it would pass every bound unnoticed.
         (EmbedSettings, {"EMBED_MAX_QUEUE_DELAY_MS": "nan"}, "EMBED_MAX_QUEUE_DELAY_MS='nan' is not a finite number"),
     ],

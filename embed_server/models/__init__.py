@@ -31,7 +31,7 @@ if set(_FAMILIES) != set(CARDS):
     raise RuntimeError(f"model families {sorted(_FAMILIES)} do not match the registry's models {sorted(CARDS)}")
 
 
-def family(name: str):  # type: ignore[no-untyped-def]  # -> ModelFamily (torch-typed, see base)
+def family(name: str):
     """The family that builds model `name` (imports torch)."""
     module, attribute = _FAMILIES[name]
     found = getattr(importlib.import_module(module), attribute)

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import (
-    DINOv3ViTConfig,
-    DINOv3ViTModel,
     Dinov2Config,
     Dinov2Model,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
     PretrainedConfig,
     PreTrainedModel,
 )

@@ -41,7 +41,7 @@ class _ExplicitGenerator(TorchFunctionMode):
         super().__init__()
         self.generator = generator
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:  # type: ignore[type-arg]
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         draws = "generator" in kwargs or getattr(func, "__name__", "") in _RANDOM_OPERATIONS
         if draws and kwargs.get("generator") is None:

@@ -60,7 +60,7 @@ class SiglipFamily:
 
     def build_random(self, architecture: Architecture) -> Towers:
         if architecture == "tiny":
-            return _towers(SiglipModel(SiglipConfig(**TINY_CONFIG)))
+            return _towers(SiglipModel(SiglipConfig(**TINY_CONFIG)))  # type: ignore[arg-type]  # nested tower dicts, as transformers takes them
         return _towers(SiglipModel(SiglipConfig(text_config=_OFFLINE_TOKEN_IDS)))
 
     def load_pretrained(self, folder: Path) -> Towers:

@@ -66,7 +66,7 @@ def image_probe(towers: Towers, card: ModelCard) -> Probe:
     pixels = probe_images(card)
     with torch.inference_mode():
         outputs = towers.image(torch.from_numpy(pixels))
-    expected = {name: out.float().numpy() for name, out in zip(onnx_export.IMAGE_OUTPUTS, outputs)}
+    expected = {name: out.float().numpy() for name, out in zip(onnx_export.IMAGE_OUTPUTS, outputs, strict=True)}
     return Probe({onnx_export.IMAGE_INPUTS[0]: pixels}, expected)
 
 
@@ -96,7 +96,7 @@ def check_export(path: Path, probe: Probe, precision: str, providers: list[str],
     outputs = session.run(list(probe.expected), probe.inputs)
     threshold = MIN_COSINE[precision]
     least = {}
-    for (name, expected), got in zip(probe.expected.items(), outputs):
+    for (name, expected), got in zip(probe.expected.items(), outputs, strict=True):
         if got.shape != expected.shape:
             raise ExportMismatch(
                 f"{what}: the {precision} ONNX export gives {name} of shape {got.shape}, torch {expected.shape}"

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -107,11 +106,12 @@ class ExportCache:
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
-        meta = {"bytes": path.stat().st_size, "sha256": _sha256(path), "created": time.time()}
+        size = path.stat().st_size
+        meta = {"bytes": size, "sha256": _sha256(path), "created": time.time()}
         sidecar_tmp = path.with_suffix(".json.tmp")
         sidecar_tmp.write_text(json.dumps(meta))
         os.replace(sidecar_tmp, path.with_suffix(".json"))
-        log.info("export cache: wrote %s (%.1f MB) in %.1f s", path.name, meta["bytes"] / 1e6, time.perf_counter() - started)
+        log.info("export cache: wrote %s (%.1f MB) in %.1f s", path.name, size / 1e6, time.perf_counter() - started)
         return path, False
 
 
@@ -149,14 +149,14 @@ def export_text_tower(tower: nn.Module, text_length: int, target: Path) -> None:
 
 
 def _export(
-    module: nn.Module, example: tuple, inputs: tuple[str, ...], outputs: tuple[str, ...], target: Path  # type: ignore[type-arg]
+    module: nn.Module, example: tuple, inputs: tuple[str, ...], outputs: tuple[str, ...], target: Path
 ) -> None:
     with _EXPORT_LOCK:
         _export_unlocked(module, example, inputs, outputs, target)
 
 
 def _export_unlocked(
-    module: nn.Module, example: tuple, inputs: tuple[str, ...], outputs: tuple[str, ...], target: Path  # type: ignore[type-arg]
+    module: nn.Module, example: tuple, inputs: tuple[str, ...], outputs: tuple[str, ...], target: Path
 ) -> None:
     import torch
 

@@ -157,11 +157,13 @@ class OnnxRuntime:
                 onnx_export.export_image_tower(towers.image, card.preprocess.image_size, target)
         else:
             assert tokenizer is not None, "a text tower needs its tokenizer"
+            assert towers.text is not None, "a text export needs the model's text tower"
+            text_tower = towers.text
             probe = export_check.text_probe(towers, tokenizer)
             text_length = next(iter(probe.inputs.values())).shape[1]
 
             def make_fp32(target: Path) -> None:
-                onnx_export.export_text_tower(towers.text, text_length, target)
+                onnx_export.export_text_tower(text_tower, text_length, target)
 
         key = self._key(self.weights_fingerprint, tower, precision)
 

@@ -39,7 +39,7 @@ class TorchRuntime:
         self._device = device
         self.device = str(device)
         self.precision = "fp16" if self._dtype == torch.float16 else "fp32"
-        self.providers = (self.device,)
+        self.providers: tuple[str, ...] = (self.device,)
         self._image = towers.image.to(device=device, dtype=self._dtype)
         self._text = towers.text.to(device=device, dtype=self._dtype) if towers.text is not None else None
 

@@ -11,8 +11,8 @@ the gallery's ``web`` collection, so "more like this" can name it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
 from types import MappingProxyType
+from typing import TypeVar
 
 import numpy as np
 

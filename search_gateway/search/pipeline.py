@@ -27,8 +27,7 @@ import numpy as np
 
 from search_gateway.backends import EmbedClient, ScraperClient
 from search_gateway.cache import EmbeddingCache
-from search_gateway.caption import CaptionChain
-from search_gateway.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, compose_query
+from search_gateway.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, CaptionChain, compose_query
 from search_gateway.errors import BackendUnavailable, NotFound
 from search_gateway.gallery.base import GalleryError, VectorSpace
 from search_gateway.metrics import Metrics

@@ -18,7 +18,6 @@ import numpy as np
 from search_gateway.images import PreparedImage
 from search_gateway.replies import PatchMatches, Provenance
 
-
 SOURCES: tuple[str, ...] = ("gallery", "web")
 
 

@@ -15,7 +15,8 @@ from tests.support.images import noise_image
 
 def _reference(name: str):
     if name == "clip":
-        transform = open_clip.image_transform(224, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+        transform = open_clip.image_transform(224, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN,
+                                              std=open_clip.OPENAI_DATASET_STD)
         return lambda image: transform(image).numpy()
     if name in ("dinov2", "dinov2-reg"):
         processor = BitImageProcessor(

@@ -7,7 +7,7 @@ subclass providing ``make_store``; every test gets an empty store.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from search_gateway.gallery import Gallery, GalleryFilter, GalleryPoint, Gallery
 
 DIM = 16
 SPACE = VectorSpace("clip", "random-clip-seed0", DIM)
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def unit(seed: int, dim: int = DIM) -> np.ndarray:

@@ -120,5 +120,5 @@ async def collect(
     """All candidates of one Search call, and its trailing metadata."""
     call = stub.Search(scraper_pb2.SearchRequest(**request), timeout=10)
     results = [c async for c in call]
-    trailing = {k: v for k, v in (await call.trailing_metadata() or ())}
+    trailing = dict(await call.trailing_metadata() or ())
     return results, trailing

@@ -127,7 +127,8 @@ async def stack(embed: BackgroundServer, site: Site, tmp_path: Path) -> AsyncIte
                 yield Stack(gateway, site, scraper, http)
 
 
-def image_form(data: bytes, field: str = "file", filename: str = "query.jpg", content_type: str = "image/jpeg") -> aiohttp.FormData:
+def image_form(data: bytes, field: str = "file", filename: str = "query.jpg",
+               content_type: str = "image/jpeg") -> aiohttp.FormData:
     form = aiohttp.FormData()
     # A file object, not bytes: aiohttp warns (an error here) about large bytes payloads.
     form.add_field(field, io.BytesIO(data), filename=filename, content_type=content_type)

@@ -14,10 +14,10 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.images import jpeg
 from tests.search_gateway.conftest import gateway_settings
 from tests.search_gateway.gateway_support import RunningGateway, run_gateway
 from tests.support.background import BackgroundServer
+from tests.support.images import jpeg
 from tests.web.conftest import DesignSite, WebStack
 
 # The committed screenshots in docs/screenshots are refreshed with UPDATE_SCREENSHOTS=1;
