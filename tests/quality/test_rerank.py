@@ -50,8 +50,8 @@ def test_maxsim_favours_a_candidate_that_contains_the_query() -> None:
     # The query shows one motif (q1); the candidate shows it beside another (q1 and q2):
     # every query patch is found, 1.0. Turned round, q2 finds nothing better than 0: (1 + 0) / 2.
     motif, scene = np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert local_scores(motif, [scene])[0] == pytest.approx(1.0)
-    assert local_scores(scene, [motif])[0] == pytest.approx(0.5)
+    assert local_scores(motif, [scene], "maxsim")[0] == pytest.approx(1.0)
+    assert local_scores(scene, [motif], "maxsim")[0] == pytest.approx(0.5)
 
 
 def test_the_weight_mixes_global_and_local_scores() -> None:
