@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +45,15 @@ from search_gateway.gallery.base import (
     GalleryUnavailable,
     VectorSpace,
 )
-from search_gateway.gallery.schema import PAYLOAD_INDEXES, from_payload, image_vector, to_payload
+from search_gateway.gallery.schema import (
+    PAYLOAD_INDEXES,
+    engine_ids,
+    point_vectors,
+    query_vector,
+    to_hit,
+    to_payload,
+    to_point,
+)
 
 log = logging.getLogger(__name__)
 
@@ -313,11 +320,7 @@ class EdgeGalleryStore:
     async def upsert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
         if not points:
             return
-        batch = []
-        for point in points:
-            if point.vector is None or len(point.vector) != space.dimension:
-                raise ValueError(f"point {point.content_hash!r} needs a {space.dimension}-d vector for {space.name}")
-            batch.append(qe.Point(point.id, {IMAGE_VECTOR: list(point.vector)}, to_payload(point)))
+        batch = [qe.Point(point.id, point_vectors(space, point), to_payload(point)) for point in points]
         shard = await self._shard_for_write(space)
         await shard.call(lambda engine: engine.update(qe.UpdateOperation.upsert_points(batch)))
 
@@ -325,7 +328,7 @@ class EdgeGalleryStore:
         shard = self._shards.get(space.name)
         if shard is None or not ids:
             return
-        wanted: list[Any] = [str(uuid.UUID(i)) for i in ids]
+        wanted = engine_ids(ids)
         await shard.call(lambda engine: engine.update(qe.UpdateOperation.delete_points(wanted)))
 
     async def search(
@@ -342,7 +345,7 @@ class EdgeGalleryStore:
             return []
         request = qe.QueryRequest(
             limit=limit,
-            query=qe.Query.Nearest([float(x) for x in vector], using=IMAGE_VECTOR),
+            query=qe.Query.Nearest(query_vector(vector), using=IMAGE_VECTOR),
             filter=_edge_filter(filter),
             score_threshold=min_score,
             with_payload=True,
@@ -350,7 +353,7 @@ class EdgeGalleryStore:
             params=qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=self.exact),
         )
         found = await shard.call(lambda engine: engine.query(request))
-        return [GalleryHit(from_payload(hit.payload or {}, None), float(hit.score)) for hit in found]
+        return [to_hit(hit.payload, hit.score) for hit in found]
 
     async def count(self, space: VectorSpace, filter: GalleryFilter | None = None) -> int:
         shard = self._shards.get(space.name)
@@ -363,10 +366,10 @@ class EdgeGalleryStore:
         shard = self._shards.get(space.name)
         if shard is None or not ids:
             return []
-        wanted: list[Any] = [str(uuid.UUID(i)) for i in ids]
+        wanted = engine_ids(ids)
         # with_vector must be given although the stubs call it optional (0.9).
         records = await shard.call(lambda engine: engine.retrieve(wanted, True, True))
-        return [from_payload(r.payload or {}, image_vector(r.vector)) for r in records]
+        return [to_point(r.payload, r.vector) for r in records]
 
     async def optimize(self, space: VectorSpace) -> bool:
         """Build the space's HNSW index in a child process; the space answers

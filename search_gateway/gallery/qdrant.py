@@ -11,7 +11,6 @@ The server builds its indexes itself; writes wait for the server's acknowledgeme
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,15 @@ from search_gateway.gallery.base import (
     GalleryUnavailable,
     VectorSpace,
 )
-from search_gateway.gallery.schema import PAYLOAD_INDEXES, from_payload, image_vector, to_payload
+from search_gateway.gallery.schema import (
+    PAYLOAD_INDEXES,
+    engine_ids,
+    point_vectors,
+    query_vector,
+    to_hit,
+    to_payload,
+    to_point,
+)
 
 MEMORY = ":memory:"
 
@@ -163,18 +170,16 @@ class QdrantGalleryStore:
     async def upsert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
         if not points:
             return
-        batch = []
-        for point in points:
-            if point.vector is None or len(point.vector) != space.dimension:
-                raise ValueError(f"point {point.content_hash!r} needs a {space.dimension}-d vector for {space.name}")
-            batch.append(qm.PointStruct(id=point.id, vector={IMAGE_VECTOR: list(point.vector)}, payload=to_payload(point)))
+        batch = [
+            qm.PointStruct(id=point.id, vector=point_vectors(space, point), payload=to_payload(point)) for point in points
+        ]
         name = await self._ensure(space)
         await self._guard(self._client.upsert(name, points=batch, wait=True))
 
     async def delete(self, space: VectorSpace, ids: Sequence[str]) -> None:
         if not ids or not await self._exists(space):
             return
-        wanted: list[Any] = [str(uuid.UUID(i)) for i in ids]
+        wanted = engine_ids(ids)
         await self._guard(
             self._client.delete(self._collection(space), points_selector=qm.PointIdsList(points=wanted), wait=True)
         )
@@ -195,7 +200,7 @@ class QdrantGalleryStore:
         answer = await self._guard(
             self._client.query_points(
                 self._collection(space),
-                query=[float(x) for x in vector],
+                query=query_vector(vector),
                 using=IMAGE_VECTOR,
                 query_filter=_qdrant_filter(filter),
                 score_threshold=min_score,
@@ -205,7 +210,7 @@ class QdrantGalleryStore:
                 search_params=params,
             )
         )
-        return [GalleryHit(from_payload(hit.payload or {}, None), float(hit.score)) for hit in answer.points]
+        return [to_hit(hit.payload, hit.score) for hit in answer.points]
 
     async def count(self, space: VectorSpace, filter: GalleryFilter | None = None) -> int:
         if not await self._exists(space):
@@ -218,11 +223,11 @@ class QdrantGalleryStore:
     async def retrieve(self, space: VectorSpace, ids: Sequence[str]) -> list[GalleryPoint]:
         if not ids or not await self._exists(space):
             return []
-        wanted: list[Any] = [str(uuid.UUID(i)) for i in ids]
+        wanted = engine_ids(ids)
         records = await self._guard(
             self._client.retrieve(self._collection(space), ids=wanted, with_payload=True, with_vectors=True)
         )
-        return [from_payload(r.payload or {}, image_vector(r.vector)) for r in records]
+        return [to_point(r.payload, r.vector) for r in records]
 
     async def optimize(self, space: VectorSpace) -> bool:
         return False  # the server's own optimizers build indexes in the background

@@ -6,12 +6,13 @@ the same from a server (and a later migration is a copy, not a transformation).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from search_gateway.gallery.base import IMAGE_VECTOR, GalleryPoint
+from search_gateway.gallery.base import IMAGE_VECTOR, GalleryHit, GalleryPoint, VectorSpace
 
 # Bumped when the payload layout changes incompatibly; stored in every point so a
 # reader can tell old points from new ones.
@@ -100,3 +101,30 @@ def image_vector(raw: Any) -> list[float] | None:
         found = raw.get(IMAGE_VECTOR)
         return list(found) if found is not None else None
     return None
+
+
+def point_vectors(space: VectorSpace, point: GalleryPoint) -> dict[str, list[float]]:
+    """The point's named vectors as both engines store them; a missing or wrong-sized
+    vector is the caller's bug, so it is refused before anything is written."""
+    if point.vector is None or len(point.vector) != space.dimension:
+        raise ValueError(f"point {point.content_hash!r} needs a {space.dimension}-d vector for {space.name}")
+    return {IMAGE_VECTOR: list(point.vector)}
+
+
+def engine_ids(ids: Sequence[str]) -> list[Any]:
+    """Point ids in the engines' canonical UUID spelling (a malformed id raises ValueError)."""
+    return [str(uuid.UUID(i)) for i in ids]
+
+
+def query_vector(vector: Sequence[float]) -> list[float]:
+    return [float(x) for x in vector]
+
+
+def to_hit(payload: Mapping[str, Any] | None, score: float) -> GalleryHit:
+    """A search hit; searches ask for payloads without vectors."""
+    return GalleryHit(from_payload(payload or {}, None), float(score))
+
+
+def to_point(payload: Mapping[str, Any] | None, vector: Any) -> GalleryPoint:
+    """A retrieved record (payload and named vectors) as a point."""
+    return from_payload(payload or {}, image_vector(vector))
