@@ -29,16 +29,15 @@ import collections
 import hashlib
 import json
 import os
-import random
 import shutil
 import statistics
 import tempfile
 import threading
 import time
 import urllib.error
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +152,7 @@ async def fill(args: argparse.Namespace, folder: Path, space: VectorSpace, real:
             if ef != "exact":
                 store.hnsw_ef = int(ef)
             latencies, recalls = [], []
-            for q, truth in zip(real.queries, truths):
+            for q, truth in zip(real.queries, truths, strict=True):
                 t = time.perf_counter()
                 hits = await store.search(space, q.tolist(), limit=LIMIT)
                 latencies.append(time.perf_counter() - t)
