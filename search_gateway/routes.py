@@ -24,7 +24,8 @@ from search_gateway.images import decode_rgb, prepare_in_thread
 from search_gateway.images import thumbnail as make_thumbnail
 from search_gateway.openapi import openapi_document
 from search_gateway.replies import PatchMatches
-from search_gateway.search.types import SOURCES, Candidate, SearchEvent, SearchOutcome, SearchQuery
+from search_gateway.search.types import SOURCES, RankedResult, SearchEvent, SearchOutcome, SearchQuery
+from search_gateway.tenants import tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ async def _search_query(request: Request) -> SearchQuery:
         if "gallery" in sources and gw.gallery is None and (like or sources == {"gallery"}):
             raise BadRequest("The gallery is off on this gateway (GATEWAY_GALLERY=off): search with sources=web.")
         query = functools.partial(SearchQuery, model=model, max_results=max_results, sources=sources,
-                                  min_score=min_score, tags=tags)
+                                  min_score=min_score, tags=tags, tenant=tenant_of(request.scope))
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
         if form is not None and data is None:
             field = form.get("text")
@@ -240,8 +241,11 @@ def _body(request: Request, outcome: SearchOutcome) -> dict[str, Any]:
 def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:
     signer = _gateway(request).signer
 
-    def thumbnail_link(candidate: Candidate) -> str:
-        token = signer.sign(candidate.url, dict(candidate.headers))
+    def thumbnail_link(result: RankedResult) -> str:
+        if result.tenant is not None:  # a private collection's original, from the blob store
+            token = signer.sign(f"blob:{result.tenant}/{result.sha256}")
+        else:
+            token = signer.sign(result.candidate.url, dict(result.candidate.headers))
         return str(request.url_for("thumbnail", token=token).path)
 
     return thumbnail_link

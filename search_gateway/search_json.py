@@ -12,7 +12,6 @@ from typing import Any
 from search_gateway import attention
 from search_gateway.search.gallery_source import result_id
 from search_gateway.search.types import (
-    Candidate,
     CandidatesFound,
     CaptionReady,
     Downloaded,
@@ -25,7 +24,7 @@ from search_gateway.search.types import (
 )
 
 # The link to a result's thumbnail, signed by the gateway.
-ThumbnailLink = Callable[[Candidate], str]
+ThumbnailLink = Callable[[RankedResult], str]
 
 
 def event(e: SearchEvent, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
@@ -70,13 +69,13 @@ def result(r: RankedResult, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
         "score": round(r.score, 6),
         # "gallery": the store answered it; "web": this search found it. The id is the
         # image's gallery point (for like=<id>), once the background writer has stored it.
-        "source": r.source, "id": result_id(r.sha256),
+        "source": r.source, "id": r.point_id or result_id(r.sha256), "collection": r.collection,
     }
     if r.tags:
         out["tags"] = dict(r.tags)  # machine tags (zero-shot), with their scores
     if r.attention is not None:
         out["patch_attention"] = attention.summarize(r.attention)
-    out["thumbnail_url"] = thumbnail_link(c)
+    out["thumbnail_url"] = thumbnail_link(r)
     return out
 
 

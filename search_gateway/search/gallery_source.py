@@ -10,6 +10,7 @@ the gallery's ``web`` collection, so "more like this" can name it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType
 from typing import TypeVar
@@ -45,7 +46,19 @@ def ranked(hit: GalleryHit, source: str = "gallery") -> RankedResult:
     # The most recent sighting first: older URLs are the likeliest to be dead.
     candidate = Candidate(url=p.urls[-1] if p.urls else "", source_url=p.source_pages[-1] if p.source_pages else "",
                           platform=p.platform, title=p.title, engine=p.engine)
-    return RankedResult(candidate, p.content_hash, hit.score, source=source, tags=MappingProxyType(dict(p.tags)))
+    return RankedResult(candidate, p.content_hash, hit.score, source=source, tags=MappingProxyType(dict(p.tags)),
+                        collection=p.collection, tenant=p.tenant, point_id=p.id)
+
+
+def visible_to(point: GalleryPoint, tenant: str) -> bool:
+    """A public web point, or one of the caller's own: anything else does not exist for them.
+
+    Checked on every point a search hands out, even those the store's filter already
+    restricted, so a filter built wrong can never show another tenant's image.
+    """
+    if point.tenant is None:
+        return point.collection == WEB
+    return point.tenant == tenant
 
 
 def sighting(image: EmbeddedImage) -> GalleryPoint:
@@ -65,25 +78,49 @@ class GallerySource:
         self._catalog = catalog
         self._metrics = metrics
 
-    async def find(self, space: VectorSpace, vector: np.ndarray, *, limit: int, tags: Sequence[str] = (),
+    async def find(self, space: VectorSpace, vector: np.ndarray, *, tenant: str, limit: int,
+                   collections: Sequence[str] | None = None, tags: Sequence[str] = (),
                    min_score: float | None = None) -> list[RankedResult]:
-        """The best remembered images; raises GalleryUnavailable (the search goes on without them)."""
-        hits = await self._ask(lambda g: g.find(space, vector, limit=limit, collections=(WEB,), tags=tags,
-                                                min_score=min_score))
-        return [ranked(hit) for hit in hits]
+        """The best remembered images of ``collections`` (None: web and all of the
+        tenant's); raises GalleryUnavailable (the search goes on without them)."""
+        if not tenant:
+            raise ValueError("a gallery search needs the caller's tenant")
+        private = None if collections is None else tuple(c for c in collections if c != WEB)
+        # Two store queries, never one filter for both: web points have no tenant, and a
+        # private query without its tenant filter would match every tenant's points.
+        asks = []
+        if collections is None or WEB in collections:
+            asks.append(lambda g: g.find(space, vector, limit=limit, collections=(WEB,), tags=tags,
+                                         min_score=min_score))
+        if private is None or private:
+            asks.append(lambda g: g.find(space, vector, limit=limit, collections=private or (), tenant=tenant,
+                                         tags=tags, min_score=min_score))
+
+        async def both(g: Gallery) -> list[GalleryHit]:
+            answers = await asyncio.gather(*(ask(g) for ask in asks))
+            return [hit for hits in answers for hit in hits]
+
+        hits = [h for h in await self._ask(both) if visible_to(h.point, tenant)]
+        # Best first; of equal scores (the same picture in web and a private collection)
+        # the caller's own copy first, so that it is the one the ranking keeps.
+        hits.sort(key=lambda h: (-h.score, h.point.tenant is None))
+        return [ranked(hit) for hit in hits[:limit]]
 
     async def known_url(self, space: VectorSpace, vector: np.ndarray, url: str) -> RankedResult | None:
         """The remembered image last seen at ``url``, scored against the query, or None."""
         hits = await self._ask(lambda g: g.find(space, vector, limit=1, collections=(WEB,), urls=(url,)))
         return ranked(hits[0], source=WEB) if hits else None
 
-    async def like(self, model: str, id: str) -> tuple[VectorSpace, GalleryPoint] | None:
-        """The stored point ``id`` in the model's current space (ListModels' fingerprint)."""
+    async def like(self, model: str, id: str, tenant: str) -> tuple[VectorSpace, GalleryPoint] | None:
+        """The stored point ``id`` in the model's current space (ListModels' fingerprint),
+        when the caller may see it; another tenant's point is None, like an unknown id."""
         space = await self.space_for(model)
         if space is None:
             return None
         point = await self._ask(lambda g: g.by_id(space, id))
-        return (space, point) if point is not None and point.vector is not None else None
+        if point is None or point.vector is None or not visible_to(point, tenant):
+            return None
+        return space, point
 
     async def space_for(self, model: str) -> VectorSpace | None:
         for m in await self._catalog.models():

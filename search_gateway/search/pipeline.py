@@ -190,7 +190,7 @@ class _Search:
         if gallery is None:
             raise NotFound("The gallery is off on this gateway (GATEWAY_GALLERY=off), so 'like' finds nothing.")
         try:
-            found = await gallery.like(self.query.model, id)
+            found = await gallery.like(self.query.model, id, self.query.tenant)
         except GalleryError as exc:
             raise BackendUnavailable(str(exc), backend="gallery") from exc
         if found is None:
@@ -238,13 +238,14 @@ class _Search:
         error = None
         if space is not None:
             try:
-                found = await gallery.find(space, await query_vector, limit=query.max_results, tags=query.tags,
-                                           min_score=query.min_score)
+                found = await gallery.find(space, await query_vector, tenant=query.tenant,
+                                           collections=query.collections, limit=query.max_results,
+                                           tags=query.tags, min_score=query.min_score)
             except GalleryError as exc:
                 error = str(exc)
                 self._gallery_failed(error)
         if query.like is not None:
-            found = [r for r in found if result_id(r.sha256) != query.like]  # not "like itself"
+            found = [r for r in found if (r.point_id or result_id(r.sha256)) != query.like]  # not "like itself"
         for result in found:
             self.ranking.add_ranked(result)
         self.tally.from_gallery = len(found)

@@ -38,6 +38,11 @@ class SearchQuery:
     min_score: float | None = None
     # Gallery results must carry every one of these machine tags (applied in the store query).
     tags: tuple[str, ...] = ()
+    # Who asks (tenants.py): private collections and ``like`` ids are the caller's only.
+    tenant: str = "local"
+    # The gallery collections searched ("web" and the caller's private ones, already
+    # checked to exist); None: web and every collection of the caller.
+    collections: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,12 @@ class RankedResult:
     source: str = "web"
     # Machine style/subject tags with their scores (gallery results only).
     tags: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # The gallery collection it is (or will be) a point of; a private one has its tenant,
+    # whose signed blob link is its thumbnail (an uploaded file has no URL).
+    collection: str = "web"
+    tenant: str | None = None
+    # Its gallery point id (for like=<id>); None: the one it has in "web".
+    point_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -126,3 +126,29 @@ async def test_too_many_files_and_too_large_bodies_are_refused_naming_the_limit(
             assert resp.status == 413 and "GATEWAY_COLLECTION_MAX_BYTES" in body["detail"]
         async with http.get(f"{gw.url}/collections", headers=A) as resp:
             assert resp.status == 200  # still up
+
+
+async def test_another_tenants_private_image_is_neither_liked_nor_found(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    picture = jpeg(41, (300, 280))  # not on the site: only A's collection holds it
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        async def search(headers: dict[str, str], **params: str) -> tuple[int, Any]:
+            data = _files(("file", picture)) if "like" not in params else None
+            async with http.post(f"{gw.url}/search", data=data, params=params, headers=headers) as resp:
+                return resp.status, await resp.json()
+
+        async with http.post(f"{gw.url}/collections", json={"name": "flash"}, headers=A) as resp:
+            assert resp.status == 201
+        async with http.post(f"{gw.url}/collections/flash/images", data=_files(("file", picture)), headers=A) as resp:
+            added = (await resp.json())["results"][0]["id"]
+
+        status, mine = await search(A, sources="gallery")
+        assert status == 200 and mine["results"][0]["id"] == added  # A finds it: the search can
+        status, liked = await search(A, like=added, sources="gallery")
+        assert status == 200, liked
+
+        status, body = await search(B, like=added, sources="gallery")
+        assert status == 404 and "No gallery image" in body["detail"], body
+        status, body = await search(B, sources="gallery", max_results="100")
+        assert status == 200 and added not in [r["id"] for r in body["results"]]
+        assert all(r["collection"] == "web" for r in body["results"]), body
