@@ -48,6 +48,31 @@ async def _owned(request: Request, recs: CollectionRecords) -> Collection:
     return found
 
 
+# A search names at most this many collections (a query string is not a listing).
+MAX_SEARCHED = 32
+
+
+async def searched(request: Request, raw: str | None) -> tuple[str, ...] | None:
+    """The ``collections`` a search asked for, each checked to be ``web`` or the caller's;
+    None (not given): web and every collection of the caller. 404 names the first unknown."""
+    if raw is None or not raw.strip():
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    if len(names) > MAX_SEARCHED:
+        raise BadRequest(f"Parameter 'collections' names at most {MAX_SEARCHED} collections.")
+    private = [n for n in names if n != WEB]
+    if private:
+        if _gateway(request).gallery is None:
+            raise NotFound(f"There is no collection {private[0][:60]!r}: private collections need the gallery, "
+                           "which is off on this gateway (GATEWAY_GALLERY=off).")
+        recs = await records(request)
+        tenant = tenant_of(request.scope)
+        for name in private:
+            if bad_name(name) is not None or await recs.get(tenant, name) is None:
+                raise _missing(name)
+    return names
+
+
 def _describe(c: Collection, images: int) -> dict[str, Any]:
     return {"name": c.name, "images": images, "models": list(c.models),
             "created": c.created.isoformat(), "updated": c.updated.isoformat()}

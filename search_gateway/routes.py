@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from search_gateway import attention, search_json
 from search_gateway.caption import STYLES, SUBJECTS
+from search_gateway.collection_routes import searched as searched_collections
 from search_gateway.errors import BadRequest, GatewayError, MissingField, UploadTooLarge, to_response
 from search_gateway.images import decode_rgb, prepare_in_thread
 from search_gateway.images import thumbnail as make_thumbnail
@@ -205,8 +206,10 @@ async def _search_query(request: Request) -> SearchQuery:
                                           _tags(request, fields), _like(request, fields))
         if "gallery" in sources and gw.gallery is None and (like or sources == {"gallery"}):
             raise BadRequest("The gallery is off on this gateway (GATEWAY_GALLERY=off): search with sources=web.")
+        collections = await searched_collections(request, _param(request, fields, "collections"))
         query = functools.partial(SearchQuery, model=model, max_results=max_results, sources=sources,
-                                  min_score=min_score, tags=tags, tenant=tenant_of(request.scope))
+                                  min_score=min_score, tags=tags, tenant=tenant_of(request.scope),
+                                  collections=collections)
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
         if form is not None and data is None:
             field = form.get("text")

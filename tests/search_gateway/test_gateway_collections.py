@@ -4,6 +4,7 @@ store. Real embed and scraper servers, the embedded gallery store and local blob
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,45 @@ async def test_another_tenants_private_image_is_neither_liked_nor_found(
         status, body = await search(B, sources="gallery", max_results="100")
         assert status == 200 and added not in [r["id"] for r in body["results"]]
         assert all(r["collection"] == "web" for r in body["results"]), body
+
+
+async def test_search_in_a_collection_finds_its_image_first_with_a_thumbnail_for_its_tenant_only(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    picture = jpeg(42, (310, 270))
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        async def search(path: str, headers: dict[str, str], **params: str) -> tuple[int, str]:
+            async with http.post(f"{gw.url}{path}", data=_files(("file", picture)), params=params,
+                                 headers=headers) as resp:
+                return resp.status, await resp.text()
+
+        async with http.post(f"{gw.url}/collections", json={"name": "flash"}, headers=A) as resp:
+            assert resp.status == 201
+        async with http.post(f"{gw.url}/collections/flash/images", data=_files(("file", picture)), headers=A) as resp:
+            added = (await resp.json())["results"][0]["id"]
+
+        status, text = await search("/search", A, collections="flash", sources="gallery")
+        assert status == 200, text
+        best = json.loads(text)["results"][0]
+        assert best["id"] == added and best["source"] == "gallery" and best["collection"] == "flash"
+        assert best["score"] == pytest.approx(1.0, abs=1e-3)
+        async with http.get(gw.url + best["thumbnail_url"], headers=A) as resp:
+            assert resp.status == 200 and resp.content_type == "image/jpeg"
+        async with http.get(gw.url + best["thumbnail_url"], headers=B) as resp:
+            assert resp.status == 404
+
+        # Gallery results only from the collection named; the web still answers (sources not limited).
+        status, text = await search("/search/stream", A, collections="flash")
+        events = [json.loads(line) for line in text.splitlines() if line]
+        assert events[0]["event"] == "gallery" and [r["id"] for r in events[0]["results"]] == [added]
+        final = events[-1]
+        assert final["event"] == "final" and any(r["source"] == "web" for r in final["results"]), final
+        assert all(r["collection"] == "flash" for r in final["results"] if r["source"] == "gallery")
+
+        # Only "web": A's collection is not searched.
+        status, text = await search("/search", A, collections="web", sources="gallery")
+        assert status == 200 and added not in text
+
+        # Unknown, and another tenant's: 404 naming it, as if nobody had ever made it.
+        for headers, names in ((A, "web,nope"), (B, "flash")):
+            status, text = await search("/search", headers, collections=names, sources="gallery")
+            assert status == 404 and f"no collection {names.split(',')[-1]!r}" in json.loads(text)["detail"]
