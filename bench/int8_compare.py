@@ -68,8 +68,8 @@ class Row:
 def _runtime(name: str, variant: str, architecture: str) -> Runtime:
     precision, mode = VARIANTS[variant]
     settings = EmbedSettings.from_env({
-        "EMBED_WEIGHTS": "random", "EMBED_ARCHITECTURE": architecture, "EMBED_RUNTIME": "onnx", "EMBED_DEVICE": "cpu", "EMBED_PRECISION": precision,
-        "EMBED_INT8_MODE": mode, "EMBED_ONNX_CACHE_DIR": str(CACHE), "EMBED_MODELS": name,
+        "EMBED_WEIGHTS": "random", "EMBED_ARCHITECTURE": architecture, "EMBED_RUNTIME": "onnx", "EMBED_DEVICE": "cpu",
+        "EMBED_PRECISION": precision, "EMBED_INT8_MODE": mode, "EMBED_ONNX_CACHE_DIR": str(CACHE), "EMBED_MODELS": name,
     })
     runtime = ServedModel(CARDS[name], settings)._build()[1]
     assert runtime.precision == variant, f"{name}: asked for {variant}, built {runtime.precision}"

@@ -12,6 +12,7 @@ import torch
 from embed_server.config import EmbedSettings, SettingsError
 from embed_server.images import decode_image
 from embed_server.models import CARDS
+from embed_server.models.base import Towers
 from embed_server.models.seeded import build_random
 from embed_server.models.tokenizers import load_tokenizer
 from embed_server.runtimes import calibration, export_check, int8_modes
@@ -30,7 +31,7 @@ MODEL = "clip"  # a tiny one with a text tower: static covers the image tower, t
 MIN_COSINE = export_check.MIN_COSINE["int8"]
 
 
-def _onnx(towers, cache: Path, int8_mode: str) -> OnnxRuntime:  # type: ignore[no-untyped-def]
+def _onnx(towers: Towers, cache: Path, int8_mode: str) -> OnnxRuntime:
     card = CARDS[MODEL]
     return OnnxRuntime(
         card, ModelWeights("static-int8-test", lambda: towers), cache=ExportCache(cache), device="cpu",
