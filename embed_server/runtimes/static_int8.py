@@ -78,8 +78,8 @@ def quantize_image_tower(source: Path, target: Path, pixels: np.ndarray, method:
       after each pass bounds that to one. (CalibMaxIntermediateOutputs would be the
       obvious option, but onnxruntime 1.32 drops the held outputs unreduced there.)
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": OrtMethod.MinMax, "percentile": OrtMethod.Percentile, "entropy": OrtMethod.Entropy}
     reader = _PixelBatches(pixels)
