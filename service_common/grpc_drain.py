@@ -11,29 +11,27 @@ once draining, refuses new ones UNAVAILABLE, which clients retry on another repl
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
-from service_common.grpc_requests import behaviour_field
+from service_common.grpc_wrapping import Around, ServiceCallsInterceptor
 
 REFUSAL = "this server is shutting down and takes no new calls; retry on another replica"
 
 
-class InFlightCalls(grpc.aio.ServerInterceptor):
+class InFlightCalls(ServiceCallsInterceptor):
     """Install first in `grpc.aio.server(interceptors=[...])`, so that it counts a call
     from its start and refuses one before any other interceptor works on it."""
 
     def __init__(self, services: Iterable[str]) -> None:
-        self._prefixes = tuple(f"/{name}/" for name in services)
+        super().__init__(services)
         self._count = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = False
-        # Handlers are looked up on every call; each is wrapped once, not once per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     @property
     def count(self) -> int:
@@ -53,60 +51,19 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
             return False
         return True
 
-    async def intercept_service(  # type: ignore[override]  # grpc returns None for a method nobody serves; grpc-stubs says never
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(self._prefixes):
-            return handler
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._counting(handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def around(self, method: str) -> Around:
+        return self._in_flight
 
-    async def _enter(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    @asynccontextmanager
+    async def _in_flight(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        # Refused before it counts: a refused call never entered.
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
         self._count += 1
         self._idle.clear()
-
-    def _leave(self) -> None:
-        self._count -= 1
-        if self._count == 0:
-            self._idle.set()
-
-    def _counting(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        field = behaviour_field(handler)
-        behaviour = getattr(handler, field)
-
-        if inspect.isasyncgenfunction(behaviour):
-
-            async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                await self._enter(context)
-                try:
-                    async for response in behaviour(request, context):
-                        yield response
-                finally:
-                    self._leave()
-
-            new_behaviour: Callable[..., Any] = streaming
-        elif inspect.iscoroutinefunction(behaviour):
-
-            async def single(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await self._enter(context)
-                try:
-                    return await behaviour(request, context)
-                finally:
-                    self._leave()
-
-            new_behaviour = single
-        else:
-            # A synchronous behaviour would run on a thread pool, which these aio servers
-            # do not have; left alone rather than counted wrongly.
-            return handler
-        return handler._replace(**{field: new_behaviour})  # type: ignore[attr-defined,no-any-return]
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()

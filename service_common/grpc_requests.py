@@ -15,36 +15,24 @@ iterator (as generated servicers do), not `context.read()`, which would see raw 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from service_common.grpc_wrapping import WrappingInterceptor, behaviour_field
+
 Deserializer = Callable[[bytes], Any]
 
 
-class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
+class RequestDecodingInterceptor(WrappingInterceptor):
     """Install with `grpc.aio.server(interceptors=[RequestDecodingInterceptor()])`."""
 
-    def __init__(self) -> None:
-        # Handlers are looked up on every call; each is wrapped once, not once per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+    def wraps(self, method: str, handler: grpc.RpcMethodHandler) -> bool:
+        return handler.request_deserializer is not None
 
-    async def intercept_service(  # type: ignore[override]  # grpc returns None for a method nobody serves; grpc-stubs says never
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = decoding_handler(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return decoding_handler(handler, method)
 
 
 def decoding_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.RpcMethodHandler:
@@ -99,17 +87,6 @@ def decoding_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.R
         return handler
 
     return handler._replace(request_deserializer=None, **{behaviour_field(handler): new_behaviour})  # type: ignore[attr-defined,no-any-return]  # a namedtuple at run time
-
-
-def behaviour_field(handler: grpc.RpcMethodHandler) -> str:
-    """The field of `handler` that holds its behaviour (`unary_stream` for a server stream),
-    for interceptors that wrap it with `handler._replace(**{field: ...})`."""
-    return {
-        (False, False): "unary_unary",
-        (False, True): "unary_stream",
-        (True, False): "stream_unary",
-        (True, True): "stream_stream",
-    }[(handler.request_streaming, handler.response_streaming)]
 
 
 def message_name(deserialize: Deserializer, method: str = "") -> str:
