@@ -188,9 +188,10 @@ class RunningGateway:
 
 
 @contextlib.asynccontextmanager
-async def run_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGateway]:
-    """The real app under a real uvicorn on a loopback port, on this test's event loop."""
-    app = create_app(settings)
+async def run_gateway(settings: GatewaySettings, **app_options: Any) -> AsyncIterator[RunningGateway]:
+    """The real app under a real uvicorn on a loopback port, on this test's event loop;
+    ``app_options`` go to ``create_app`` (a test's clock, for example)."""
+    app = create_app(settings, **app_options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -201,9 +202,8 @@ async def run_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGateway
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
+        # Until it listens, or fails to start (then its error is raised below).
+        while not (server.started or task.done()):
             await asyncio.sleep(0.01)
         if task.done():
             task.result()

@@ -17,8 +17,7 @@ from aiohttp import web
 
 from search_gateway.failed_downloads import FailedDownloads
 from tests.search_gateway.conftest import gateway_settings, image_form
-from tests.search_gateway.gateway_support import RunningGateway, scraper_server, serve_aiohttp, write_catalog
-from tests.search_gateway.serving import serve_gateway
+from tests.search_gateway.gateway_support import RunningGateway, run_gateway, scraper_server, serve_aiohttp, write_catalog
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
 
@@ -88,7 +87,7 @@ async def rig(embed: BackgroundServer, tmp_path: Path) -> AsyncIterator[Rig]:
                                         download_retries=0, failed_download_ttl_s=LONG_S,
                                         failed_download_retry_s=SHORT_S)
             clock = Clock()
-            async with serve_gateway(settings, failure_timer=clock) as gateway, aiohttp.ClientSession() as http:
+            async with run_gateway(settings, failure_timer=clock) as gateway, aiohttp.ClientSession() as http:
                 yield Rig(gateway, site, clock, http)
 
 

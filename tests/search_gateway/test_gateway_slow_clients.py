@@ -23,8 +23,8 @@ import pytest_asyncio
 
 from search_gateway.config import GatewaySettings
 from search_gateway.server import ClientLimits, ConnectionCounts, uvicorn_config
-from tests.search_gateway.gateway_support import RunningGateway
-from tests.search_gateway.serving import protocol_of, serve_gateway
+from tests.search_gateway.gateway_support import RunningGateway, run_gateway
+from tests.search_gateway.serving import protocol_of
 
 GUARD = 15.0  # seconds before a test gives up waiting for the server to act
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def settings(**overrides: object) -> GatewaySettings:
 
 @pytest_asyncio.fixture
 async def gateway() -> AsyncIterator[RunningGateway]:
-    async with serve_gateway(settings()) as gw:
+    async with run_gateway(settings()) as gw:
         yield gw
 
 
@@ -135,7 +135,7 @@ async def test_a_prompt_request_is_answered_and_a_slow_body_that_keeps_coming_is
     # Headers at once, then a body in small pieces for longer than both deadlines, but
     # never pausing longer than the idle deadline: read to the end and answered (a 400:
     # the JSON holds no query), not cut with a 408.
-    async with serve_gateway(settings(header_timeout_s=0.5, body_idle_timeout_s=2.0)) as gw:
+    async with run_gateway(settings(header_timeout_s=0.5, body_idle_timeout_s=2.0)) as gw:
         body = json.dumps({"text": ""}).encode() + b" " * 60
         reader, writer = await connect(gw.port)
         writer.write(b"POST /search HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
@@ -178,7 +178,7 @@ async def test_a_body_still_owed_after_the_answer_is_closed_when_it_drips(gatewa
 
 
 async def test_connections_over_the_per_client_cap_are_refused_while_health_answers_others() -> None:
-    async with serve_gateway(settings(max_connections_per_client=3, header_timeout_s=60)) as gw:
+    async with run_gateway(settings(max_connections_per_client=3, header_timeout_s=60)) as gw:
         counts = protocol_of(gw).counts
         held = [await connect(gw.port) for _ in range(3)]
         await until(lambda: counts.of("127.0.0.1") == 3)
@@ -212,7 +212,7 @@ async def test_connections_over_the_per_client_cap_are_refused_while_health_answ
 
 async def test_a_trusted_proxy_is_not_capped() -> None:
     # Behind a reverse proxy every client connects from its address: capping it would cap everyone.
-    async with serve_gateway(settings(max_connections_per_client=1, header_timeout_s=60,
+    async with run_gateway(settings(max_connections_per_client=1, header_timeout_s=60,
                                       trusted_proxies=("127.0.0.3/32",))) as gw:
         counts = protocol_of(gw).counts
         proxied = [await connect(gw.port, source="127.0.0.3") for _ in range(3)]
@@ -227,7 +227,7 @@ async def test_a_trusted_proxy_is_not_capped() -> None:
 
 
 async def test_the_count_goes_back_to_zero_on_every_way_a_connection_ends() -> None:
-    async with serve_gateway(settings(max_connections_per_client=2, header_timeout_s=2.0)) as gw:
+    async with run_gateway(settings(max_connections_per_client=2, header_timeout_s=2.0)) as gw:
         counts = protocol_of(gw).counts
         # 1: the client closes after an answer; 2: the client resets; 3: refused over the cap.
         r1, w1 = await connect(gw.port)

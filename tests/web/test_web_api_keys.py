@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.search_gateway.conftest import gateway_settings
-from tests.search_gateway.gateway_support import scraper_server
-from tests.search_gateway.serving import serve_gateway
+from tests.search_gateway.gateway_support import run_gateway, scraper_server
 from tests.support.background import BackgroundServer
 from tests.web.conftest import DesignSite
 
@@ -28,7 +27,7 @@ async def test_the_page_asks_for_a_key_asks_again_when_refused_and_searches_with
         browser: Any, embed: BackgroundServer, design_site: DesignSite) -> None:
     with scraper_server(design_site.manifest) as scraper:
         settings = gateway_settings(embed.target, scraper.target, design_site, api_keys=(KEY, "another-key"))  # type: ignore[arg-type]
-        async with serve_gateway(settings) as gateway:
+        async with run_gateway(settings) as gateway:
             page = await browser.new_page()
             page.set_default_timeout(TIMEOUT_MS)
             problems: list[str] = []
