@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from search_gateway.blobs.gc import release
-from search_gateway.collections import WEB, Collection, CollectionRecords, bad_name
+from search_gateway.collections import MAX_SEARCHED, WEB, Collection, CollectionRecords, bad_name
 from search_gateway.errors import BackendUnavailable, BadRequest, Conflict, GatewayError, NotFound
 from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.tenants import tenant_of
@@ -46,10 +46,6 @@ async def _owned(request: Request, recs: CollectionRecords) -> Collection:
     if found is None:
         raise _missing(name)
     return found
-
-
-# A search names at most this many collections (a query string is not a listing).
-MAX_SEARCHED = 32
 
 
 async def searched(request: Request, raw: str | None) -> tuple[str, ...] | None:

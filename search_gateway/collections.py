@@ -31,6 +31,8 @@ _ONE = (1.0,)
 WEB = "web"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 NAME_RULE = "1-48 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+# A search names at most this many collections (a query string is not a listing).
+MAX_SEARCHED = 32
 # The store answers at most this many points per query; listings page by deleting or by name.
 _PAGE = 1000
 

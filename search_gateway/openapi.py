@@ -12,8 +12,10 @@ import re
 from typing import Any
 
 from search_gateway.caption import STYLES, SUBJECTS
+from search_gateway.collections import MAX_SEARCHED, NAME, NAME_RULE, WEB
 from search_gateway.config import GatewaySettings
 from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
+from search_gateway.uploads import MAX_TAGS as UPLOAD_MAX_TAGS
 
 _JSON = "application/json"
 # Errors every admitted request may meet: no key (401), over the rate limit (429).
@@ -45,6 +47,7 @@ def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
     text = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"\S",
             "description": "A text query, for a model with a text tower (supports_text in GET /models); "
                            "at most 300 characters."}
+    model = {"type": "string", "enum": models}
     return {
         # Required but for like=<id>, which the description cannot say; a like search
         # without a body is answered too (a body sent with it is not used).
@@ -55,16 +58,18 @@ def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
                 "properties": {
                     "file": {"type": "string", "format": "binary", "description": "The query image."},
                     "text": {**text, "description": "Instead of file: a text query."},
+                    # The query parameters may come as form fields too (routes._param).
+                    "embedding_model": model,
                 },
                 "anyOf": [{"required": ["file"]}, {"required": ["text"]}],
             }},
             "application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["text"],
-                                                             "properties": {"text": text}}},
+                                                             "properties": {"text": text, "embedding_model": model}}},
             _JSON: {"schema": {
                 "type": "object", "required": ["text"], "additionalProperties": False,
                 "properties": {
                     "text": text,
-                    "embedding_model": {"type": "string", "enum": models},
+                    "embedding_model": model,
                     "max_results": {"type": "integer", "minimum": 1, "maximum": max_results},
                 },
             }},
@@ -79,8 +84,8 @@ _TAGS_PATTERN = f"^$|^{_TAG}(,{_TAG}){{0,7}}$"
 
 def _search_params(models: list[str], default: str, max_results: int, gallery: bool) -> list[dict[str, Any]]:
     params = _all_search_params(models, default, max_results)
-    if not gallery:  # GATEWAY_GALLERY=off: web only, no gallery ids to name
-        params = [p for p in params if p["name"] != "like"]
+    if not gallery:  # GATEWAY_GALLERY=off: web only, no gallery ids or collections to name
+        params = [p for p in params if p["name"] not in ("like", "collections")]
         sources = next(p for p in params if p["name"] == "sources")
         sources["schema"] = {"type": "string", "enum": ["web"], "default": "web"}
     return params
@@ -101,8 +106,21 @@ def _all_search_params(models: list[str], default: str, max_results: int) -> lis
                         "carry all of them."},
         {"name": "like", "in": "query", "schema": {"type": "string", "format": "uuid"},
          "description": "Instead of an image or text (which are then not used): the id of a result, to search "
-                        "by its stored vector."},
+                        "by its stored vector (a result of web or of one of the caller's collections)."},
+        {"name": "collections", "in": "query", "schema": {"type": "string", "pattern": _COLLECTIONS_PATTERN},
+         "description": "Comma-separated collections the gallery results come from: 'web' and the caller's own "
+                        f"(at most {MAX_SEARCHED}); default: web and all of the caller's. An unknown one (or "
+                        "another tenant's) is 404. Web results still stream unless sources=gallery."},
     ]
+
+
+# A collection's name (collections.py NAME) and a search's comma list of them.
+_NAME = NAME.pattern
+_NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": f"^{_NAME}$", "not": {"const": WEB},
+                                "description": f"{NAME_RULE}; 'web' is reserved."}
+_COLLECTIONS_PATTERN = f"^$|^{_NAME}(,{_NAME}){{0,{MAX_SEARCHED - 1}}}$"
+# The tags of an upload: at most 16 comma-separated, each at most 64 characters (uploads.py).
+_UPLOAD_TAGS_PATTERN = f"^[^,]{{0,64}}(,[^,]{{0,64}}){{0,{UPLOAD_MAX_TAGS - 1}}}$"
 
 
 _SCHEMAS: dict[str, Any] = {
@@ -116,6 +134,7 @@ _SCHEMAS: dict[str, Any] = {
         "thumbnail_url": {"type": "string"},
         "source": {"type": "string", "enum": ["gallery", "web"]},
         "id": {"type": "string", "format": "uuid", "description": "The image's gallery id, for like=<id>."},
+        "collection": {"type": "string", "description": "'web', or the caller's collection it came from."},
         "tags": {"type": "object", "additionalProperties": {"type": "number"},
                  "description": "Machine (zero-shot) style and subject tags with their scores."},
         "patch_attention": {"type": "object", "properties": {
@@ -143,6 +162,28 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"}, "supports_text": {"type": "boolean"}, "state": {"type": "string"},
             "weights": {"type": "string"}, "error": {"type": "string"}}}},
         "default_model": {"type": "string"}}},
+    "Collection": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"},
+        "shared": {"type": "boolean", "description": "True for 'web', the public images every tenant searches."},
+        "images": {"type": "integer", "minimum": 0}, "models": {"type": "array", "items": {"type": "string"}},
+        "created": {"type": "string", "format": "date-time"}, "updated": {"type": "string", "format": "date-time"}}},
+    "Collections": {"type": "object", "required": ["collections"], "properties": {
+        "collections": {"type": "array", "items": {"$ref": "#/components/schemas/Collection"}}}},
+    "UploadResults": {"type": "object", "required": ["collection", "results"], "properties": {
+        "collection": {"type": "string"},
+        "results": {"type": "array", "description": "One entry per file or url field, in order.", "items": {
+            "type": "object", "required": ["input", "status"], "properties": {
+                "input": {"type": "string", "description": "The file name or the URL."},
+                "status": {"type": "string", "enum": ["added", "duplicate", "rejected"]},
+                "id": {"type": "string", "format": "uuid", "description": "added or duplicate: the image's id."},
+                "thumbnail": {"type": "string", "description": "added: a signed thumbnail link."},
+                "reason": {"type": "string", "description": "rejected: why, in a sentence."}}}}}},
+    "CollectionImage": {"type": "object", "required": ["id", "collection", "sha256", "thumbnail"], "properties": {
+        "id": {"type": "string", "format": "uuid"}, "collection": {"type": "string"}, "sha256": {"type": "string"},
+        "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
+        "filename": {"type": "string"}, "urls": {"type": "array", "items": {"type": "string"}},
+        "tags": {"type": "array", "items": {"type": "string"}}, "models": {"type": "array", "items": {"type": "string"}},
+        "added": {"type": ["string", "null"], "format": "date-time"}, "thumbnail": {"type": "string"}}},
     "Readiness": {"type": "object", "required": ["status", "checks"], "properties": {
         "status": {"type": "string", "enum": ["ready", "not_ready"]},
         "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
@@ -210,6 +251,8 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
                           **_errors(400, *_ACCESS, 404, *_IMAGE, 502)},
         }},
     }
+    if s.gallery == "on":
+        paths.update(_collection_paths(served, s.collection_max_files))
     # Every reply, errors from the access checks included, names its request id.
     request_id = {REQUEST_ID_HEADER: {"required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
                                       "description": "Sent by the client when well formed, else generated."}}
@@ -234,3 +277,54 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
                 for operation in item.values():
                     operation["security"] = [{"apiKey": []}, {"bearer": []}]
     return document
+
+
+def _json_body(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
+    """The private collections' routes (collection_routes.py); only with the gallery on."""
+    name = {"name": "name", "in": "path", "required": True, "schema": _NAME_SCHEMA}
+    image_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    gone = {"204": {"description": "Deleted"}}
+    # 503: the gallery store does not answer now (retry).
+    upload = {"type": "object", "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": max_files,
+                 "description": "Image files (each is added, a duplicate, or rejected with its reason)."},
+        "url": {"type": "array", "items": {"type": "string"}, "maxItems": max_files,
+                "description": "Image URLs, fetched like web candidates (private addresses are refused)."},
+        "tags": {"type": "string", "pattern": _UPLOAD_TAGS_PATTERN,
+                 "description": f"Comma-separated tags for every image (at most {UPLOAD_MAX_TAGS}, 64 characters each)."},
+        "embedding_model": {"type": "array", "items": {"type": "string", "enum": models},
+                            "description": "The models to embed with; default: every model the embed server serves."},
+    }, "anyOf": [{"required": ["file"]}, {"required": ["url"]}]}
+    return {
+        "/collections": {
+            "get": {"summary": "The caller's collections (name, images, models, created, updated) and 'web'.",
+                    "responses": {"200": _json_body("Collections", "Collections"), **_errors(*_ACCESS, 503)}},
+            "post": {"summary": "Create a private collection of the caller's.",
+                     "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                         "type": "object", "required": ["name"], "properties": {"name": _NAME_SCHEMA}}}}},
+                     "responses": {"201": _json_body("Collection", "Created"),
+                                   **_errors(*_BODY, *_ACCESS, 409, 503)}},
+        },
+        "/collections/{name}": {"delete": {
+            "summary": "Delete a collection with its images (their originals too, when no other collection holds "
+                       "them).",
+            "parameters": [name], "responses": {**gone, **_errors(*_ACCESS, 404, 503)}}},
+        "/collections/{name}/images": {"post": {
+            "summary": f"Add images: any number of file and url fields (at most {max_files} in all); one entry "
+                       "per input in order, one bad input never fails the others.",
+            "parameters": [name],
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": upload}}},
+            "responses": {"200": _json_body("UploadResults", "One result per input"),
+                          **_errors(*_BODY, *_ACCESS, 404, 503)}}},
+        "/collections/{name}/images/{id}": {
+            "get": {"summary": "An image's metadata and a signed thumbnail link.", "parameters": [name, image_id],
+                    "responses": {"200": _json_body("CollectionImage", "The image"),
+                                  **_errors(*_ACCESS, 404, 503)}},
+            "delete": {"summary": "Remove an image from the collection.", "parameters": [name, image_id],
+                       "responses": {**gone, **_errors(*_ACCESS, 404, 503)}},
+        },
+    }

@@ -195,3 +195,66 @@ async def test_search_in_a_collection_finds_its_image_first_with_a_thumbnail_for
         for headers, names in ((A, "web,nope"), (B, "flash")):
             status, text = await search("/search", headers, collections=names, sources="gallery")
             assert status == 404 and f"no collection {names.split(',')[-1]!r}" in json.loads(text)["detail"]
+
+
+OPERATIONS = frozenset({"POST /search", "GET /collections", "POST /collections", "DELETE /collections/{name}",
+                        "POST /collections/{name}/images", "GET /collections/{name}/images/{id}",
+                        "DELETE /collections/{name}/images/{id}"})
+
+
+def _fuzz_collections(document: dict[str, Any], base_url: str) -> list[str]:
+    """The schema fuzzer of test_gateway_openapi_fuzz over the routes that exist only with the
+    gallery on; a name that exists already (409) is one more refusal no schema can foresee."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.core.result import Ok
+
+    from tests.search_gateway import test_gateway_openapi_fuzz as fuzz
+
+    def valid_requests_are_accepted(ctx: Any, response: Any, case: Any) -> None:
+        if case.meta is None or not case.meta.generation.mode.is_positive or response.status_code < 400:
+            return
+        body = response.json() if response.headers.get("content-type", [""])[0].startswith("application/json") else {}
+        error = body.get("error") if isinstance(body, dict) else None
+        assert error in fuzz.UNDESCRIBABLE | {"conflict"}, f"a valid request was refused: {response.status_code} {body}"
+
+    checks = [*fuzz.CHECKS[:-1], valid_requests_are_accepted]
+    headers = {"X-API-Key": "key-a"}
+    tested = []
+    for result in schemathesis.openapi.from_dict(document).get_all_operations():
+        assert isinstance(result, Ok), result  # the served description parses
+        operation = result.ok()
+        if operation.label not in OPERATIONS:
+            continue
+        strategy = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(GenerationMode.NEGATIVE)
+
+        @settings(max_examples=fuzz.EXAMPLES_PER_OPERATION, derandomize=True, database=None, deadline=None,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @given(case=strategy)
+        def run(case: Any) -> None:
+            response = case.call(base_url=base_url, timeout=30, headers=headers)
+            case.validate_response(response, checks=checks)
+
+        run()
+        tested.append(operation.label)
+    return tested
+
+
+async def test_the_collections_routes_answer_as_their_description_says(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    import asyncio
+
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        async with http.get(f"{gw.url}/openapi.json", headers=A) as resp:
+            document = await resp.json()
+        search = document["paths"]["/search"]["post"]["parameters"]
+        assert any(p["name"] == "collections" for p in search)
+        # A collection and an image exist, so that fuzzed names and ids can meet real ones.
+        async with http.post(f"{gw.url}/collections", json={"name": "a"}, headers=A) as resp:
+            assert resp.status == 201
+        async with http.post(f"{gw.url}/collections/a/images", data=_files(("file", jpeg(43, (64, 64)))),
+                             headers=A) as resp:
+            assert resp.status == 200
+        tested = await asyncio.to_thread(_fuzz_collections, document, gw.url)
+        assert set(tested) == OPERATIONS, tested
