@@ -47,8 +47,8 @@ from search_gateway.gallery.base import (
 )
 from search_gateway.gallery.schema import (
     PAYLOAD_INDEXES,
+    checked_vector,
     engine_ids,
-    point_vectors,
     query_vector,
     to_hit,
     to_payload,
@@ -320,7 +320,7 @@ class EdgeGalleryStore:
     async def upsert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
         if not points:
             return
-        batch = [qe.Point(point.id, point_vectors(space, point), to_payload(point)) for point in points]
+        batch = [qe.Point(point.id, {IMAGE_VECTOR: checked_vector(space, point)}, to_payload(point)) for point in points]
         shard = await self._shard_for_write(space)
         await shard.call(lambda engine: engine.update(qe.UpdateOperation.upsert_points(batch)))
 

@@ -30,8 +30,8 @@ from search_gateway.gallery.base import (
 )
 from search_gateway.gallery.schema import (
     PAYLOAD_INDEXES,
+    checked_vector,
     engine_ids,
-    point_vectors,
     query_vector,
     to_hit,
     to_payload,
@@ -171,7 +171,8 @@ class QdrantGalleryStore:
         if not points:
             return
         batch = [
-            qm.PointStruct(id=point.id, vector=point_vectors(space, point), payload=to_payload(point)) for point in points
+            qm.PointStruct(id=point.id, vector={IMAGE_VECTOR: checked_vector(space, point)}, payload=to_payload(point))
+            for point in points
         ]
         name = await self._ensure(space)
         await self._guard(self._client.upsert(name, points=batch, wait=True))

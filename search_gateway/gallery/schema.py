@@ -103,12 +103,12 @@ def image_vector(raw: Any) -> list[float] | None:
     return None
 
 
-def point_vectors(space: VectorSpace, point: GalleryPoint) -> dict[str, list[float]]:
-    """The point's named vectors as both engines store them; a missing or wrong-sized
-    vector is the caller's bug, so it is refused before anything is written."""
+def checked_vector(space: VectorSpace, point: GalleryPoint) -> list[float]:
+    """The point's image vector to store; a missing or wrong-sized one is the caller's
+    bug, so it is refused before anything is written."""
     if point.vector is None or len(point.vector) != space.dimension:
         raise ValueError(f"point {point.content_hash!r} needs a {space.dimension}-d vector for {space.name}")
-    return {IMAGE_VECTOR: list(point.vector)}
+    return list(point.vector)
 
 
 def engine_ids(ids: Sequence[str]) -> list[Any]:
