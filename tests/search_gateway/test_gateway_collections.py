@@ -16,9 +16,9 @@ import pytest_asyncio
 from search_gateway.config import ConfigError, GatewaySettings
 from search_gateway.tenants import parse_api_keys
 from tests.search_gateway.conftest import Site, gateway_settings
-from tests.search_gateway.gateway_support import run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import png_with_size, run_gateway, scraper_server, write_catalog
 from tests.support.background import BackgroundServer
-from tests.support.images import jpeg
+from tests.support.images import encode, jpeg, noise_image
 
 pytestmark = pytest.mark.asyncio
 
@@ -258,3 +258,57 @@ async def test_the_collections_routes_answer_as_their_description_says(
             assert resp.status == 200
         tested = await asyncio.to_thread(_fuzz_collections, document, gw.url)
         assert set(tested) == OPERATIONS, tested
+
+
+async def test_a_pixel_bomb_is_rejected_with_its_reason_and_the_rest_is_added(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    bomb = png_with_size(encode(noise_image(5, (64, 64)), "PNG"), 100_000, 100_000)
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        async with http.post(f"{gw.url}/collections", json={"name": "flash"}, headers=A) as resp:
+            assert resp.status == 201
+        form = _files(("file", bomb), ("url", f"{site.base}/bomb.png"), ("file", jpeg(44, (200, 200))))
+        async with http.post(f"{gw.url}/collections/flash/images", data=form, headers=A) as resp:
+            body = await resp.json()
+        assert resp.status == 200, body
+        assert [r["status"] for r in body["results"]] == ["rejected", "rejected", "added"], body
+        for rejected in body["results"][:2]:
+            assert "100000x100000 pixels" in rejected["reason"] and "limit" in rejected["reason"], rejected
+
+
+async def test_deleting_a_collection_deletes_the_originals_no_other_collection_holds(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    only_here, shared, other_tenant = jpeg(45, (200, 180)), jpeg(46, (210, 180)), jpeg(47, (220, 180))
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        async def upload(headers: dict[str, str], name: str, *pictures: bytes) -> list[str]:
+            async with http.post(f"{gw.url}/collections", json={"name": name}, headers=headers) as resp:
+                assert resp.status in (201, 409)
+            form = _files(*[("file", p) for p in pictures])
+            async with http.post(f"{gw.url}/collections/{name}/images", data=form, headers=headers) as resp:
+                results = (await resp.json())["results"]
+            assert [r["status"] for r in results] == ["added"] * len(pictures), results
+            hashes = []
+            for r in results:
+                async with http.get(f"{gw.url}/collections/{name}/images/{r['id']}", headers=headers) as resp:
+                    hashes.append((await resp.json())["sha256"])
+            return hashes
+
+        def stored(sha256: str) -> bool:
+            return (tmp_path / "blobs" / sha256[:2] / sha256[2:4] / sha256).is_file()
+
+        gone, kept = await upload(A, "flash", only_here, shared)
+        await upload(A, "keep", shared)
+        # Another tenant holding the same picture keeps its bytes too.
+        (theirs,) = await upload(B, "flash", other_tenant)
+        (also_theirs,) = await upload(B, "mine", only_here)
+        assert also_theirs == gone and all(map(stored, (gone, kept, theirs)))
+
+        async with http.delete(f"{gw.url}/collections/mine", headers=B) as resp:
+            assert resp.status == 204
+        assert stored(gone)  # A's flash still holds it
+        async with http.delete(f"{gw.url}/collections/flash", headers=A) as resp:
+            assert resp.status == 204
+        assert not stored(gone), "nothing holds it any more: the bytes go with the collection"
+        assert stored(kept) and stored(theirs)
+        async with http.delete(f"{gw.url}/collections/keep", headers=A) as resp:
+            assert resp.status == 204
+        assert not stored(kept) and stored(theirs)
