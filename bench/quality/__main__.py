@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="clip")
     parser.add_argument("--k", type=int, default=100, help="the K of Recall@K besides 1, 5 and 10 (default %(default)s)")
     parser.add_argument("--protocol", default="medium,hard", help="revisited only: medium, hard or both (default)")
-    parser.add_argument("--json", type=Path, help="where to write the figures (default var/quality/<layout>-<model>-<precision>.json)")
+    parser.add_argument("--json", type=Path,
+                        help="where to write the figures (default var/quality/<layout>-<model>-<precision>.json)")
     parser.add_argument("--cache-dir", type=Path, default=Path("var/quality/vectors"))
     parser.add_argument("--no-cache", action="store_true", help="embed everything again and keep nothing")
     parser.add_argument("--batch", type=int, default=16, help="images per Embed call (default %(default)s)")

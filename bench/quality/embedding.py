@@ -143,7 +143,7 @@ class VectorCache:
                 print(f"quality: ignoring unreadable cache {self.path}: {exc}", file=sys.stderr)
             else:
                 if rows.ndim == 2 and rows.shape[1] == identity.global_dim and len(keys) == len(rows):
-                    self.vectors = {str(k): row for k, row in zip(keys, rows)}
+                    self.vectors = {str(k): row for k, row in zip(keys, rows, strict=True)}
 
     def save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,7 @@ def embed_images(
     known = cache.vectors if cache is not None else {}
     vectors: dict[str, np.ndarray] = {k: known[k] for k in keys if k in known}
     missing: dict[str, ImageRef] = {}
-    for key, ref in zip(keys, refs):
+    for key, ref in zip(keys, refs, strict=True):
         if key not in vectors:
             missing.setdefault(key, ref)
     stats = EmbedStats(images=len(set(keys)), from_cache=len(vectors))
@@ -189,7 +189,7 @@ def embed_images(
     def run(batch: list[tuple[str, ImageRef]]) -> list[tuple[str, np.ndarray]]:
         payload = [image_key(ref)[1] for _, ref in batch]
         rows = _embed_batch(stub, identity, payload, [ref for _, ref in batch], timeout)
-        return [(key, row) for (key, _), row in zip(batch, rows)]
+        return [(key, row) for (key, _), row in zip(batch, rows, strict=True)]
 
     unsaved = 0
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:

@@ -136,7 +136,7 @@ def read_revisited(path: Path, protocol: str) -> Benchmark:
     images = gnd_file.parent / "jpg"
     gallery = tuple(ImageRef(images / f"{name}.jpg") for name in imlist)
     queries = []
-    for name, truth in zip(qimlist, gnd):
+    for name, truth in zip(qimlist, gnd, strict=True):
         easy, hard, junk = (frozenset(truth[key]) for key in ("easy", "hard", "junk"))
         if protocol == "medium":
             relevant, ignore = easy | hard, junk

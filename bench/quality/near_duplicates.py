@@ -57,7 +57,7 @@ def _rotate(rng: random.Random, image: Image.Image, _: Image.Image) -> tuple[Ima
 def _perspective_coefficients(source: list[tuple[float, float]], target: list[tuple[float, float]]) -> list[float]:
     """PIL's 8 PERSPECTIVE coefficients mapping output points `target` to input points `source`."""
     rows, values = [], []
-    for (x, y), (u, v) in zip(target, source):
+    for (x, y), (u, v) in zip(target, source, strict=True):
         rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
         values += [u, v]
