@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from search_gateway.channels import open_channel
 from search_gateway.errors import BackendUnavailable, BadRequest
-from search_gateway.replies import CrossAttention, Embeddings, ModelDescription, PatchMatches, Provenance
+from search_gateway.replies import CrossAttention, Embeddings, ModelDescription, Patches, PatchMatches, Provenance
 from search_gateway.search.types import Candidate
 from service_common.grpc_security import PLAINTEXT, ClientSecurity
 from service_common.tensors import to_numpy  # torch-free: numpy and generated code only
@@ -189,6 +189,21 @@ class EmbedClient(_Client):
         except ValueError as exc:
             raise self._unreadable(exc) from None
         return Embeddings(vectors, _provenance(reply.provenance))
+
+    async def embed_patches(self, model: str, image: bytes, *, timeout: float | None = None) -> Patches:
+        request = embed_pb2.EmbedPatchesRequest(model=model, image=image)
+        try:
+            reply = await self._stub.EmbedPatches(request, timeout=self._timeout(timeout))
+            grid = (int(reply.grid_height), int(reply.grid_width))
+            tokens = to_numpy(reply.patches)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.backend) from None
+        except ValueError as exc:
+            raise self._unreadable(exc) from None
+        if tokens.ndim != 2 or tokens.shape[0] != grid[0] * grid[1] or tokens.shape[0] == 0:
+            raise BackendUnavailable("The embed server returned patch tokens that do not fill its grid.",
+                                     backend=self.backend, log_detail=f"grid {grid}, patches {tokens.shape}")
+        return Patches(grid, tokens, _provenance(reply.provenance))
 
     async def cross_attention(
         self, model: str, query: bytes, candidates: Sequence[bytes], *, top_k: int = 1,

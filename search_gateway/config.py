@@ -79,6 +79,9 @@ class GatewaySettings(ServiceSettings):
     max_results: AtLeastOne = 15
     max_results_limit: AtLeastOne = 100
     attention_top: NonNegativeInt = 3
+    # Two-stage search (rerank=true): how many of the best results are re-ranked by patch
+    # tokens when the request does not say; one EmbedPatches call each (docs/benchmarks.md).
+    rerank_k: int = Field(default=20, ge=1, le=100)
     embed_batch: AtLeastOne = 8
     embed_batch_wait_ms: NonNegativeInt = 15
     embed_batch_bytes: AtLeastOne = 3 * 1024 * 1024

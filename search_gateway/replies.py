@@ -56,6 +56,15 @@ class ModelDescription:
 
 
 @dataclass(frozen=True, eq=False)
+class Patches:
+    """One image's patch tokens (an ``EmbedPatches`` reply): a row per grid cell, row-major."""
+
+    grid: tuple[int, int]
+    tokens: np.ndarray  # (grid height * grid width, dimension) float32
+    provenance: Provenance
+
+
+@dataclass(frozen=True, eq=False)
 class PatchMatches:
     """One candidate's patch-to-patch comparison with the query image."""
 

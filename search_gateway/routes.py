@@ -25,6 +25,7 @@ from search_gateway.images import decode_rgb, prepare_in_thread
 from search_gateway.images import thumbnail as make_thumbnail
 from search_gateway.openapi import openapi_document
 from search_gateway.replies import PatchMatches
+from search_gateway.search.rerank_stage import RERANK_K_LIMIT
 from search_gateway.search.types import SOURCES, RankedResult, SearchEvent, SearchOutcome, SearchQuery
 from search_gateway.tenants import tenant_of
 
@@ -167,6 +168,12 @@ def _int(request: Request, form: Mapping[str, Any] | None, name: str, default: i
     return value
 
 
+def _rerank_k(request: Request, fields: Mapping[str, Any] | None, default_k: int) -> int:
+    """How many of the best results to re-rank by patch tokens; 0 when 'rerank' is off."""
+    k = _int(request, fields, "rerank_k", default_k, 1, RERANK_K_LIMIT)
+    return k if _bool(request, fields, "rerank", False) else 0
+
+
 async def _upload(form: FormData, name: str, limit: int, *, required: bool = True) -> bytes | None:
     field = form.get(name)
     if field is None:
@@ -201,6 +208,7 @@ async def _search_query(request: Request) -> SearchQuery:
             text = fields.get("text")
         model = _param(request, fields, "embedding_model") or s.default_model
         include_attention = _bool(request, form, "include_patch_attention", False)
+        rerank_k = _rerank_k(request, fields, s.rerank_k)
         max_results = _int(request, fields, "max_results", s.max_results, 1, s.max_results_limit)
         sources, min_score, tags, like = (_sources(request, fields), _min_score(request, fields),
                                           _tags(request, fields), _like(request, fields))
@@ -217,6 +225,9 @@ async def _search_query(request: Request) -> SearchQuery:
         if like is not None:
             # 'like' is the query when given; an image or text sent along is not used
             # (documented: a client switching to "more like this" may keep its form).
+            if rerank_k:
+                raise BadRequest("Parameter 'rerank' needs a query image: 'like' searches by a stored vector, "
+                                 "with no image whose patches could re-rank the results.")
             await gw.catalog.require(model)
             return query(include_attention=False, like=like)
         if data is None and text is None:
@@ -225,10 +236,12 @@ async def _search_query(request: Request) -> SearchQuery:
         if data is not None:
             await gw.catalog.require(model)
             image = await prepare_in_thread(data, gw.image_limits, "uploaded image")
-            return query(include_attention=include_attention, image=image)
+            return query(include_attention=include_attention, image=image, rerank_k=rerank_k)
         text = " ".join((text or "").split())
         if not text or len(text) > 300:
             raise BadRequest("The 'text' query must be 1 to 300 characters.")
+        if rerank_k:
+            raise BadRequest("Parameter 'rerank' needs a query image: a text query has no patches to compare.")
         await gw.catalog.require(model, text=True)
         return query(include_attention=False, text=text)
     finally:

@@ -53,6 +53,7 @@ def outcome(o: SearchOutcome, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
         "embedding_model": o.model,
         "patch_attention_enabled": o.patch_attention,
         "partial": o.partial,
+        "reranked": o.reranked,
         "stats": stats(o.stats),
         "timings": dict(o.timings_ms),
     }
@@ -71,6 +72,10 @@ def result(r: RankedResult, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
         # image's gallery point (for like=<id>), once the background writer has stored it.
         "source": r.source, "id": r.point_id or result_id(r.sha256), "collection": r.collection,
     }
+    if r.global_score is not None:  # re-ranked: score is the combined one
+        out["global_score"] = round(r.global_score, 6)
+    if r.local_score is not None:
+        out["local_score"] = round(r.local_score, 6)
     if r.tags:
         out["tags"] = dict(r.tags)  # machine tags (zero-shot), with their scores
     if r.attention is not None:
@@ -87,7 +92,8 @@ def stats(s: SearchStats) -> dict[str, Any]:
         "from_gallery": s.from_gallery, "gallery_known": s.gallery_known,
     }
     for name, error in (("scraper_error", s.scraper_error), ("embed_error", s.embed_error),
-                        ("attention_error", s.attention_error), ("gallery_error", s.gallery_error)):
+                        ("attention_error", s.attention_error), ("gallery_error", s.gallery_error),
+                        ("rerank_error", s.rerank_error)):
         if error:
             out[name] = error
     return out

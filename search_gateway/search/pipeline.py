@@ -40,6 +40,7 @@ from search_gateway.search.gallery_source import GallerySource, result_id, space
 from search_gateway.search.patch_attention import attach_attention
 from search_gateway.search.query_vectors import QueryVectors
 from search_gateway.search.ranking import Ranking
+from search_gateway.search.rerank_stage import rerank_results
 from search_gateway.search.tally import Stopwatch, Tally
 from search_gateway.search.types import (
     Candidate,
@@ -108,7 +109,8 @@ class _Search:
         self.deadline = Deadline(self.limits.budget_s)
         self.tally = Tally(pipeline.metrics)
         self.stopwatch = Stopwatch(pipeline.metrics)
-        self.ranking = Ranking(keep_bytes_of=self.limits.attention_top if query.include_attention else 0)
+        self.ranking = Ranking(keep_bytes_of=max(self.limits.attention_top if query.include_attention else 0,
+                                                 query.rerank_k))
         self.to_embed: asyncio.Queue[FetchedImage | None] = asyncio.Queue()
         self.query_vectors = QueryVectors(pipeline.embed, pipeline.cache, self.deadline)
         self.partial = False
@@ -116,6 +118,7 @@ class _Search:
         self.space: VectorSpace | None = None
         self.gallery_down = pipeline.gallery is None
         self.liked_tags: dict[str, float] = {}
+        self.reranked = False
 
     async def run(self) -> SearchOutcome:
         query = self.query
@@ -136,8 +139,9 @@ class _Search:
             if captioning is not None and not captioning.done():
                 captioning.cancel()
         with_attention = bool(query.include_attention and query.image is not None)
-        # Keep time for CrossAttention at the end when it was asked for.
-        reserve = min(3.0, self.limits.budget_s * 0.25) if with_attention else 0.0
+        with_rerank = bool(query.rerank_k and query.image is not None)
+        # Keep time for CrossAttention and re-ranking at the end when they were asked for.
+        reserve = min(3.0, self.limits.budget_s * 0.25) * (with_attention + with_rerank)
         if use_web:
             await self._web(caption, query_vector, reserve)
         else:
@@ -146,12 +150,17 @@ class _Search:
         tally = self.tally
         if not len(self.ranking) and tally.embed_error and tally.embedded == 0 and tally.from_cache == 0:
             raise BackendUnavailable(tally.embed_error, backend="embed server")
-        results = self.ranking.best(query.max_results, query.min_score)
+        if with_rerank:
+            # Stage one's best K (more than max_results when K is larger), re-ranked, cut to size.
+            results = (await self._rerank(self.ranking.best(max(query.max_results, query.rerank_k),
+                                                            query.min_score)))[: query.max_results]
+        else:
+            results = self.ranking.best(query.max_results, query.min_score)
         if with_attention and results:
             results = await self._attention(results)
         return SearchOutcome(
             caption=caption, caption_source=source, results=tuple(results), model=query.model,
-            patch_attention=with_attention, partial=self.partial,
+            patch_attention=with_attention, partial=self.partial, reranked=self.reranked,
             stats=tally.stats(ranked=len(self.ranking), duplicates=self.ranking.duplicates),
             timings_ms=self.stopwatch.finish(self.deadline.elapsed()),
             provenance=self.query_vectors.provenance(query.model),
@@ -239,7 +248,8 @@ class _Search:
         if space is not None:
             try:
                 found = await gallery.find(space, await query_vector, tenant=query.tenant,
-                                           collections=query.collections, limit=query.max_results,
+                                           collections=query.collections,
+                                           limit=max(query.max_results, query.rerank_k),
                                            tags=query.tags, min_score=query.min_score)
             except GalleryError as exc:
                 error = str(exc)
@@ -369,6 +379,22 @@ class _Search:
             if space is not None:
                 gallery.remember(space, images)
         self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self.ranking.best(5))))
+
+    # --- re-ranking by patch tokens
+    async def _rerank(self, results: list[RankedResult]) -> list[RankedResult]:
+        start = time.monotonic()
+        k = self.query.rerank_k
+        assert self.query.image is not None
+        done = await rerank_results(
+            results[:k], embed=self.pipeline.embed, downloads=self.pipeline.downloads, model=self.query.model,
+            query_image=self.query.image.embed_bytes, kept_bytes=self.ranking.kept_bytes, deadline=self.deadline)
+        if done.error is not None:
+            self.tally.rerank_error = done.error
+            self.partial = True
+        else:  # none of them could be fetched: nothing was re-ranked
+            self.reranked = any(r.local_score is not None for r in done.results)
+        self.stopwatch.mark("rerank", start)
+        return [*done.results, *results[k:]]
 
     # --- patch attention
     async def _attention(self, results: list[RankedResult]) -> list[RankedResult]:

@@ -26,6 +26,7 @@ class Tally:
         self.from_gallery = 0
         self.gallery_known = 0
         self.gallery_error: str | None = None
+        self.rerank_error: str | None = None
 
     @property
     def failed(self) -> int:
@@ -46,6 +47,7 @@ class Tally:
             failed_by_reason=MappingProxyType(dict(self.failed_by_reason)),
             scraper_error=self.scraper_error, embed_error=self.embed_error, attention_error=self.attention_error,
             from_gallery=self.from_gallery, gallery_known=self.gallery_known, gallery_error=self.gallery_error,
+            rerank_error=self.rerank_error,
         )
 
 

@@ -43,6 +43,9 @@ class SearchQuery:
     # The gallery collections searched ("web" and the caller's private ones, already
     # checked to exist); None: web and every collection of the caller.
     collections: tuple[str, ...] | None = None
+    # Two-stage search: the best this many results are re-ranked by patch tokens
+    # (search/rerank_stage.py); 0: off (the default, docs/benchmarks.md says why).
+    rerank_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ class RankedResult:
     tenant: str | None = None
     # Its gallery point id (for like=<id>); None: the one it has in "web".
     point_id: str | None = None
+    # After re-ranking: ``score`` is the combined one, these its two parts (None: not re-ranked).
+    global_score: float | None = None
+    local_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,8 @@ class SearchStats:
     from_gallery: int = 0
     gallery_known: int = 0
     gallery_error: str | None = None
+    # Why the results keep stage one's order although re-ranking was asked.
+    rerank_error: str | None = None
 
     @property
     def failed(self) -> int:
@@ -143,6 +151,8 @@ class SearchOutcome:
     timings_ms: Mapping[str, float]
     # Who computed the query's vector; None only if no embed reply was seen for it.
     provenance: Provenance | None
+    # True when the best results were re-ranked by patch tokens.
+    reranked: bool = False
 
 
 # Progress of a running search, for /search/stream.
