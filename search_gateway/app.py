@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_gateway import collection_routes, errors, routes, web
@@ -148,10 +148,15 @@ class _RequestMetrics:
         self.app = app
         self.metrics = metrics
         self.paths = paths
+        # Templated routes (/collections/{name}/images) by their template, not "unmatched".
+        self.templates = [(compile_path(p)[0], p) for p in sorted(paths) if "{" in p]
 
     def _route(self, path: str) -> str:
         if path in self.paths:
             return path
+        for pattern, template in self.templates:
+            if pattern.match(path):
+                return template
         if path.startswith("/thumbnails/"):
             return "/thumbnails/{token}"
         return "unmatched"
@@ -207,6 +212,7 @@ def create_app(settings: GatewaySettings | None = None, *,
         Route("/collections", collection_routes.create_collection, methods=["POST"]),
         Route("/collections/{name}", collection_routes.delete_collection, methods=["DELETE"]),
         Route("/collections/{name}/images", collection_routes.add_images, methods=["POST"]),
+        Route("/collections/{name}/hashes", collection_routes.present_hashes, methods=["POST"]),
         Route("/collections/{name}/images/{id}", collection_routes.get_image, methods=["GET"]),
         Route("/collections/{name}/images/{id}", collection_routes.delete_image, methods=["DELETE"]),
         *web.routes(),  # the search page at / and its files under /static

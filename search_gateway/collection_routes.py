@@ -7,6 +7,7 @@ name), so it answers 404 exactly like a name nobody used.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -137,6 +138,34 @@ async def add_images(request: Request) -> Response:
     uploader = Uploader(gw, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
     results = [await uploader.add(item) for item in inputs]
     return JSONResponse({"collection": collection.name, "results": results})
+
+
+# Per POST /collections/{name}/hashes: the bulk importer asks in batches of at most this many.
+MAX_HASHES = 1000
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+async def present_hashes(request: Request) -> Response:
+    """Which of the given SHA-256 content hashes the collection already holds: the importer
+    skips those files without uploading them."""
+    recs = await records(request)
+    collection = await _owned(request, recs)
+    example = '{"sha256": ["<64 hex digits>", ...]}'
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise BadRequest(f"Send a JSON body such as {example}.") from None
+    hashes = body.get("sha256") if isinstance(body, dict) else None
+    if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes):
+        raise BadRequest(f"Send a JSON body such as {example}: the field 'sha256' (a list of strings) is required.")
+    if len(hashes) > MAX_HASHES:
+        raise BadRequest(f"At most {MAX_HASHES} hashes per request; ask for the rest in another request.")
+    wanted = [h.lower() for h in hashes]
+    bad = next((h for h in wanted if not _SHA256.fullmatch(h)), None)
+    if bad is not None:
+        raise BadRequest(f"A SHA-256 hash is 64 hex digits; {bad[:80]!r} is not.")
+    present = await recs.present(collection.tenant, collection.name, wanted)
+    return JSONResponse({"present": present})
 
 
 def _thumbnail_path(request: Request) -> Callable[[str, str], str]:

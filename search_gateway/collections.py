@@ -108,6 +108,13 @@ class CollectionRecords:
     async def image_by_hash(self, tenant: str, name: str, sha256: str) -> GalleryPoint | None:
         return await self.image(tenant, name, GalleryPoint(sha256, _ONE, name, tenant).id)
 
+    async def present(self, tenant: str, name: str, hashes: Sequence[str]) -> list[str]:
+        """Which of ``hashes`` this collection holds (fully indexed: the record is written last)."""
+        ids = [GalleryPoint(h, _ONE, name, tenant).id for h in hashes]
+        found = await self.store.retrieve(META, ids) if ids else []
+        held = {p.content_hash for p in found if p.tenant == tenant and p.collection == name}
+        return [h for h in dict.fromkeys(hashes) if h in held]
+
     async def add_image(self, point: GalleryPoint) -> None:
         await self.store.upsert(META, [replace(point, vector=_ONE)])
 

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from search_gateway.caption import STYLES, SUBJECTS
+from search_gateway.collection_routes import MAX_HASHES
 from search_gateway.collections import MAX_SEARCHED, NAME, NAME_RULE, WEB
 from search_gateway.config import GatewaySettings
 from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
@@ -319,6 +320,18 @@ def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
             "parameters": [name],
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": upload}}},
             "responses": {"200": _json_body("UploadResults", "One result per input"),
+                          **_errors(*_BODY, *_ACCESS, 404, 503)}}},
+        "/collections/{name}/hashes": {"post": {
+            "summary": "Which of these SHA-256 content hashes (of the uploaded file's bytes) the collection holds: "
+                       "the bulk importer skips those files without uploading them.",
+            "parameters": [name],
+            "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                "type": "object", "required": ["sha256"], "properties": {"sha256": {
+                    "type": "array", "maxItems": MAX_HASHES,
+                    "items": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}}}}}}},
+            "responses": {"200": {"description": "The hashes asked for that the collection holds", "content": {
+                _JSON: {"schema": {"type": "object", "required": ["present"], "properties": {
+                    "present": {"type": "array", "items": {"type": "string"}}}}}}},
                           **_errors(*_BODY, *_ACCESS, 404, 503)}}},
         "/collections/{name}/images/{id}": {
             "get": {"summary": "An image's metadata and a signed thumbnail link.", "parameters": [name, image_id],

@@ -1,0 +1,223 @@
+"""The bulk importer (issue 13): ``python -m search_gateway.importer`` against a real
+gateway (embedded gallery store and blobs in tmp, real embed and scraper servers).
+
+The importer is only an HTTP client, so the tests run it as its users do: its ``main``
+(in a thread) or a subprocess, and look at the gateway's own answers and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from search_gateway.images import content_hash
+from search_gateway.importer.__main__ import main as importer_main
+from tests.search_gateway.conftest import Site, gateway_settings
+from tests.search_gateway.gateway_support import run_gateway, scraper_server, write_catalog
+from tests.support.background import BackgroundServer
+from tests.support.images import encode, jpeg, noise_image
+
+pytestmark = pytest.mark.asyncio
+
+KEY = {"X-API-Key": "key-a"}
+UPLOADS = 'gateway_requests_total{method="POST",route="/collections/{name}/images",status="200"}'
+
+
+@pytest_asyncio.fixture
+async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
+    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
+        yield server
+
+
+def _settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path) -> Any:
+    return gateway_settings(embed.target, scraper.target, site, gallery="on", gallery_path=tmp / "gallery",
+                            blobs_path=tmp / "blobs", api_keys=("studio-a:key-a", "studio-b:key-b"))
+
+
+async def _import(*args: str, key: str = "key-a") -> int:
+    """The importer's main, as ``python -m search_gateway.importer`` runs it (its own event loop)."""
+    os.environ["TATTOO_API_KEY"] = key
+    try:
+        return await asyncio.to_thread(importer_main, [*args, "--no-progress"])
+    finally:
+        del os.environ["TATTOO_API_KEY"]
+
+
+def _report(path: Path) -> dict[str, dict[str, Any]]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    by_input = {entry["input"]: entry for entry in lines}
+    assert len(by_input) == len(lines), "an input was reported twice"
+    return by_input
+
+
+async def _metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    async with http.get(f"{url}/metrics") as resp:
+        rows = [row for row in (await resp.text()).splitlines() if row.startswith(name)]
+    return float(rows[0].split()[-1]) if rows else 0.0
+
+
+async def _images(http: aiohttp.ClientSession, url: str, collection: str, headers: dict[str, str]) -> int:
+    async with http.get(f"{url}/collections", headers=headers) as resp:
+        listed = await resp.json()
+    return int(next(c for c in listed["collections"] if c["name"] == collection)["images"])
+
+
+async def test_a_folder_tree_imports_with_its_summary_and_a_second_run_uploads_nothing(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    tree = tmp_path / "flash"
+    (tree / "2023" / "march").mkdir(parents=True)
+    (tree / "2024").mkdir()
+    (tree / "rose.jpg").write_bytes(jpeg(1, (320, 240)))
+    (tree / "2023" / "skull.png").write_bytes(encode(noise_image(2, (300, 200)), "PNG"))
+    (tree / "2023" / "march" / "dagger.jpg").write_bytes(jpeg(3, (256, 256)))
+    (tree / "2024" / "rose-copy.jpg").write_bytes(jpeg(1, (320, 240)))  # the same bytes as rose.jpg
+    (tree / "2024" / "notes.jpg").write_bytes(b"client wants it on the left forearm\n" * 20)
+    (tree / ".DS_Store").write_bytes(b"\0" * 64)  # hidden: not an input
+    report = tmp_path / "first.jsonl"
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        assert await _import(str(tree), "--collection", "flash", "--gateway", gw.url, "--report", str(report)) == 2
+        assert await _import(str(tree), "--collection", "flash", "--gateway", gw.url, "--create",
+                             "--report", str(report)) == 0
+        first = _report(report)
+        status = {Path(k).relative_to(tree).as_posix(): v["status"] for k, v in first.items()}
+        # rose.jpg and its copy are found in scandir order: either one is the original.
+        assert sorted([status.pop("rose.jpg"), status.pop("2024/rose-copy.jpg")]) == ["added", "duplicate"]
+        assert status == {"2023/skull.png": "added", "2023/march/dagger.jpg": "added", "2024/notes.jpg": "rejected"}
+        assert "not an image" in first[str(tree / "2024" / "notes.jpg")]["reason"].lower()
+        added = next(v for v in first.values() if v["status"] == "added")
+        assert added["sha256"] == content_hash(Path(added["input"]).read_bytes()) and added["id"]
+        assert await _images(http, gw.url, "flash", KEY) == 3
+        uploads = await _metric(http, gw.url, UPLOADS)
+        assert uploads >= 1
+
+        # Again: every image's hash is in the collection, so nothing is uploaded.
+        again = tmp_path / "second.jsonl"
+        assert await _import(str(tree), "--collection", "flash", "--gateway", gw.url, "--report", str(again)) == 0
+        second = _report(again)
+        assert sorted(v["status"] for v in second.values()) == ["rejected", "skipped", "skipped", "skipped", "skipped"]
+        assert await _metric(http, gw.url, UPLOADS) == uploads
+        assert await _images(http, gw.url, "flash", KEY) == 3
+
+
+async def test_a_url_list_imports_through_the_gateways_downloader(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    listing = tmp_path / "urls.txt"
+    listing.write_text(f"# flash from the studio's site\n{site.base}/img/4.jpg\n\n{site.base}/img/5.jpg\n"
+                       f"{site.base}/broken.jpg\nhttp://10.0.0.1/private.jpg\n{site.base}/img/4.jpg\n")
+    report = tmp_path / "urls.jsonl"
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        code = await _import(str(listing), "--collection", "site", "--gateway", gw.url, "--create",
+                             "--report", str(report))
+        lines = [json.loads(line) for line in report.read_text().splitlines()]
+        assert code == 0
+        assert [(e["input"].rsplit("/", 1)[-1], e["status"]) for e in lines] == [
+            ("4.jpg", "added"), ("5.jpg", "added"), ("broken.jpg", "rejected"), ("private.jpg", "rejected"),
+            ("4.jpg", "duplicate")]
+        assert all(e["reason"] for e in lines if e["status"] == "rejected")
+        assert await _images(http, gw.url, "site", KEY) == 2
+        # Another tenant's key: the collection does not exist for it.
+        assert await _import(str(listing), "--collection", "site", "--gateway", gw.url,
+                             "--report", str(tmp_path / "b.jsonl"), key="key-b") == 2
+
+
+async def test_the_hashes_route_answers_only_for_the_callers_collection(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    picture = jpeg(7, (300, 220))
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        async with http.post(f"{gw.url}/collections", json={"name": "mine"}, headers=KEY) as resp:
+            assert resp.status == 201
+        form = aiohttp.FormData()
+        form.add_field("file", picture, filename="p.jpg", content_type="image/jpeg")
+        async with http.post(f"{gw.url}/collections/mine/images", data=form, headers=KEY) as resp:
+            assert resp.status == 200
+        held, absent = content_hash(picture), "0" * 64
+        async with http.post(f"{gw.url}/collections/mine/hashes", json={"sha256": [held.upper(), absent]},
+                             headers=KEY) as resp:
+            assert resp.status == 200 and (await resp.json()) == {"present": [held]}
+        async with http.post(f"{gw.url}/collections/mine/hashes", json={"sha256": [held]},
+                             headers={"X-API-Key": "key-b"}) as resp:
+            assert resp.status == 404
+        for bad in ({"sha256": ["xyz"]}, {"sha256": "abc"}, {"sha256": [absent] * 1001}, ["nope"]):
+            async with http.post(f"{gw.url}/collections/mine/hashes", json=bad, headers=KEY) as resp:
+                body = await resp.json()
+                assert resp.status == 400 and body["detail"], bad
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_killing_the_gateway_half_way_then_running_again_leaves_every_image_once(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    folder = tmp_path / "portfolio"
+    folder.mkdir()
+    for i in range(200):
+        (folder / f"{i:03d}.jpg").write_bytes(jpeg(1000 + i, (96, 96)))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_EMBED_TARGET": embed.target,
+           "GATEWAY_SCRAPER_TARGET": scraper.target, "GATEWAY_GALLERY": "on",
+           "GATEWAY_GALLERY_PATH": str(tmp_path / "gallery"), "GATEWAY_BLOBS_PATH": str(tmp_path / "blobs"),
+           "GATEWAY_API_KEYS": "studio-a:key-a", "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
+           "GATEWAY_LOG_LEVEL": "warning"}
+    importer = [sys.executable, "-m", "search_gateway.importer", str(folder), "--collection", "portfolio",
+                "--gateway", url, "--create", "--no-progress", "--batch-files", "8", "--concurrency", "2"]
+    importer_env = {**os.environ, "TATTOO_API_KEY": "key-a"}
+
+    async def start() -> subprocess.Popen[bytes]:
+        child = subprocess.Popen([sys.executable, "-m", "search_gateway"], env=env)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(600):
+                try:
+                    async with http.get(f"{url}/health") as resp:
+                        if resp.status == 200:
+                            return child
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        child.kill()
+        raise AssertionError("the gateway did not start")
+
+    first_report, second_report = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    gateway = await start()
+    try:
+        first = subprocess.Popen([*importer, "--retries", "1", "--report", str(first_report)], env=importer_env)
+        while first.poll() is None and (not first_report.exists() or
+                                        len(first_report.read_text().splitlines()) < 80):
+            await asyncio.sleep(0.05)
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait()
+        assert await asyncio.to_thread(first.wait, 60) == 1  # some inputs failed: the gateway went away
+        killed = _report(first_report)
+        assert 0 < sum(v["status"] == "added" for v in killed.values()) < 200
+        assert any(v["status"] == "failed" for v in killed.values())
+
+        gateway = await start()
+        second = subprocess.run([*importer, "--report", str(second_report)], env=importer_env, timeout=120,
+                                capture_output=True, text=True)
+        assert second.returncode == 0, second.stderr
+        assert "0 failed" in second.stderr
+        resumed = _report(second_report)
+        assert sorted(resumed) == sorted(str(p) for p in folder.iterdir())  # every file, once
+        assert {v["status"] for v in resumed.values()} <= {"added", "skipped", "duplicate"}
+        assert sum(v["status"] == "skipped" for v in resumed.values()) >= 80
+        async with aiohttp.ClientSession() as http:
+            assert await _images(http, url, "portfolio", KEY) == 200
+            hashes = [content_hash(p.read_bytes()) for p in folder.iterdir()]
+            async with http.post(f"{url}/collections/portfolio/hashes", json={"sha256": hashes}, headers=KEY) as r:
+                assert len((await r.json())["present"]) == 200
+    finally:
+        gateway.terminate()
+        gateway.wait(10)
