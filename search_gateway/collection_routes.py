@@ -202,6 +202,19 @@ async def delete_image(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def list_images(request: Request) -> Response:
+    """The collection's images, newest first, with signed thumbnail links (the web page's grid).
+    At most one store page (1,000); ``total`` says how many the collection holds."""
+    recs = await records(request)
+    collection = await _owned(request, recs)
+    images = await recs.images(collection.tenant, collection.name)
+    images.sort(key=lambda p: (p.first_seen.isoformat() if p.first_seen else "", p.id), reverse=True)
+    link = _thumbnail_path(request)
+    return JSONResponse({"collection": collection.name, "total": await recs.count(collection.tenant, collection.name),
+                         "images": [{"id": p.id, "filename": p.title, "thumbnail": link(collection.tenant, p.content_hash),
+                                     "added": p.first_seen.isoformat() if p.first_seen else None} for p in images]})
+
+
 async def blob_thumbnail(request: Request, target: str) -> bytes:
     """The original of a signed ``blob:<tenant>/<sha256>`` link, for its own tenant only."""
     gw = _gateway(request)
