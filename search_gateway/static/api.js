@@ -124,7 +124,8 @@ export async function searchOptions() {
   const params = doc?.paths?.["/search/stream"]?.post?.parameters || [];
   const param = (name) => params.find((p) => p.name === name)?.schema || null;
   const sources = param("sources")?.enum || ["web"];
-  return { gallery: sources.some((s) => s.split(",").includes("gallery")), tags: tagVocabulary(param("tags")?.pattern) };
+  return { gallery: sources.some((s) => s.split(",").includes("gallery")), tags: tagVocabulary(param("tags")?.pattern),
+    collections: Boolean(param("collections")) };
 }
 
 /** The tag names in the OpenAPI pattern `^$|^(a|b\ c)(,(a|b\ c)){0,7}$`, unescaped. */
@@ -147,9 +148,10 @@ function query(params) {
  * with a PlainError (or an AbortError when `signal` aborts). With `like` (a gallery id)
  * the stored picture is the query and nothing is uploaded.
  */
-export async function streamSearch({ file, text, like, model, maxResults, attention, sources, tags }, onEvent, signal) {
+export async function streamSearch({ file, text, like, model, maxResults, attention, sources, tags, collections },
+  onEvent, signal) {
   const params = { embedding_model: model, max_results: maxResults, include_patch_attention: attention && !!file && !like,
-    sources, tags: tags?.length ? tags.join(",") : "", like };
+    sources, tags: tags?.length ? tags.join(",") : "", like, collections: collections?.length ? collections.join(",") : "" };
   let body;
   if (!like) {
     body = new FormData();
@@ -197,4 +199,67 @@ export async function analyzeAttention({ file, candidateUrl, model }, signal) {
   const params = { candidate_url: candidateUrl, embedding_model: model, include_visualizations: true };
   const response = await send(`/analyze-attention?${query(params)}`, { method: "POST", body: form, signal });
   return response.json();
+}
+
+// ---------- private collections (GET/POST /collections, images in and out)
+
+/** A collection route's error in words about collections (the search's "not_found" is about the gallery). */
+function collectionError(err, name) {
+  if (!(err instanceof PlainError)) return err;
+  const words = {
+    404: name ? `There is no collection “${name}” (any more). Load the list again.`
+      : "This server keeps no private collections (its gallery is off).",
+    409: `A collection named “${name}” already exists. Pick another name.`,
+    400: err.detail ? `That did not work: ${err.detail}` : err.message,
+  }[err.status];
+  return words ? new PlainError(words, { detail: err.detail && !words.includes(err.detail) ? err.detail : "",
+    status: err.status, code: err.code }) : err;
+}
+
+async function collectionCall(name, url, init) {
+  try {
+    return await send(url, { ...init, headers: { Accept: "application/json", ...(init?.headers || {}) } });
+  } catch (err) {
+    throw collectionError(err, name);
+  }
+}
+
+const path = (name) => `/collections/${encodeURIComponent(name)}`;
+
+/** The caller's collections ({name, images, ...}), `web` (shared: true) first. */
+export async function listCollections() {
+  return (await (await collectionCall("", "/collections")).json()).collections || [];
+}
+
+export async function createCollection(name) {
+  const response = await collectionCall(name, "/collections",
+    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name }) });
+  return response.json();
+}
+
+export async function deleteCollection(name) {
+  await collectionCall(name, path(name), { method: "DELETE" });
+}
+
+/** {images: [{id, filename, thumbnail, added}], total}, newest first. */
+export async function listImages(name, signal) {
+  return (await collectionCall(name, `${path(name)}/images`, { signal })).json();
+}
+
+export async function deleteImage(name, id) {
+  await collectionCall(name, `${path(name)}/images/${encodeURIComponent(id)}`, { method: "DELETE" });
+}
+
+/**
+ * Sends one batch of files; resolves with one {input, status, id?, reason?} per file, in
+ * order. A 413 (the batch is over the server's limit) rejects with status 413 so the
+ * caller can split the batch.
+ */
+export async function uploadImages(name, files, signal) {
+  const form = new FormData();
+  for (const file of files) form.append("file", file, file.relativePath || file.webkitRelativePath || file.name || "file");
+  const response = await send(`${path(name)}/images`, { method: "POST", body: form, signal }).catch((err) => {
+    throw err.status === 413 ? err : collectionError(err, name);
+  });
+  return (await response.json()).results || [];
 }

@@ -3,6 +3,8 @@
 // and the attention view. No framework; the DOM is built with
 // textContent and attributes only (never innerHTML with data from the network).
 import { PlainError, analyzeAttention, imageUrl, listModels, searchOptions, streamSearch, usingKey } from "./api.js";
+import { offerCollections, pickedCollections, showPicker } from "./collections.js";
+import { make, showError } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -42,18 +44,6 @@ const state = {
 
 // ---------- small helpers
 
-function make(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "className") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value === true ? "" : value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
 const percent = (x, digits = 1) => `${(Number(x) * 100).toFixed(digits)}%`;
 
 /** Only http(s) links from results are followed; anything else (javascript:, data:) is dropped. */
@@ -64,18 +54,6 @@ function safeHttpUrl(raw) {
   } catch {
     return null;
   }
-}
-
-function showError(target, err) {
-  target.replaceChildren();
-  if (!err) {
-    target.hidden = true;
-    return;
-  }
-  const plain = err instanceof PlainError ? err : new PlainError(String(err.message || err));
-  target.append(make("p", { className: "error-message", text: plain.message }));
-  if (plain.detail) target.append(make("p", { className: "error-detail", text: `Details: ${plain.detail}` }));
-  target.hidden = false;
 }
 
 // ---------- the query image
@@ -245,6 +223,7 @@ function selectedTags() {
 
 function updateTagsField() {
   el.tagsField.hidden = el.sourcesField.hidden || !el.tags.children.length || !includesGallery(selectedSources());
+  showPicker(!el.sourcesField.hidden && includesGallery(selectedSources()));
   const picked = selectedTags().length;
   el.tagsCount.textContent = picked ? `(${picked} picked)` : "";
   // At most 8: the rest wait until one is unticked.
@@ -268,6 +247,9 @@ async function loadSearchOptions() {
   const options = await searchOptions();
   // Unknown (the description could not be read): offer it; a search's 400 says otherwise.
   offerGallery(options ? options.gallery : null, options?.tags || []);
+  // The collections view needs the gallery; the search's picker needs its `collections` parameter too.
+  await offerCollections({ gallery: options?.gallery !== false, picker: Boolean(options?.collections) });
+  updateTagsField();
 }
 
 el.sourcesField.addEventListener("change", updateTagsField);
@@ -357,6 +339,12 @@ async function runSearch() {
   const model = el.model.value;
   const maxResults = Number(el.maxResults.value);
   const sources = selectedSources();
+  const collections = includesGallery(sources) ? pickedCollections() : null;
+  if (collections && !collections.length) {
+    showError(el.error, new PlainError("Tick at least one collection to search in (or search the web only)."));
+    document.querySelector("#collections-picker input")?.focus();
+    return;
+  }
   if (!like && !file && !text) {
     showError(el.error, new PlainError("Pick an image (or type a few words) to search with."));
     el.file.focus();
@@ -396,7 +384,7 @@ async function runSearch() {
   };
   try {
     const body = await streamSearch({ file, text, like: like?.id, model, maxResults, attention: el.attention.checked,
-      sources, tags: selectedTags() }, progressTracker(onGallery), controller.signal);
+      sources, tags: selectedTags(), collections }, progressTracker(onGallery), controller.signal);
     if (state.search !== controller) return;
     el.progress.value = 100;
     state.last = { file, model: body.embedding_model || model };

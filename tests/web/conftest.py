@@ -129,9 +129,9 @@ async def web_stack(embed: BackgroundServer, design_site: DesignSite) -> AsyncIt
 
 @pytest_asyncio.fixture
 async def gallery_stack(embed: BackgroundServer, design_site: DesignSite, tmp_path: Path) -> AsyncIterator[WebStack]:  # noqa: F811
-    """The same stack with the embedded gallery on, in this test's own folder."""
+    """The same stack with the embedded gallery on (and collections' originals), in this test's own folder."""
     with scraper_server(design_site.manifest) as scraper:
         settings = gateway_settings(embed.target, scraper.target, design_site,  # type: ignore[arg-type]
-                                    gallery="on", gallery_path=tmp_path / "gallery")
+                                    gallery="on", gallery_path=tmp_path / "gallery", blobs_path=tmp_path / "blobs")
         async with run_gateway(settings) as gateway:
             yield WebStack(gateway, design_site, scraper)
