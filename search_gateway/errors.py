@@ -54,6 +54,12 @@ class NoTextTower(BadRequest):
     code = "no_text_tower"
 
 
+class RerankNeedsImage(BadRequest):
+    """rerank=true with a text or like query: there is no query image to take patches of."""
+
+    code = "rerank_needs_image"
+
+
 class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
 

@@ -20,7 +20,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from search_gateway import attention, search_json
 from search_gateway.caption import STYLES, SUBJECTS
 from search_gateway.collection_routes import searched as searched_collections
-from search_gateway.errors import BadRequest, GatewayError, MissingField, UploadTooLarge, to_response
+from search_gateway.errors import (
+    BadRequest,
+    GatewayError,
+    MissingField,
+    RerankNeedsImage,
+    UploadTooLarge,
+    to_response,
+)
 from search_gateway.images import decode_rgb, prepare_in_thread
 from search_gateway.images import thumbnail as make_thumbnail
 from search_gateway.openapi import openapi_document
@@ -226,7 +233,7 @@ async def _search_query(request: Request) -> SearchQuery:
             # 'like' is the query when given; an image or text sent along is not used
             # (documented: a client switching to "more like this" may keep its form).
             if rerank_k:
-                raise BadRequest("Parameter 'rerank' needs a query image: 'like' searches by a stored vector, "
+                raise RerankNeedsImage("Parameter 'rerank' needs a query image: 'like' searches by a stored vector, "
                                  "with no image whose patches could re-rank the results.")
             await gw.catalog.require(model)
             return query(include_attention=False, like=like)
@@ -241,7 +248,7 @@ async def _search_query(request: Request) -> SearchQuery:
         if not text or len(text) > 300:
             raise BadRequest("The 'text' query must be 1 to 300 characters.")
         if rerank_k:
-            raise BadRequest("Parameter 'rerank' needs a query image: a text query has no patches to compare.")
+            raise RerankNeedsImage("Parameter 'rerank' needs a query image: a text query has no patches to compare.")
         await gw.catalog.require(model, text=True)
         return query(include_attention=False, text=text)
     finally:
