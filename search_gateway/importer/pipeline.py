@@ -113,7 +113,7 @@ class Importer:
         size = 0
         while (q := await self.uploads.get()) is not _END:
             assert q is not None
-            if batch and (len(batch) >= self.limits.files or size + q.source.size > self.limits.bytes):
+            if batch and not self._fits(len(batch), size, q):
                 await self.batches.put(batch)
                 batch, size = [], 0
             batch.append(q)
@@ -147,9 +147,8 @@ class Importer:
                 self.report.record(batch[0].source.label, "rejected", sha256=batch[0].sha256, reason=exc.detail)
                 return
             self._learn(exc, len(batch))
-            half = len(batch) // 2
-            await self._send(batch[:half])
-            await self._send(batch[half:])
+            for part in self._split(batch):
+                await self._send(part)
             return
         except (GaveUp, Refused) as exc:
             for q in batch:
@@ -159,6 +158,25 @@ class Importer:
             status = str(result.get("status", "failed"))
             self.report.record(q.source.label, status, sha256=q.sha256, id=result.get("id"),
                                reason=result.get("reason"))
+
+    def _fits(self, files: int, size: int, q: Queued) -> bool:
+        """Whether ``q`` still fits a batch of ``files`` inputs and ``size`` bytes."""
+        return files < self.limits.files and size + q.source.size <= self.limits.bytes
+
+    def _split(self, batch: list[Queued]) -> list[list[Queued]]:
+        """The batch in parts within the limits (at least two: the whole was refused)."""
+        parts: list[list[Queued]] = [[]]
+        size = 0
+        for q in batch:
+            if parts[-1] and not self._fits(len(parts[-1]), size, q):
+                parts.append([])
+                size = 0
+            parts[-1].append(q)
+            size += q.source.size
+        if len(parts) == 1:
+            half = len(batch) // 2
+            parts = [batch[:half], batch[half:]]
+        return parts
 
     def _learn(self, exc: TooLarge, sent: int) -> None:
         # What the 413 named, or else half of what was refused; batches after this one obey it.

@@ -131,6 +131,24 @@ async def test_a_url_list_imports_through_the_gateways_downloader(
                              "--report", str(tmp_path / "b.jsonl"), key="key-b") == 2
 
 
+async def test_batches_over_the_gateways_limit_are_split_by_what_its_413_names(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.jpg").write_bytes(jpeg(200 + i, (120, 90)))
+    report = tmp_path / "batch.jsonl"
+    settings = _settings(embed, scraper, site, tmp_path).replace(collection_max_files=2)
+    async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
+        assert await _import(str(folder), "--collection", "small", "--gateway", gw.url, "--create",
+                             "--batch-files", "5", "--concurrency", "1", "--report", str(report)) == 0
+        assert sorted(v["status"] for v in _report(report).values()) == ["added"] * 5
+        refused = 'gateway_requests_total{method="POST",route="/collections/{name}/images",status="413"}'
+        assert await _metric(http, gw.url, refused) == 1  # one 413 taught it the limit of 2
+        assert await _metric(http, gw.url, UPLOADS) == 3  # 2 + 2 + 1
+        assert await _images(http, gw.url, "small", KEY) == 5
+
+
 async def test_the_hashes_route_answers_only_for_the_callers_collection(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     picture = jpeg(7, (300, 220))
