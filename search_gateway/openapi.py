@@ -16,6 +16,7 @@ from search_gateway.collection_routes import MAX_HASHES
 from search_gateway.collections import MAX_SEARCHED, NAME, NAME_RULE, WEB
 from search_gateway.config import GatewaySettings
 from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
+from search_gateway.search.rerank_stage import RERANK_K_LIMIT
 from search_gateway.uploads import MAX_TAGS as UPLOAD_MAX_TAGS
 
 _JSON = "application/json"
@@ -97,6 +98,12 @@ def _all_search_params(models: list[str], default: str, max_results: int) -> lis
         _model_param(models, default),
         {"name": "include_patch_attention", "in": "query", "schema": {"type": "boolean", "default": False}},
         {"name": "max_results", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": max_results}},
+        {"name": "rerank", "in": "query", "schema": {"type": "boolean", "default": False},
+         "description": "Two-stage search: re-rank the best rerank_k results by patch tokens (the query image's "
+                        "against each result's); each result then has global_score and local_score, and score is "
+                        "their mix. An image query only: with text or like it is 400 rerank_needs_image."},
+        {"name": "rerank_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": RERANK_K_LIMIT},
+         "description": "How many of the best results are re-ranked (rerank=true); default GATEWAY_RERANK_K."},
         {"name": "sources", "in": "query", "schema": {"type": "string", "enum": ["gallery,web", "gallery", "web", "web,gallery"],
                                                       "default": "gallery,web"},
          "description": "Where results come from: the gallery (at once, no web traffic), the web, or both."},
@@ -131,7 +138,10 @@ _SCHEMAS: dict[str, Any] = {
         "request_id": {"type": "string", "description": "Quote it to an operator: the log has the detail."}}},
     "SearchResult": {"type": "object", "required": ["url", "score"], "properties": {
         "url": {"type": "string"}, "source_url": {"type": "string"}, "platform": {"type": "string"},
-        "title": {"type": "string"}, "engine": {"type": "string"}, "score": {"type": "number"},
+        "title": {"type": "string"}, "engine": {"type": "string"},
+        "score": {"type": "number", "description": "The cosine similarity; after re-ranking, the combined score."},
+        "global_score": {"type": "number", "description": "Re-ranked: the global vectors' cosine."},
+        "local_score": {"type": "number", "description": "Re-ranked: the patch tokens' score (0 to 1)."},
         "thumbnail_url": {"type": "string"},
         "source": {"type": "string", "enum": ["gallery", "web"]},
         "id": {"type": "string", "format": "uuid", "description": "The image's gallery id, for like=<id>."},
@@ -148,6 +158,7 @@ _SCHEMAS: dict[str, Any] = {
         "embedding_model": {"type": "string"}, "embedding_weights": {"type": "string"},
         "patch_attention_enabled": {"type": "boolean"},
         "partial": {"type": "boolean"}, "stats": {"type": "object"}, "timings": {"type": "object"},
+        "reranked": {"type": "boolean", "description": "True when the best results were re-ranked by patch tokens."},
     }},
     "AttentionResponse": {"type": "object", "required": ["candidate_url", "embedding_model", "similarity_analysis"],
                           "properties": {
