@@ -42,6 +42,7 @@ from search_gateway.images import ImageLimits
 from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
 from search_gateway.netguard import parse_allowlist
+from search_gateway.reindex import Reindexer
 from search_gateway.requestid import RequestIdMiddleware, install_log_stamp
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import BatchLimits, EmbedBatches
@@ -72,6 +73,8 @@ class Gateway:
     gallery: GallerySource | None = None
     # Uploaded originals of private collections; None when the gallery is off.
     blobs: BlobStore | None = None
+    # Background re-embedding of collections (POST /collections/{name}/reindex); with the blobs.
+    reindex: Reindexer | None = None
 
 
 def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
@@ -121,17 +124,22 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
     )
     catalog = ModelCatalog(embed)
     blobs: BlobStore | None = None
+    reindex: Reindexer | None = None
     try:
         async with open_gallery(settings, metrics, embed, catalog, captions) as gallery:
             if gallery is not None:
                 blobs = await open_blob_store(
                     path=None if settings.blobs_url else settings.blobs_path, url=settings.blobs_url or None,
                     bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix)
+                reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
+                                    settings.embed_batch_bytes)
             pipeline = dataclasses.replace(pipeline, gallery=gallery)
             yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
                           ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits,
-                          gallery, blobs)
+                          gallery, blobs, reindex)
     finally:
+        if reindex is not None:
+            await reindex.close()
         if blobs is not None:
             await blobs.close()
         await captions.close()
@@ -214,6 +222,7 @@ def create_app(settings: GatewaySettings | None = None, *,
         Route("/collections/{name}/images", collection_routes.add_images, methods=["POST"]),
         Route("/collections/{name}/images", collection_routes.list_images, methods=["GET"]),
         Route("/collections/{name}/hashes", collection_routes.present_hashes, methods=["POST"]),
+        Route("/collections/{name}/reindex", collection_routes.reindex_collection, methods=["POST"]),
         Route("/collections/{name}/images/{id}", collection_routes.get_image, methods=["GET"]),
         Route("/collections/{name}/images/{id}", collection_routes.delete_image, methods=["DELETE"]),
         *web.routes(),  # the search page at / and its files under /static

@@ -18,6 +18,7 @@ from search_gateway.blobs.gc import release
 from search_gateway.collections import MAX_SEARCHED, WEB, Collection, CollectionRecords, bad_name
 from search_gateway.errors import BackendUnavailable, BadRequest, Conflict, GatewayError, NotFound
 from search_gateway.gallery.base import GalleryError, GalleryPoint
+from search_gateway.reindex import INDEXED, Job
 from search_gateway.tenants import tenant_of
 from search_gateway.uploads import Uploader, read_inputs
 
@@ -70,16 +71,40 @@ async def searched(request: Request, raw: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _describe(c: Collection, images: int) -> dict[str, Any]:
-    return {"name": c.name, "images": images, "models": list(c.models),
+def _describe(c: Collection, images: int, jobs: list[Job] | None = None) -> dict[str, Any]:
+    # Per model: indexed, or what its last reindex job says (running with done/total,
+    # failed with a reason, interrupted by a restart).
+    index: dict[str, Any] = {m: {"state": INDEXED} for m in c.models}
+    for job in jobs or ():
+        if job.state != INDEXED or job.model not in index:
+            index[job.model] = job.describe()
+    return {"name": c.name, "images": images, "models": list(c.models), "index": index,
             "created": c.created.isoformat(), "updated": c.updated.isoformat()}
 
 
 async def list_collections(request: Request) -> Response:
     recs = await records(request)
     tenant = tenant_of(request.scope)
-    mine = [_describe(c, await recs.count(tenant, c.name)) for c in await recs.of_tenant(tenant)]
+    reindexer = _gateway(request).reindex
+    jobs = await reindexer.jobs_of(tenant) if reindexer is not None else {}
+    mine = [_describe(c, await recs.count(tenant, c.name), jobs.get(c.name)) for c in await recs.of_tenant(tenant)]
     return JSONResponse({"collections": [{"name": WEB, "shared": True}, *mine]})
+
+
+async def reindex_collection(request: Request) -> Response:
+    """Embed the collection's originals with another model (or its new weights) in the
+    background: 202 at once, progress in GET /collections."""
+    recs = await records(request)
+    collection = await _owned(request, recs)
+    gw = _gateway(request)
+    model = (request.query_params.get("embedding_model") or "").strip()
+    if not model:
+        names = ", ".join(await gw.catalog.names())
+        raise BadRequest(f"Name the model to embed with: ?embedding_model=<one of {names}>.")
+    await gw.catalog.require(model)
+    total = await recs.count(collection.tenant, collection.name)
+    job = await gw.reindex.start(collection.tenant, collection.name, model, total)
+    return JSONResponse({"collection": collection.name, "model": model, **job.describe()}, status_code=202)
 
 
 async def create_collection(request: Request) -> Response:
@@ -108,6 +133,8 @@ async def delete_collection(request: Request) -> Response:
     while images := await recs.images(collection.tenant, collection.name):
         await _forget(request, recs, images)
     await recs.forget(collection.tenant, collection.name)
+    if _gateway(request).reindex is not None:
+        await _gateway(request).reindex.forget(collection.tenant, collection.name)
     return Response(status_code=204)
 
 
@@ -136,7 +163,7 @@ async def add_images(request: Request) -> Response:
     for model in models:
         await gw.catalog.require(model)
     uploader = Uploader(gw, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
-    results = [await uploader.add(item) for item in inputs]
+    results = await uploader.add_all(inputs)
     return JSONResponse({"collection": collection.name, "results": results})
 
 

@@ -178,7 +178,21 @@ _SCHEMAS: dict[str, Any] = {
         "name": {"type": "string"},
         "shared": {"type": "boolean", "description": "True for 'web', the public images every tenant searches."},
         "images": {"type": "integer", "minimum": 0}, "models": {"type": "array", "items": {"type": "string"}},
+        "index": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/IndexState"},
+                  "description": "Per model: indexed, or its last reindex (queued, reindexing with done/total, "
+                                 "failed with a reason, interrupted by a restart: ask again)."},
         "created": {"type": "string", "format": "date-time"}, "updated": {"type": "string", "format": "date-time"}}},
+    "IndexState": {"type": "object", "required": ["state"], "properties": {
+        "state": {"type": "string", "enum": ["indexed", "queued", "reindexing", "failed", "interrupted"]},
+        "done": {"type": "integer", "minimum": 0}, "total": {"type": "integer", "minimum": 0},
+        "skipped": {"type": "integer", "minimum": 0,
+                    "description": "Images whose original is missing or unreadable (not embedded)."},
+        "started": {"type": "string", "format": "date-time"}, "updated": {"type": "string", "format": "date-time"},
+        "reason": {"type": "string"}}},
+    "Reindex": {"type": "object", "required": ["collection", "model", "state"], "properties": {
+        "collection": {"type": "string"}, "model": {"type": "string"}, "state": {"type": "string"},
+        "total": {"type": "integer", "minimum": 0}, "done": {"type": "integer", "minimum": 0},
+        "started": {"type": "string", "format": "date-time"}, "updated": {"type": "string", "format": "date-time"}}},
     "Collections": {"type": "object", "required": ["collections"], "properties": {
         "collections": {"type": "array", "items": {"$ref": "#/components/schemas/Collection"}}}},
     "UploadResults": {"type": "object", "required": ["collection", "results"], "properties": {
@@ -344,6 +358,14 @@ def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
                 _JSON: {"schema": {"type": "object", "required": ["present"], "properties": {
                     "present": {"type": "array", "items": {"type": "string"}}}}}}},
                           **_errors(*_BODY, *_ACCESS, 404, 503)}}},
+        "/collections/{name}/reindex": {"post": {
+            "summary": "Embed the collection's stored originals with this model (one not indexed yet, or its new "
+                       "weights) in the background: 202 at once, progress under 'index' in GET /collections; "
+                       "409 while the same reindex runs, 429 when too many wait.",
+            "parameters": [name, {"name": "embedding_model", "in": "query", "required": True,
+                                  "schema": {"type": "string", "enum": models}}],
+            "responses": {"202": _json_body("Reindex", "Accepted: the job is queued"),
+                          **_errors(*_ACCESS, 400, 404, 409, 503)}}},
         "/collections/{name}/images/{id}": {
             "get": {"summary": "An image's metadata and a signed thumbnail link.", "parameters": [name, image_id],
                     "responses": {"200": _json_body("CollectionImage", "The image"),

@@ -1,0 +1,147 @@
+"""Collections, issue 13's last pieces: reindex with another model in the background,
+blob garbage collection on a schedule, and no orphan point (bytes gone) ever shown.
+Real embed and scraper servers, the embedded gallery store and local blobs in tmp."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.search_gateway.conftest import Site, gateway_settings
+from tests.search_gateway.gateway_support import RunningGateway, run_gateway, scraper_server, write_catalog
+from tests.support.background import BackgroundServer
+from tests.support.images import jpeg
+
+pytestmark = pytest.mark.asyncio
+
+A, B = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
+
+
+@pytest_asyncio.fixture
+async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
+    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
+        yield server
+
+
+def _settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path, **more: Any) -> Any:
+    return gateway_settings(embed.target, scraper.target, site, gallery="on", gallery_path=tmp / "gallery",
+                            blobs_path=tmp / "blobs", api_keys=("studio-a:key-a", "studio-b:key-b"), **more)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll a background effect; the bound only keeps a broken build from hanging."""
+    for _ in range(1200):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+class Client:
+    def __init__(self, http: aiohttp.ClientSession, gw: RunningGateway) -> None:
+        self.http, self.gw = http, gw
+
+    async def call(self, method: str, path: str, headers: dict[str, str] = A, **kw: Any) -> tuple[int, Any]:
+        async with self.http.request(method, self.gw.url + path, headers=headers, **kw) as resp:
+            return resp.status, (await resp.json() if resp.content_type == "application/json" else None)
+
+    async def upload(self, name: str, pictures: list[bytes], *models: str) -> list[str]:
+        form = aiohttp.FormData()
+        for i, picture in enumerate(pictures):
+            form.add_field("file", picture, filename=f"{i}.jpg", content_type="image/jpeg")
+        for model in models:
+            form.add_field("embedding_model", model)
+        status, body = await self.call("POST", f"/collections/{name}/images", data=form)
+        assert status == 200 and [r["status"] for r in body["results"]] == ["added"] * len(pictures), body
+        return [r["id"] for r in body["results"]]
+
+    async def collection(self, name: str, headers: dict[str, str] = A) -> dict[str, Any]:
+        status, body = await self.call("GET", "/collections", headers)
+        assert status == 200, body
+        return dict(next(c for c in body["collections"] if c["name"] == name))
+
+    async def search(self, picture: bytes, model: str, name: str) -> list[dict[str, Any]]:
+        form = aiohttp.FormData()
+        form.add_field("file", picture, filename="q.jpg", content_type="image/jpeg")
+        status, body = await self.call("POST", "/search", data=form, params={
+            "embedding_model": model, "collections": name, "sources": "gallery", "max_results": "50"})
+        assert status == 200, body
+        return list(body["results"])
+
+    async def indexed(self, name: str, model: str) -> bool:
+        state = (await self.collection(name))["index"].get(model, {})
+        assert state.get("state") != "failed", state
+        return bool(state.get("state") == "indexed")
+
+
+async def test_reindex_embeds_a_collection_with_another_model_in_the_background(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    pictures = [jpeg(60 + i, (220 + 10 * i, 200)) for i in range(3)]
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        c = Client(http, gw)
+        assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
+        ids = await c.upload("flash", pictures, "clip")
+        listed = await c.collection("flash")
+        assert listed["models"] == ["clip"] and listed["index"] == {"clip": {"state": "indexed"}}, listed
+        assert await c.search(pictures[0], "dinov2", "flash") == []  # not embedded with dinov2 yet
+
+        # Refusals: no model, an unknown model (the valid ones named), another tenant's collection.
+        status, body = await c.call("POST", "/collections/flash/reindex")
+        assert status == 400 and "embedding_model" in body["detail"], body
+        status, body = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "nope"})
+        assert status == 400 and "clip" in body["detail"] and "dinov2" in body["detail"], body
+        status, body = await c.call("POST", "/collections/flash/reindex", B, params={"embedding_model": "dinov2"})
+        assert status == 404, body
+
+        # While the gateway's one running slot is taken, the job waits: a second ask is 409.
+        reindexer = gw.app.state.gateway.reindex
+        async with reindexer._slot:
+            status, body = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
+            assert status == 202 and body["state"] == "queued" and body["total"] == 3, body
+            status, again = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
+            assert status == 409 and "already running" in again["detail"], again
+            assert (await c.collection("flash"))["index"]["dinov2"]["state"] == "queued"
+        await _until(lambda: c.indexed("flash", "dinov2"), "the reindex finished")
+        listed = await c.collection("flash")
+        assert listed["models"] == ["clip", "dinov2"] and listed["images"] == 3, listed
+        assert listed["index"]["dinov2"]["state"] == "indexed"
+
+        found = await c.search(pictures[1], "dinov2", "flash")
+        assert [r["id"] for r in found][:1] == [ids[1]] and sorted(r["id"] for r in found) == sorted(ids), found
+        assert found[0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+        # Re-running is idempotent (same point ids); deleting an image takes its new point too.
+        status, _ = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
+        assert status == 202
+        await _until(lambda: c.indexed("flash", "dinov2"), "the second reindex finished")
+        assert sorted(r["id"] for r in await c.search(pictures[1], "dinov2", "flash")) == sorted(ids)
+        assert (await c.call("DELETE", f"/collections/flash/images/{ids[1]}"))[0] == 204
+        assert ids[1] not in [r["id"] for r in await c.search(pictures[1], "dinov2", "flash")]
+
+
+async def test_a_reindex_cut_short_by_a_restart_shows_interrupted_and_can_be_asked_again(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    pictures = [jpeg(70 + i, (230, 210)) for i in range(2)]
+    settings = _settings(embed, scraper, site, tmp_path)
+    async with aiohttp.ClientSession() as http:
+        async with run_gateway(settings) as gw:
+            c = Client(http, gw)
+            assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
+            await c.upload("flash", pictures, "clip")
+            await gw.app.state.gateway.reindex._slot.acquire()  # the job never gets to run in this process
+            status, _ = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
+            assert status == 202
+        async with run_gateway(settings) as gw:
+            c = Client(http, gw)
+            state = (await c.collection("flash"))["index"]["dinov2"]
+            assert state["state"] == "interrupted" and "again" in state["reason"], state
+            status, body = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
+            assert status == 202, body
+            await _until(lambda: c.indexed("flash", "dinov2"), "the asked-again reindex finished")
+            assert len(await c.search(pictures[0], "dinov2", "flash")) == 2
