@@ -30,6 +30,7 @@ from search_gateway.access import (
     TokenBuckets,
 )
 from search_gateway.backends import EmbedClient, ScraperClient, embed_channel, scraper_channel
+from search_gateway.blob_collector import BlobCollector
 from search_gateway.blobs.base import BlobStore
 from search_gateway.blobs.factory import open_blob_store
 from search_gateway.cache import EmbeddingCache
@@ -125,6 +126,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
     catalog = ModelCatalog(embed)
     blobs: BlobStore | None = None
     reindex: Reindexer | None = None
+    collector: BlobCollector | None = None
     try:
         async with open_gallery(settings, metrics, embed, catalog, captions) as gallery:
             if gallery is not None:
@@ -133,11 +135,16 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                     bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix)
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
                                     settings.embed_batch_bytes)
+                collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
+                                          grace_s=settings.blobs_gc_grace_s)
+                collector.start()
             pipeline = dataclasses.replace(pipeline, gallery=gallery)
             yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
                           ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits,
                           gallery, blobs, reindex)
     finally:
+        if collector is not None:
+            await collector.close()
         if reindex is not None:
             await reindex.close()
         if blobs is not None:

@@ -5,6 +5,9 @@ Real embed and scraper servers, the embedded gallery store and local blobs in tm
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -145,3 +148,39 @@ async def test_a_reindex_cut_short_by_a_restart_shows_interrupted_and_can_be_ask
             assert status == 202, body
             await _until(lambda: c.indexed("flash", "dinov2"), "the asked-again reindex finished")
             assert len(await c.search(pictures[0], "dinov2", "flash")) == 2
+
+
+async def test_the_blob_collector_deletes_unreferenced_originals_past_the_grace_on_a_schedule(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    settings = _settings(embed, scraper, site, tmp_path, blobs_gc_interval_s=0.1, blobs_gc_grace_s=600)
+    held, old_orphan, young_orphan = jpeg(80, (200, 190)), jpeg(81, (200, 190)), jpeg(82, (200, 190))
+
+    def path(data: bytes) -> Path:
+        sha256 = hashlib.sha256(data).hexdigest()
+        return tmp_path / "blobs" / sha256[:2] / sha256[2:4] / sha256
+
+    def age(data: bytes) -> None:
+        long_ago = time.time() - 7200  # two hours: past the 600 s grace
+        os.utime(path(data), (long_ago, long_ago))
+
+    async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
+        c = Client(http, gw)
+        assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
+        await c.upload("flash", [held], "clip")
+        blobs = gw.app.state.gateway.blobs
+        for orphan in (old_orphan, young_orphan):  # bytes of uploads that never wrote their points
+            await blobs.put(hashlib.sha256(orphan).hexdigest(), orphan, "image/jpeg")
+        age(held)  # old too: only its record keeps it
+        age(old_orphan)
+
+        async def collected() -> bool:
+            return not path(old_orphan).exists()
+
+        await _until(collected, "the old unreferenced original was collected")
+        assert path(held).exists() and path(young_orphan).exists()
+        async with http.get(f"{gw.url}/metrics") as resp:
+            assert 'gateway_blobs_collected_total{kind="deleted"} 1.0' in await resp.text()
+        async with http.get(f"{gw.url}/collections/flash/images", headers=A) as resp:
+            (image,) = (await resp.json())["images"]
+        async with http.get(gw.url + image["thumbnail"], headers=A) as resp:
+            assert resp.status == 200

@@ -1,0 +1,84 @@
+"""Blob garbage collection on a schedule: every ``GATEWAY_BLOBS_GC_INTERVAL_S`` the gateway
+deletes the originals no collection record holds and that are older than
+``GATEWAY_BLOBS_GC_GRACE_S`` (blobs/gc.py does the work; blobs/base.py the design).
+
+"Referenced" means a collection image record (any tenant) names the hash: a record is
+written last by an upload (after the bytes and the points), so bytes without one are an
+upload that never finished or a picture deleted from its last collection. A model-space
+point without a record is itself left over from such an upload; should its bytes go,
+the search hides it (search/gallery_source.py checks private results' originals).
+
+Several gateway replicas on one Qdrant server and one bucket each run this loop, and
+nothing makes one of them the collector: that is safe, because a delete of a blob that
+is already gone is a no-op, each delete re-checks the reference and the age right
+before it, and the grace period protects an upload in progress on any replica (its put
+renewed the blob's age). Two replicas only repeat a listing; no lock is worth that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from prometheus_client import Counter
+
+from search_gateway.blobs.base import BlobError, BlobStore
+from search_gateway.blobs.gc import Collected, collect_garbage
+from search_gateway.collections import CollectionRecords
+from search_gateway.gallery.base import GalleryError
+from search_gateway.gallery.link import GalleryLink
+from search_gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class BlobCollector:
+    """The gateway's background collector; ``start`` it once, ``close`` it on shutdown."""
+
+    def __init__(self, link: GalleryLink, blobs: BlobStore, metrics: Metrics, *, interval_s: float,
+                 grace_s: float) -> None:
+        self.link = link
+        self.blobs = blobs
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self._task: asyncio.Task[None] | None = None
+        # Registered on the app's own registry (one per app, as metrics.py does).
+        self.collected = Counter("gateway_blobs_collected_total",
+                                 "Originals deleted by the blob collector (deleted), leftovers of interrupted "
+                                 "writes swept (partial).", ("kind",), registry=metrics.registry)
+        self.runs = Counter("gateway_blobs_gc_runs_total", "Blob collections run, by result (ok, failed).",
+                            ("result",), registry=metrics.registry)
+
+    async def collect_once(self) -> Collected:
+        store = (await self.link.gallery()).store
+        done = await collect_garbage(self.blobs, CollectionRecords(store).referenced, self.grace_s)
+        self.collected.labels("deleted").inc(len(done.deleted))
+        self.collected.labels("partial").inc(done.partial_removed)
+        if done.deleted or done.partial_removed:
+            log.info("blob collector: deleted %d unreferenced originals (%s), %d partial writes; examined %d",
+                     len(done.deleted), ", ".join(h[:12] for h in done.deleted[:20]), done.partial_removed,
+                     done.examined)
+        return done
+
+    async def _loop(self) -> None:
+        # The first run waits one interval: a restart loop must not turn into a listing loop.
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.collect_once()
+                self.runs.labels("ok").inc()
+            except (BlobError, GalleryError) as exc:
+                # The store or the bucket is down: the next interval tries again.
+                self.runs.labels("failed").inc()
+                log.warning("blob collector: this run failed, next in %.0f s: %s", self.interval_s, exc)
+
+    def start(self) -> None:
+        if self.interval_s > 0 and self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
