@@ -1,14 +1,16 @@
 """Adding images to a private collection: read the multipart inputs within limits, then
 each input on its own (one bad input never fails the others): fetch or take the bytes,
-check them as an image, embed them with every model asked, keep the original in the
-blob store and only then write the points (blobs/writes.py).
+check them as an image, embed them with every model asked (the request's images a few
+per call), keep the original in the blob store and only then write the points
+(blobs/writes.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -18,11 +20,12 @@ from search_gateway.blobs.writes import put_then_index
 from search_gateway.collections import Collection, CollectionRecords
 from search_gateway.config import GatewaySettings
 from search_gateway.errors import BadRequest, GatewayError, UploadTooLarge
-from search_gateway.gallery.base import GalleryError, GalleryPoint
-from search_gateway.images import prepare_in_thread
+from search_gateway.gallery.base import GalleryError, GalleryPoint, VectorSpace
+from search_gateway.images import PreparedImage, prepare_in_thread
 from search_gateway.search.gallery_source import space_of
 
 MAX_TAGS = 16
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,25 @@ async def read_inputs(request: Request, s: GatewaySettings) -> tuple[list[Input]
     return inputs, tuple(dict.fromkeys(tags)), tuple(dict.fromkeys(models))
 
 
+@dataclass
+class _Checked:
+    """An input that decoded as an image and is not yet in the collection: on its way in."""
+
+    item: Input
+    data: bytes
+    image: PreparedImage
+    points: list[tuple[VectorSpace, GalleryPoint]] = field(default_factory=list)
+    failed: dict[str, Any] | None = None
+
+
 class Uploader:
-    """Adds inputs to one collection, for one request."""
+    """Adds inputs to one collection, for one request.
+
+    The request's images are embedded together, a few per Embed call (the search's
+    GATEWAY_EMBED_BATCH and GATEWAY_EMBED_BATCH_BYTES): one call per image left the embed
+    server's batcher with batches of one per request in flight, and embedding is most of
+    an upload's time (docs/benchmarks.md, "Collections").
+    """
 
     def __init__(self, gw: Any, recs: CollectionRecords, collection: Collection, models: Sequence[str],
                  tags: Sequence[str], thumbnail: Callable[[str, str], str]) -> None:
@@ -89,49 +109,108 @@ class Uploader:
         self.thumbnail = thumbnail
         self.touched = False
 
-    async def add(self, item: Input) -> dict[str, Any]:
+    async def add_all(self, items: Sequence[Input]) -> list[dict[str, Any]]:
+        """One result per input, in order; one bad input never fails the others."""
+        # Fetching and decoding run concurrently (threads, the downloader's own bounds).
+        checked = await asyncio.gather(*(self._guarded(item, self._check(item)) for item in items))
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        first_of: dict[str, int] = {}
+        repeats: list[tuple[int, int]] = []
+        pending: list[tuple[int, _Checked]] = []
+        for i, found in enumerate(checked):
+            if isinstance(found, dict):
+                results[i] = found
+            elif found.image.sha256 in first_of:  # the same picture twice in one request
+                repeats.append((i, first_of[found.image.sha256]))
+            else:
+                known = await self._guarded(found.item, self.recs.image_by_hash(self.collection.tenant,
+                                                                                 self.collection.name,
+                                                                                 found.image.sha256))
+                if isinstance(known, dict):
+                    results[i] = known
+                elif known is not None:
+                    results[i] = {"input": found.item.label, "status": "duplicate", "id": known.id}
+                else:
+                    first_of[found.image.sha256] = i
+                    pending.append((i, found))
+        for model in self.models:
+            await self._embed(model, [c for _, c in pending if c.failed is None])
+        for i, c in pending:
+            results[i] = c.failed or await self._guarded(c.item, self._write(c))
+        for i, first in repeats:
+            earlier = results[first]
+            assert earlier is not None
+            results[i] = ({"input": items[i].label, "status": "duplicate", "id": earlier["id"]}
+                          if earlier["status"] == "added" else {**earlier, "input": items[i].label})
+        return [r for r in results if r is not None]
+
+    async def _guarded(self, item: Input, work: Awaitable[_T]) -> _T | dict[str, Any]:
         try:
-            return await self._add(item)
+            return await work
         except GalleryError as exc:
             return {"input": item.label, "status": "rejected", "reason": f"The gallery store failed: {exc}"}
         except GatewayError as exc:
             return {"input": item.label, "status": "rejected", "reason": exc.message}
 
-    async def _add(self, item: Input) -> dict[str, Any]:
-        gw, c = self.gw, self.collection
+    async def _check(self, item: Input) -> _Checked:
+        gw = self.gw
         data = item.data
         if data is None:
             assert item.url is not None
             data = await gw.downloader.fetch(item.url, timeout=gw.settings.download_timeout_s)
         if len(data) > gw.settings.upload_max_bytes:
             raise UploadTooLarge(f"The image is over the {gw.settings.upload_max_bytes}-byte limit per image.")
-        image = await prepare_in_thread(data, gw.image_limits, "image")
-        known = await self.recs.image_by_hash(c.tenant, c.name, image.sha256)
-        if known is not None:
-            return {"input": item.label, "status": "duplicate", "id": known.id}
-        record = GalleryPoint(image.sha256, None, c.name, c.tenant, urls=(item.url,) if item.url else (),
-                              title=item.label if item.data is not None else "", platform="upload",
-                              width=image.width, height=image.height, engine=",".join(self.models),
-                              tags=dict.fromkeys(self.tags, 1.0))
-        spaced = []
-        for model in self.models:
-            embedded = await gw.embed.embed(model, [image.embed_bytes])
-            space = space_of(model, embedded.provenance, int(embedded.vectors.shape[1]))
+        return _Checked(item, data, await prepare_in_thread(data, gw.image_limits, "image"))
+
+    async def _embed(self, model: str, todo: list[_Checked]) -> None:
+        s = self.gw.settings
+        lo = 0
+        while lo < len(todo):
+            hi, size = lo + 1, len(todo[lo].image.embed_bytes)
+            while hi < len(todo) and hi - lo < s.embed_batch and size + len(todo[hi].image.embed_bytes) <= s.embed_batch_bytes:
+                size += len(todo[hi].image.embed_bytes)
+                hi += 1
+            await self._embed_batch(model, todo[lo:hi])
+            lo = hi
+
+    async def _embed_batch(self, model: str, batch: list[_Checked]) -> None:
+        try:
+            embedded = await self.gw.embed.embed(model, [c.image.embed_bytes for c in batch])
+        except GatewayError as exc:
+            if len(batch) > 1:  # one image the embed server refuses must not take the others with it
+                for c in batch:
+                    await self._embed_batch(model, [c])
+                return
+            batch[0].failed = {"input": batch[0].item.label, "status": "rejected", "reason": exc.message}
+            return
+        space = space_of(model, embedded.provenance, int(embedded.vectors.shape[1]))
+        for c, vector in zip(batch, embedded.vectors, strict=True):
             if space is None:
-                raise BadRequest(f"The embed server did not say which weights {model} runs; nothing was stored.")
-            spaced.append((space, GalleryPoint(image.sha256, tuple(embedded.vectors[0].tolist()), c.name, c.tenant,
-                                               urls=record.urls, title=record.title, platform="upload",
-                                               width=image.width, height=image.height, tags=record.tags)))
+                c.failed = {"input": c.item.label, "status": "rejected",
+                            "reason": f"The embed server did not say which weights {model} runs; nothing was stored."}
+            else:
+                c.points.append((space, replace(self._record(c), vector=tuple(vector.tolist()), engine="")))
+
+    def _record(self, c: _Checked) -> GalleryPoint:
+        item, image, col = c.item, c.image, self.collection
+        return GalleryPoint(image.sha256, None, col.name, col.tenant, urls=(item.url,) if item.url else (),
+                            title=item.label if item.data is not None else "", platform="upload",
+                            width=image.width, height=image.height, engine=",".join(self.models),
+                            tags=dict.fromkeys(self.tags, 1.0))
+
+    async def _write(self, c: _Checked) -> dict[str, Any]:
+        gw, col = self.gw, self.collection
+        record = self._record(c)
 
         async def write_points() -> None:
             gallery = await gw.gallery.link.gallery()
-            for space, point in spaced:
+            for space, point in c.points:
                 await gallery.remember(space, [point])
             await self.recs.add_image(record)
             if not self.touched:
                 self.touched = True
-                await self.recs.touch(c, self.models)
+                await self.recs.touch(col, self.models)
 
-        await put_then_index(gw.blobs, image.sha256, data, item.content_type, write_points)
-        return {"input": item.label, "status": "added", "id": record.id,
-                "thumbnail": self.thumbnail(c.tenant, image.sha256)}
+        await put_then_index(gw.blobs, c.image.sha256, c.data, c.item.content_type, write_points)
+        return {"input": c.item.label, "status": "added", "id": record.id,
+                "thumbnail": self.thumbnail(col.tenant, c.image.sha256)}
