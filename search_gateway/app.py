@@ -43,6 +43,7 @@ from search_gateway.images import ImageLimits
 from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
 from search_gateway.netguard import parse_allowlist
+from search_gateway.orphans import Originals
 from search_gateway.reindex import Reindexer
 from search_gateway.requestid import RequestIdMiddleware, install_log_stamp
 from search_gateway.search.download import CandidateDownloads
@@ -127,6 +128,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
     blobs: BlobStore | None = None
     reindex: Reindexer | None = None
     collector: BlobCollector | None = None
+    originals: Originals | None = None
     try:
         async with open_gallery(settings, metrics, embed, catalog, captions) as gallery:
             if gallery is not None:
@@ -138,6 +140,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                 collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
                                           grace_s=settings.blobs_gc_grace_s)
                 collector.start()
+                originals = gallery.originals = Originals(blobs, gallery.link, gallery.space_for)
             pipeline = dataclasses.replace(pipeline, gallery=gallery)
             yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
                           ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits,
@@ -145,6 +148,8 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
     finally:
         if collector is not None:
             await collector.close()
+        if originals is not None:
+            await originals.close()
         if reindex is not None:
             await reindex.close()
         if blobs is not None:

@@ -208,7 +208,7 @@ async def get_image(request: Request) -> Response:
     recs = await records(request)
     collection = await _owned(request, recs)
     image = await recs.image(collection.tenant, collection.name, request.path_params["id"])
-    if image is None:
+    if image is None or await _orphans(request, collection.tenant, [image]):
         raise NotFound("There is no such image in this collection.")
     return JSONResponse({
         "id": image.id, "collection": collection.name, "sha256": image.content_hash,
@@ -235,11 +235,26 @@ async def list_images(request: Request) -> Response:
     recs = await records(request)
     collection = await _owned(request, recs)
     images = await recs.images(collection.tenant, collection.name)
+    orphans = await _orphans(request, collection.tenant, images)
+    images = [p for p in images if p.content_hash not in orphans]
     images.sort(key=lambda p: (p.first_seen.isoformat() if p.first_seen else "", p.id), reverse=True)
     link = _thumbnail_path(request)
-    return JSONResponse({"collection": collection.name, "total": await recs.count(collection.tenant, collection.name),
+    total = await recs.count(collection.tenant, collection.name) - len(orphans)
+    return JSONResponse({"collection": collection.name, "total": total,
                          "images": [{"id": p.id, "filename": p.title, "thumbnail": link(collection.tenant, p.content_hash),
                                      "added": p.first_seen.isoformat() if p.first_seen else None} for p in images]})
+
+
+async def _orphans(request: Request, tenant: str, images: list[GalleryPoint]) -> set[str]:
+    """The hashes of ``images`` whose original is missing (never shown: no thumbnail could
+    be drawn), scheduled for removal."""
+    originals = _gateway(request).gallery.originals
+    if originals is None or not images:
+        return set()
+    missing: set[str] = await originals.missing(p.content_hash for p in images)
+    if missing:
+        originals.remove_later(tenant, missing)
+    return missing
 
 
 async def blob_thumbnail(request: Request, target: str) -> bytes:

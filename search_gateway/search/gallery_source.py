@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
 from search_gateway.replies import Provenance
 from search_gateway.search.types import Candidate, EmbeddedImage, RankedResult
+
+if TYPE_CHECKING:
+    from search_gateway.orphans import Originals
 
 WEB = "web"
 T = TypeVar("T")
@@ -77,6 +80,8 @@ class GallerySource:
         self.writer = writer
         self._catalog = catalog
         self._metrics = metrics
+        # Set with the blob store: private results whose original is missing are hidden.
+        self.originals: Originals | None = None
 
     async def find(self, space: VectorSpace, vector: np.ndarray, *, tenant: str, limit: int,
                    collections: Sequence[str] | None = None, tags: Sequence[str] = (),
@@ -100,11 +105,24 @@ class GallerySource:
             answers = await asyncio.gather(*(ask(g) for ask in asks))
             return [hit for hits in answers for hit in hits]
 
-        hits = [h for h in await self._ask(both) if visible_to(h.point, tenant)]
+        hits = await self._with_originals(space, tenant, [h for h in await self._ask(both) if visible_to(h.point, tenant)])
         # Best first; of equal scores (the same picture in web and a private collection)
         # the caller's own copy first, so that it is the one the ranking keeps.
         hits.sort(key=lambda h: (-h.score, h.point.tenant is None))
         return [ranked(hit) for hit in hits[:limit]]
+
+    async def _with_originals(self, space: VectorSpace, tenant: str, hits: list[GalleryHit]) -> list[GalleryHit]:
+        """Drop private hits whose original is gone (an orphan: no thumbnail, nothing to
+        reindex from) and have them removed; a stat or HEAD per private hit, concurrently."""
+        private = [h.point for h in hits if h.point.tenant is not None]
+        if self.originals is None or not private:
+            return hits
+        missing = await self.originals.missing(p.content_hash for p in private)
+        if not missing:
+            return hits
+        self.originals.remove_later(tenant, missing, [(p.content_hash, space, p.id) for p in private
+                                                      if p.content_hash in missing])
+        return [h for h in hits if h.point.tenant is None or h.point.content_hash not in missing]
 
     async def known_url(self, space: VectorSpace, vector: np.ndarray, url: str) -> RankedResult | None:
         """The remembered image last seen at ``url``, scored against the query, or None."""

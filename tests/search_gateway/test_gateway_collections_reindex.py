@@ -184,3 +184,30 @@ async def test_the_blob_collector_deletes_unreferenced_originals_past_the_grace_
             (image,) = (await resp.json())["images"]
         async with http.get(gw.url + image["thumbnail"], headers=A) as resp:
             assert resp.status == 200
+
+
+async def test_an_image_whose_original_was_deleted_by_hand_is_never_shown_and_is_removed(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    kept, lost = jpeg(90, (240, 200)), jpeg(91, (250, 200))
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        c = Client(http, gw)
+        assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
+        kept_id, lost_id = await c.upload("flash", [kept, lost], "clip")
+        sha256 = hashlib.sha256(lost).hexdigest()
+        (tmp_path / "blobs" / sha256[:2] / sha256[2:4] / sha256).unlink()  # an operator's slip
+
+        status, listed = await c.call("GET", "/collections/flash/images")
+        assert status == 200 and [i["id"] for i in listed["images"]] == [kept_id] and listed["total"] == 1, listed
+        assert (await c.call("GET", f"/collections/flash/images/{lost_id}"))[0] == 404
+        found = await c.search(lost, "clip", "flash")
+        assert [r["id"] for r in found] == [kept_id], found
+        async with http.get(gw.url + found[0]["thumbnail_url"], headers=A) as resp:
+            assert resp.status == 200
+
+        async def removed() -> bool:
+            return bool((await c.collection("flash"))["images"] == 1)
+
+        await _until(removed, "the orphan's record and points were removed")
+        # Removed, not just hidden: the same picture uploaded again is added, not a "duplicate".
+        assert await c.upload("flash", [lost], "clip") == [lost_id]
+        assert sorted(r["id"] for r in await c.search(lost, "clip", "flash")) == sorted([kept_id, lost_id])
