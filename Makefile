@@ -34,13 +34,13 @@ $(GENERATED): $(PROTOS)
 run: install
 	./scripts/run-local.sh
 
-# The browser tests drive Debian's chromium, installed here when missing (never a
-# browser download by a test tool); WEB_TESTS=skip skips them where it cannot be.
 # Lint and type checks (configured in pyproject.toml), run before every test run.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy embed_server scraper_service search_gateway service_common
 
+# The browser tests drive Debian's chromium, installed here when missing (never a
+# browser download by a test tool); WEB_TESTS=skip skips them where it cannot be.
 test: install lint
 	./scripts/install-browser.sh || [ "$$WEB_TESTS" = skip ]
 	$(PY) -m pytest -q $(PYTEST_ARGS)
