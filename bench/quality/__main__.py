@@ -5,10 +5,14 @@
     python -m bench.quality --layout sop --path Stanford_Online_Products --k 100
     python -m bench.quality --layout revisited --path data/datasets/roxford5k --model dinov2
     python -m bench.quality --layout folder --path var/quality/near-dup --rerank --rerank-k 20,50,100
+    TATTOO_API_KEY=... python -m bench.quality --layout folder --path var/quality/near-dup \
+        --retrieval gateway --gateway http://127.0.0.1:8000
 
 Reads the benchmark (`layouts`), embeds every distinct image once through the embed
 server's `Embed` (`embedding`, cached on disk), ranks each query over the gallery by
-exact cosine (`retrieval`) and prints Recall@1/5/10/K, mAP@R and mAP (Revisited
+exact cosine (`retrieval`), or with `--retrieval gateway` through a running gateway's
+own gallery search (`gateway`: a private collection made and deleted for the run), and
+prints Recall@1/5/10/K, mAP@R and mAP (Revisited
 Oxford/Paris convention) with the numbers of queries and images, as a Markdown table
 and as JSON (`--json`). With `--rerank`, also two-stage search (`two_stage`): each
 query's global top K re-ranked by local evidence from `EmbedPatches` patch tokens
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +46,7 @@ from bench.quality.embedding import (
     image_key,
 )
 from bench.quality.evaluate import evaluate, recall_ks
+from bench.quality.gateway import GatewayClient, GatewayError, GatewayGallery
 from bench.quality.layouts import Benchmark, ImageRef, LayoutError
 from bench.quality.patches import PatchCache, fetch_patches
 from search_gateway.search import rerank
@@ -63,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=16, help="images per Embed call (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=4, help="Embed calls in flight (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=120, help="deadline of one Embed call, seconds")
+    parser.add_argument("--retrieval", choices=("exact", "gateway"), default="exact",
+                        help="rank by exact cosine in memory, or through a running gateway's gallery search "
+                             "(--gateway; API key from TATTOO_API_KEY) (default %(default)s)")
+    parser.add_argument("--gateway", help="the gateway's URL, for --retrieval gateway (e.g. http://127.0.0.1:8000)")
     parser.add_argument("--rerank", action="store_true", help="also measure two-stage search (re-ranking by patches)")
     parser.add_argument("--rerank-k", default="20,50,100",
                         help="stage one's K values, comma-separated (default %(default)s)")
@@ -104,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print("quality: --k, --batch and --concurrency must be at least 1", file=sys.stderr)
         return 2
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    if args.retrieval == "gateway" and (not args.gateway or args.rerank):
+        print("quality: --retrieval gateway needs --gateway URL and does not take --rerank", file=sys.stderr)
+        return 2
     try:
         plan = _plan(args) if args.rerank else None
         benchmarks = layouts.read(args.layout, args.path, protocols)
@@ -136,7 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     for benchmark in benchmarks:
         gallery = vectors[[row_of[ref] for ref in benchmark.gallery]]
         queries = vectors[[row_of[q.image] for q in benchmark.queries]]
-        results.append(evaluate(benchmark, gallery, queries, ks))
+        if args.retrieval == "gateway":
+            try:
+                results.append(_through_gateway(args, benchmark, gallery, queries, ks))
+            except (GatewayError, OSError) as exc:
+                print(f"quality: {exc}", file=sys.stderr)
+                return 1
+        else:
+            results.append(evaluate(benchmark, gallery, queries, ks))
     staged = None
     if plan is not None:
         try:
@@ -160,6 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {warning}")
     print(f"embedded {stats.embedded} image(s), {stats.from_cache} from the cache, in {stats.seconds:.1f} s; wrote {out}")
     return 0
+
+
+def _through_gateway(args: argparse.Namespace, benchmark: Benchmark, gallery: np.ndarray, queries: np.ndarray,
+                     ks: tuple[int, ...]) -> dict[str, object]:
+    """Figures as the gateway's gallery search ranks (`gateway`); its collection is gone afterwards."""
+    client = GatewayClient(args.gateway, os.environ.get("TATTOO_API_KEY") or None, timeout=args.timeout)
+    with GatewayGallery(client, benchmark, args.model, batch=args.batch) as ranker:
+        figures = evaluate(benchmark, gallery, queries, ks, retriever=ranker.retriever())
+        figures["retrieval"] = f"gateway {args.gateway}, max_results {ranker.limit} ({ranker.limit_source})"
+    return figures
 
 
 def _two_stage(args: argparse.Namespace, plan: two_stage.Plan, identity: ModelIdentity, benchmarks: list[Benchmark],
