@@ -31,15 +31,16 @@ def _plain_tenant(key: str) -> str:
 def parse_api_keys(entries: Iterable[str]) -> dict[str, str]:
     """key -> tenant for every ``GATEWAY_API_KEYS`` entry; ValueError naming a bad one."""
     keys: dict[str, str] = {}
-    for raw in entries:
+    for number, raw in enumerate(entries, start=1):
         entry = raw.strip()
         if not entry:
             continue
         head, colon, key = entry.partition(":")
         if colon:
             if not TENANT_NAME.fullmatch(head):
-                raise ValueError(f"the entry starting {entry[:4]!r}... is TENANT:KEY, but its tenant is not "
-                                 "1-63 characters of a-z, 0-9, '_' and '-' (starting with a letter or digit)")
+                # Named by position, never by its text: a start-up error must not print part of a key.
+                raise ValueError(f"entry {number} is TENANT:KEY, but its tenant is not 1-63 characters of "
+                                 "a-z, 0-9, '_' and '-' (starting with a letter or digit)")
             if not key:
                 raise ValueError(f"the entry for tenant {head!r} has no key after the ':'")
             tenant = head

@@ -223,5 +223,19 @@ def describe(error: ValidationError, settings_cls: type[ServiceSettings]) -> str
             continue
         field = str(problem["loc"][0])
         variable = variables.get(field, f"{prefix}{field}".upper())
-        sentences.append(f"{variable}={shown(problem['input'])} {predicate}")
+        value = "(hidden)" if is_secret(settings_cls, field) else shown(problem["input"])
+        sentences.append(f"{variable}={value} {predicate}")
     return "; ".join(sentences)
+
+
+_SECRET_NAME = re.compile(r"(^|_)(keys?|secret|token|password|credentials?)($|_)")
+
+
+def is_secret(settings_cls: type[ServiceSettings], field: str) -> bool:
+    """Whether a field holds a secret, whose value an error must never print (errors
+    reach logs): a SecretStr field, or one named like a key, secret, token or password."""
+    info = settings_cls.model_fields.get(field)
+    if info is not None and "SecretStr" in repr(info.annotation):
+        return True
+    # A key's file or folder is where the secret lies, not the secret: its path may show.
+    return bool(_SECRET_NAME.search(field)) and not field.endswith(("_file", "_path", "_dir"))

@@ -66,3 +66,13 @@ def test_only_from_env_reads_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("EMBED_MAX_QUEUE_SIZE", "256")
     assert EmbedSettings().max_batch_size == 8
     assert EmbedSettings.from_env().max_batch_size == 16
+
+
+def test_an_error_never_prints_a_secret_value() -> None:
+    # Start-up errors reach logs: the value of a key, token or secret is hidden, others shown.
+    with pytest.raises(SettingsError) as refused:
+        GatewaySettings.from_env({"GATEWAY_API_KEYS": "studio:k-1,Bad Tenant:supersecret"})
+    assert "GATEWAY_API_KEYS=(hidden)" in str(refused.value) and "supersecret" not in str(refused.value)
+    with pytest.raises(SettingsError) as refused:
+        GatewaySettings.from_env({"GATEWAY_RATE_LIMIT_PER_MINUTE": "x"})
+    assert "GATEWAY_RATE_LIMIT_PER_MINUTE='x'" in str(refused.value)

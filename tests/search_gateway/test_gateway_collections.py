@@ -52,6 +52,10 @@ def test_api_keys_name_tenants_and_plain_keys_stay_their_own() -> None:
     assert keys["plain-key"].startswith("key-") and "plain" not in keys["plain-key"]
     with pytest.raises(ConfigError, match="GATEWAY_API_KEYS"):
         GatewaySettings(api_keys=("Bad Tenant:k",))
+    # A start-up error names the entry by its position, never by any of its (secret) text.
+    with pytest.raises(ValueError, match="entry 2 ") as refused:
+        parse_api_keys(["studio-a:k1", "Secr+t:key"])
+    assert "Secr" not in str(refused.value)
 
 
 async def test_collections_upload_and_tenants_never_cross(
