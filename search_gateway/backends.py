@@ -9,7 +9,7 @@ status codes become gateway errors here too, so the rest of the gateway never se
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from types import MappingProxyType
 
 import grpc
@@ -168,21 +168,19 @@ class EmbedClient(_Client):
 
     async def embed(self, model: str, images: Sequence[bytes], *, timeout: float | None = None) -> Embeddings:
         request = embed_pb2.EmbedRequest(model=model, images=list(images))
-        try:
-            reply = await self._stub.Embed(request, timeout=self._timeout(timeout))
-            vectors = to_numpy(reply.embeddings)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.backend) from None
-        except ValueError as exc:
-            raise self._unreadable(exc) from None
-        if vectors.shape[0] != len(images):
+        embeddings = await self._embeddings(self._stub.Embed(request, timeout=self._timeout(timeout)))
+        if embeddings.vectors.shape[0] != len(images):
             raise BackendUnavailable("The embed server returned the wrong number of vectors.", backend=self.backend)
-        return Embeddings(vectors, _provenance(reply.provenance))
+        return embeddings
 
     async def embed_text(self, model: str, texts: Sequence[str], *, timeout: float | None = None) -> Embeddings:
         request = embed_pb2.EmbedTextRequest(model=model, texts=list(texts))
+        return await self._embeddings(self._stub.EmbedText(request, timeout=self._timeout(timeout)))
+
+    async def _embeddings(self, call: Awaitable[embed_pb2.EmbedResponse]) -> Embeddings:
+        """An Embed or EmbedText reply as our type; gRPC and decoding errors translated."""
         try:
-            reply = await self._stub.EmbedText(request, timeout=self._timeout(timeout))
+            reply = await call
             vectors = to_numpy(reply.embeddings)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.backend) from None

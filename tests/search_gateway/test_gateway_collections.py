@@ -15,25 +15,21 @@ import pytest_asyncio
 
 from search_gateway.config import ConfigError, GatewaySettings
 from search_gateway.tenants import parse_api_keys
-from tests.search_gateway.conftest import Site, gateway_settings
+from tests.search_gateway.collections_support import A, B
+from tests.search_gateway.collections_support import collection_settings as _settings
+from tests.search_gateway.conftest import Site
 from tests.search_gateway.gateway_support import png_with_size, run_gateway, scraper_server, write_catalog
 from tests.support.background import BackgroundServer
 from tests.support.images import encode, jpeg, noise_image
 
 pytestmark = pytest.mark.asyncio
 
-A, B = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
 
 
 @pytest_asyncio.fixture
 async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
     with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
         yield server
-
-
-def _settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path, **more: Any) -> Any:
-    return gateway_settings(embed.target, scraper.target, site, gallery="on", gallery_path=tmp / "gallery",
-                            blobs_path=tmp / "blobs", api_keys=("studio-a:key-a", "studio-b:key-b"), **more)
 
 
 def _files(*items: tuple[str, bytes | str]) -> aiohttp.FormData:
