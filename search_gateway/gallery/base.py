@@ -138,9 +138,17 @@ class GalleryFilter:
         return not (self.collections or self.tenant is not None or self.tags or self.content_hashes or self.urls)
 
 
+@dataclass(frozen=True)
+class GalleryPage:
+    """One page of a scroll: points in id order, and where the next page starts (None: the end)."""
+
+    points: list[GalleryPoint]
+    next: str | None
+
+
 @runtime_checkable
 class GalleryStore(Protocol):
-    """Upsert, delete, search with filter, count, retrieve: nothing else crosses this line.
+    """Upsert, delete, search with filter, count, retrieve, scroll: nothing else crosses this line.
 
     Each method is async and never blocks the event loop. Reads of a space that was
     never written answer empty, without creating it.
@@ -167,6 +175,13 @@ class GalleryStore(Protocol):
 
     async def retrieve(self, space: VectorSpace, ids: Sequence[str]) -> list[GalleryPoint]:
         """The points found among ``ids`` (with vectors), in no particular order."""
+
+    async def scroll(
+        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None
+    ) -> GalleryPage:
+        """Every point matching ``filter`` (without vectors), a page of at most ``limit`` at a
+        time in id order, from the id ``start`` (a previous page's ``next``) on. Unlike a
+        search it reaches every point however many there are: listings and jobs page with it."""
 
     async def optimize(self, space: VectorSpace) -> bool:
         """Build pending indexes now; False where nothing was to do or the engine does it itself."""

@@ -41,6 +41,7 @@ from search_gateway.gallery.base import (
     GalleryError,
     GalleryFilter,
     GalleryHit,
+    GalleryPage,
     GalleryPoint,
     GalleryUnavailable,
     VectorSpace,
@@ -49,6 +50,7 @@ from search_gateway.gallery.schema import (
     PAYLOAD_INDEXES,
     checked_vector,
     engine_ids,
+    page_limit,
     query_vector,
     to_hit,
     to_payload,
@@ -370,6 +372,17 @@ class EdgeGalleryStore:
         # with_vector must be given although the stubs call it optional (0.9).
         records = await shard.call(lambda engine: engine.retrieve(wanted, True, True))
         return [to_point(r.payload, r.vector) for r in records]
+
+    async def scroll(
+        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None
+    ) -> GalleryPage:
+        shard = self._shards.get(space.name)
+        if shard is None:
+            return GalleryPage([], None)
+        request = qe.ScrollRequest(offset=engine_ids([start])[0] if start else None, limit=page_limit(limit),
+                                   filter=_edge_filter(filter), with_payload=True, with_vector=False)
+        records, after = await shard.call(lambda engine: engine.scroll(request))
+        return GalleryPage([to_point(r.payload, None) for r in records], str(after) if after is not None else None)
 
     async def optimize(self, space: VectorSpace) -> bool:
         """Build the space's HNSW index in a child process; the space answers

@@ -24,6 +24,7 @@ from search_gateway.gallery.base import (
     GalleryError,
     GalleryFilter,
     GalleryHit,
+    GalleryPage,
     GalleryPoint,
     GalleryUnavailable,
     VectorSpace,
@@ -32,6 +33,7 @@ from search_gateway.gallery.schema import (
     PAYLOAD_INDEXES,
     checked_vector,
     engine_ids,
+    page_limit,
     query_vector,
     to_hit,
     to_payload,
@@ -229,6 +231,23 @@ class QdrantGalleryStore:
             self._client.retrieve(self._collection(space), ids=wanted, with_payload=True, with_vectors=True)
         )
         return [to_point(r.payload, r.vector) for r in records]
+
+    async def scroll(
+        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None
+    ) -> GalleryPage:
+        if not await self._exists(space):
+            return GalleryPage([], None)
+        records, after = await self._guard(
+            self._client.scroll(
+                self._collection(space),
+                scroll_filter=_qdrant_filter(filter),
+                limit=page_limit(limit),
+                offset=engine_ids([start])[0] if start else None,
+                with_payload=True,
+                with_vectors=False,
+            )
+        )
+        return GalleryPage([to_point(r.payload, None) for r in records], str(after) if after is not None else None)
 
     async def optimize(self, space: VectorSpace) -> bool:
         return False  # the server's own optimizers build indexes in the background

@@ -116,6 +116,17 @@ def engine_ids(ids: Sequence[str]) -> list[Any]:
     return [str(uuid.UUID(i)) for i in ids]
 
 
+# The largest scroll page either engine is asked for: a page is held whole in memory.
+MAX_PAGE = 1000
+
+
+def page_limit(limit: int) -> int:
+    """A scroll's page size, checked (the caller's bug otherwise, refused before asking the engine)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"a scroll page holds 1 to {MAX_PAGE} points, not {limit}")
+    return limit
+
+
 def query_vector(vector: Sequence[float]) -> list[float]:
     return [float(x) for x in vector]
 

@@ -169,6 +169,29 @@ class GalleryStoreContract:
         await gallery.forget(pretrained, ["sha256-0042"])
         assert await gallery.count(SPACE) == 2  # the old space is untouched
 
+    async def test_scroll_pages_through_every_matching_point_once(self, store: GalleryStore) -> None:
+        # More points than one page, in two tenants: pages of 7 reach each of one tenant's
+        # points exactly once, never the other's, and the last page says there is no next.
+        await store.upsert(SPACE, [sample_point(n, collection="flash", tenant="a") for n in range(60, 83)])
+        await store.upsert(SPACE, [sample_point(n, collection="flash", tenant="b") for n in range(83, 90)])
+        seen: list[str] = []
+        start: str | None = None
+        pages = 0
+        while True:
+            page = await store.scroll(SPACE, limit=7, filter=GalleryFilter(tenant="a"), start=start)
+            assert len(page.points) <= 7 and all(p.vector is None for p in page.points)
+            seen += [p.content_hash for p in page.points]
+            pages += 1
+            if page.next is None:
+                break
+            start = page.next
+        assert sorted(seen) == [f"sha256-{n:04d}" for n in range(60, 83)]
+        assert pages == 4
+        assert {p.tenant for p in (await store.scroll(SPACE, limit=100)).points} == {"a", "b"}
+        assert (await store.scroll(VectorSpace("never", "written", DIM), limit=5)).points == []
+        with pytest.raises(ValueError, match="page"):
+            await store.scroll(SPACE, limit=0)
+
     async def test_bad_vectors_are_refused_with_a_sentence(self, gallery: Gallery) -> None:
         with pytest.raises(ValueError, match="16-d"):
             await gallery.remember(SPACE, [sample_point(50, vector=(1.0, 2.0))])
