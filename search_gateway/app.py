@@ -136,7 +136,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                     path=None if settings.blobs_url else settings.blobs_path, url=settings.blobs_url or None,
                     bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix)
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
-                                    settings.embed_batch_bytes)
+                                    settings.embed_batch_bytes, settings.reindex_heartbeat_s)
                 collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
                                           grace_s=settings.blobs_gc_grace_s)
                 collector.start()

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from search_gateway.blobs.gc import release
-from search_gateway.collections import MAX_SEARCHED, WEB, Collection, CollectionRecords, bad_name
+from search_gateway.collections import MAX_SEARCHED, PAGE, WEB, Collection, CollectionRecords, bad_name
 from search_gateway.errors import BackendUnavailable, BadRequest, Conflict, GatewayError, NotFound
 from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.reindex import INDEXED, Job
@@ -130,7 +130,8 @@ async def delete_collection(request: Request) -> Response:
     recs = await records(request)
     collection = await _owned(request, recs)
     # The record goes last: a crash half-way leaves a collection that can be deleted again.
-    while images := await recs.images(collection.tenant, collection.name):
+    # Always the first page: each round deletes what it read.
+    while images := (await recs.images(collection.tenant, collection.name)).points:
         await _forget(request, recs, images)
     await recs.forget(collection.tenant, collection.name)
     if _gateway(request).reindex is not None:
@@ -229,20 +230,40 @@ async def delete_image(request: Request) -> Response:
     return Response(status_code=204)
 
 
+# GET /collections/{name}/images: a page holds this many images unless ?limit= asks otherwise.
+LIST_DEFAULT = 200
+
+
 async def list_images(request: Request) -> Response:
-    """The collection's images, newest first, with signed thumbnail links (the web page's grid).
-    At most one store page (1,000); ``total`` says how many the collection holds."""
+    """A page of the collection's images with signed thumbnail links (the web page's grid), in
+    a stable order; ``next`` is the ``cursor`` of the following page (null on the last), and
+    ``total`` says how many the collection holds."""
     recs = await records(request)
     collection = await _owned(request, recs)
-    images = await recs.images(collection.tenant, collection.name)
-    orphans = await _orphans(request, collection.tenant, images)
-    images = [p for p in images if p.content_hash not in orphans]
-    images.sort(key=lambda p: (p.first_seen.isoformat() if p.first_seen else "", p.id), reverse=True)
+    limit = _list_limit(request.query_params.get("limit"))
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and not _CURSOR.fullmatch(cursor):
+        raise BadRequest("Parameter 'cursor' takes the 'next' value of the previous page, unchanged.")
+    page = await recs.images(collection.tenant, collection.name, limit, cursor)
+    orphans = await _orphans(request, collection.tenant, page.points)
+    images = [p for p in page.points if p.content_hash not in orphans]
     link = _thumbnail_path(request)
     total = await recs.count(collection.tenant, collection.name) - len(orphans)
-    return JSONResponse({"collection": collection.name, "total": total,
+    return JSONResponse({"collection": collection.name, "total": max(total, len(images)), "next": page.next,
                          "images": [{"id": p.id, "filename": p.title, "thumbnail": link(collection.tenant, p.content_hash),
                                      "added": p.first_seen.isoformat() if p.first_seen else None} for p in images]})
+
+
+# A cursor is a point id (a UUID), handed out by the previous page.
+_CURSOR = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _list_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return LIST_DEFAULT
+    if not raw.isdigit() or not 1 <= int(raw) <= PAGE:
+        raise BadRequest(f"Parameter 'limit' is a whole number from 1 to {PAGE}, not {raw[:40]!r}.")
+    return int(raw)
 
 
 async def _orphans(request: Request, tenant: str, images: list[GalleryPoint]) -> set[str]:

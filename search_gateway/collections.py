@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from search_gateway.gallery.base import GalleryFilter, GalleryPoint, GalleryStore, VectorSpace
+from search_gateway.gallery.base import GalleryFilter, GalleryPage, GalleryPoint, GalleryStore, VectorSpace
 
 META = VectorSpace("collections", "meta-v1", 1)
 _RECORDS = "@collections"
@@ -33,8 +33,8 @@ NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 NAME_RULE = "1-48 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
 # A search names at most this many collections (a query string is not a listing).
 MAX_SEARCHED = 32
-# The store answers at most this many points per query; listings page by deleting or by name.
-_PAGE = 1000
+# The most image records one page of a listing holds (the store's largest scroll page).
+PAGE = 1000
 
 
 def bad_name(name: str) -> str | None:
@@ -69,9 +69,16 @@ class CollectionRecords:
     def __init__(self, store: GalleryStore) -> None:
         self.store = store
 
-    async def _all(self, spec: GalleryFilter, limit: int = _PAGE) -> list[GalleryPoint]:
-        hits = await self.store.search(META, _ONE, limit=limit, filter=spec)
-        return [hit.point for hit in hits]
+    async def _all(self, spec: GalleryFilter) -> list[GalleryPoint]:
+        """Every record matching ``spec``, page by page (a tenant's collections: a short list)."""
+        found: list[GalleryPoint] = []
+        start: str | None = None
+        while True:
+            page = await self.store.scroll(META, limit=PAGE, filter=spec, start=start)
+            found += page.points
+            if page.next is None:
+                return found
+            start = page.next
 
     async def of_tenant(self, tenant: str) -> list[Collection]:
         found = await self._all(GalleryFilter(collections=(_RECORDS,), tenant=tenant))
@@ -97,8 +104,11 @@ class CollectionRecords:
     async def count(self, tenant: str, name: str) -> int:
         return await self.store.count(META, GalleryFilter(collections=(name,), tenant=tenant))
 
-    async def images(self, tenant: str, name: str, limit: int = _PAGE) -> list[GalleryPoint]:
-        return await self._all(GalleryFilter(collections=(name,), tenant=tenant), limit)
+    async def images(self, tenant: str, name: str, limit: int = PAGE, start: str | None = None) -> GalleryPage:
+        """One page of the collection's image records in a stable order (by id); ``start``
+        is the previous page's ``next``."""
+        return await self.store.scroll(META, limit=limit, filter=GalleryFilter(collections=(name,), tenant=tenant),
+                                       start=start)
 
     async def image(self, tenant: str, name: str, id: str) -> GalleryPoint | None:
         found = await self.store.retrieve(META, [id])

@@ -166,6 +166,8 @@ class GatewaySettings(ServiceSettings):
     blobs_gc_grace_s: NonNegativeFloat = 86400.0
     # How often the gateway collects those (blob_collector.py); 0: never (another replica does).
     blobs_gc_interval_s: NonNegativeFloat = 3600.0
+    # A reindex job rewrites its record this often; silent for 6 beats it reads as interrupted.
+    reindex_heartbeat_s: PositiveFloat = 10.0
     # Per POST /collections/{name}/images: inputs (file and url fields) and total bytes.
     collection_max_files: AtLeastOne = 100
     collection_max_bytes: AtLeastOne = 40 * 1024 * 1024

@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 from search_gateway.caption import STYLES, SUBJECTS
-from search_gateway.collection_routes import MAX_HASHES
-from search_gateway.collections import MAX_SEARCHED, NAME, NAME_RULE, WEB
+from search_gateway.collection_routes import LIST_DEFAULT, MAX_HASHES
+from search_gateway.collections import MAX_SEARCHED, NAME, NAME_RULE, PAGE, WEB
 from search_gateway.config import GatewaySettings
 from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
 from search_gateway.search.rerank_stage import RERANK_K_LIMIT
@@ -210,6 +210,13 @@ _SCHEMAS: dict[str, Any] = {
         "filename": {"type": "string"}, "urls": {"type": "array", "items": {"type": "string"}},
         "tags": {"type": "array", "items": {"type": "string"}}, "models": {"type": "array", "items": {"type": "string"}},
         "added": {"type": ["string", "null"], "format": "date-time"}, "thumbnail": {"type": "string"}}},
+    "ImagePage": {"type": "object", "required": ["collection", "total", "next", "images"], "properties": {
+        "collection": {"type": "string"},
+        "total": {"type": "integer", "minimum": 0, "description": "How many images the collection holds."},
+        "next": {"type": ["string", "null"], "description": "The cursor of the next page; null on the last."},
+        "images": {"type": "array", "items": {"type": "object", "required": ["id", "thumbnail"], "properties": {
+            "id": {"type": "string", "format": "uuid"}, "filename": {"type": "string"},
+            "thumbnail": {"type": "string"}, "added": {"type": ["string", "null"], "format": "date-time"}}}}}},
     "Readiness": {"type": "object", "required": ["status", "checks"], "properties": {
         "status": {"type": "string", "enum": ["ready", "not_ready"]},
         "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
@@ -339,7 +346,16 @@ def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
             "summary": "Delete a collection with its images (their originals too, when no other collection holds "
                        "them).",
             "parameters": [name], "responses": {**gone, **_errors(*_ACCESS, 404, 503)}}},
-        "/collections/{name}/images": {"post": {
+        "/collections/{name}/images": {"get": {
+            "summary": "A page of the collection's images with signed thumbnail links, in a stable order; pass "
+                       "the reply's 'next' as 'cursor' for the following page.",
+            "parameters": [name,
+                           {"name": "limit", "in": "query", "schema": {
+                               "type": "integer", "minimum": 1, "maximum": PAGE, "default": LIST_DEFAULT}},
+                           {"name": "cursor", "in": "query", "schema": {"type": "string", "format": "uuid"},
+                            "description": "The 'next' of the previous page, unchanged."}],
+            "responses": {"200": _json_body("ImagePage", "One page of images"),
+                          **_errors(*_ACCESS, 400, 404, 503)}}, "post": {
             "summary": f"Add images: any number of file and url fields (at most {max_files} in all); one entry "
                        "per input in order, one bad input never fails the others.",
             "parameters": [name],

@@ -8,11 +8,18 @@ a model whose weights changed are the same job.
 
 Progress lives in the store, not in this process: a job record per (tenant, collection,
 model) in the collections' payload-only space (``collection="@reindex"``), so every
-replica lists it and a ``kill -9`` leaves it behind. A record still saying ``queued``
-or ``reindexing`` that started before this process and is not running here was
-interrupted by a restart: the listing says ``interrupted`` and the job may be asked
-again. Running a job twice is harmless: point ids are (tenant, collection, hash), so
-the second run overwrites the first's points with the same vectors.
+replica lists it and a ``kill -9`` leaves it behind. The gateway running a job rewrites
+its record every ``GATEWAY_REINDEX_HEARTBEAT_S`` while it waits or runs; a record still
+saying ``queued`` or ``reindexing`` that nobody rewrote for ``STALE_HEARTBEATS`` beats
+belongs to a gateway that died (or was cut off from the store): every replica lists it
+as ``interrupted``, and the job may be asked again, on any replica. Judging by the
+heartbeat and not by when a process started keeps a replica started after the job from
+calling a live job on another replica interrupted (and running it twice at once).
+Running a job twice is harmless all the same: point ids are (tenant, collection, hash),
+so the second run overwrites the first's points with the same vectors.
+
+The collection is read a store page at a time (scroll), so its size is bounded by the
+store, not by this process's memory.
 
 Layout of a job record (ordinary gallery point fields, as collections.py does):
 ``content_hash="<collection>:<model>"``, ``engine=<model>``, ``title=<state>``,
@@ -26,7 +33,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from search_gateway.backends import EmbedClient
@@ -47,8 +54,10 @@ QUEUED, RUNNING, INDEXED, FAILED, INTERRUPTED = "queued", "reindexing", "indexed
 MAX_WAITING = 8
 # One job embeds at a time per gateway: a reindex must not starve the searches of the embed server.
 _RUNNING_AT_ONCE = 1
-# The store answers at most this many job records per tenant listing.
-_PAGE = 1000
+# A job record not rewritten for this many heartbeats belongs to a gateway that is gone.
+STALE_HEARTBEATS = 6
+# Image records read from the store per page while a job walks its collection.
+_PAGE = 256
 
 
 @dataclass(frozen=True)
@@ -91,17 +100,21 @@ class Reindexer:
     """The reindex jobs of one gateway: at most one embeds at a time, a few wait."""
 
     def __init__(self, link: GalleryLink, blobs: BlobStore, embed: EmbedClient, limits: ImageLimits,
-                 batch_images: int, batch_bytes: int) -> None:
+                 batch_images: int, batch_bytes: int, heartbeat_s: float = 10.0) -> None:
         self.link = link
         self.blobs = blobs
         self.embed = embed
         self.limits = limits
         self.batch_images = batch_images
         self.batch_bytes = batch_bytes
-        # Records that say running but started before this moment were cut short by a restart.
-        self.process_started = datetime.now(UTC)
+        self.heartbeat_s = heartbeat_s
+        self.stale_after = timedelta(seconds=heartbeat_s * STALE_HEARTBEATS)
         self._slot = asyncio.Semaphore(_RUNNING_AT_ONCE)
         self._tasks: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        # The latest state of each job running here, and one lock per job around its record's
+        # writes: the heartbeat must never write "reindexing" over the final "indexed".
+        self._current: dict[tuple[str, str, str], Job] = {}
+        self._record_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     # --- records
     async def _store(self) -> GalleryStore:
@@ -110,25 +123,57 @@ class Reindexer:
     async def _save(self, job: Job) -> None:
         await (await self._store()).upsert(META, [job.point()])
 
+    async def _advance(self, job: Job) -> Job:
+        """Record the job's new state (stamped now) as the one its heartbeat repeats."""
+        key = _key(job)
+        job = replace(job, updated=datetime.now(UTC))
+        async with self._record_locks.setdefault(key, asyncio.Lock()):
+            self._current[key] = job
+            await self._save(job)
+        return job
+
+    async def _beat(self, key: tuple[str, str, str]) -> None:
+        """Rewrite the job's record every heartbeat while it waits or runs. A beat the store
+        refuses is only logged: the next may pass, and a silent record reads as interrupted."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            async with self._record_locks.setdefault(key, asyncio.Lock()):
+                job = self._current.get(key)
+                if job is None or job.state not in (QUEUED, RUNNING):
+                    return
+                job = self._current[key] = replace(job, updated=datetime.now(UTC))
+                try:
+                    await self._save(job)
+                except (GalleryError, BlobError) as exc:
+                    log.warning("reindex of %s/%s with %s: heartbeat not recorded: %s",
+                                job.tenant, job.collection, job.model, exc)
+
     async def jobs_of(self, tenant: str) -> dict[str, list[Job]]:
         """The tenant's job records by collection name, as a person should read them."""
         store = await self._store()
-        hits = await store.search(META, _ONE, limit=_PAGE, filter=GalleryFilter(collections=(_JOBS,), tenant=tenant))
         found: dict[str, list[Job]] = {}
-        for hit in hits:
-            if hit.point.tenant == tenant:
-                job = self._seen_here(_job(hit.point))
-                found.setdefault(job.collection, []).append(job)
-        return found
+        start: str | None = None
+        while True:
+            page = await store.scroll(META, limit=_PAGE, filter=GalleryFilter(collections=(_JOBS,), tenant=tenant),
+                                      start=start)
+            for point in page.points:
+                if point.tenant == tenant:
+                    job = self._seen_here(_job(point))
+                    found.setdefault(job.collection, []).append(job)
+            if page.next is None:
+                return found
+            start = page.next
 
     def _seen_here(self, job: Job) -> Job:
-        if job.state in (QUEUED, RUNNING) and not self._running(job) and job.started < self.process_started:
+        silent = datetime.now(UTC) - job.updated
+        if job.state in (QUEUED, RUNNING) and not self._running(job) and silent > self.stale_after:
             return replace(job, state=INTERRUPTED,
-                           reason="The gateway restarted before this reindex finished; ask for it again.")
+                           reason=f"The gateway running this reindex stopped (no word from it for "
+                                  f"{int(silent.total_seconds())} s) before it finished; ask for it again.")
         return job
 
     def _running(self, job: Job) -> bool:
-        task = self._tasks.get((job.tenant, job.collection, job.model))
+        task = self._tasks.get(_key(job))
         return task is not None and not task.done()
 
     async def forget(self, tenant: str, name: str) -> None:
@@ -140,7 +185,7 @@ class Reindexer:
 
     # --- running
     async def start(self, tenant: str, name: str, model: str, total: int) -> Job:
-        """Queue a job; 409 while the same one runs (here or, started since, on another replica)."""
+        """Queue a job; 409 while the same one waits or runs, here or on another live replica."""
         now = datetime.now(UTC)
         job = Job(tenant, name, model, QUEUED, now, now, total=total)
         if self._running(job):
@@ -154,12 +199,18 @@ class Reindexer:
         if sum(1 for t in self._tasks.values() if not t.done()) > MAX_WAITING:
             raise RateLimited("Too many reindex jobs are waiting on this gateway; ask again in a minute.",
                               retry_after=60)
-        await self._save(job)
-        key = (tenant, name, model)
+        job = await self._advance(job)
+        key = _key(job)
         task = asyncio.ensure_future(self._run(job))
         self._tasks[key] = task
-        task.add_done_callback(lambda _: self._tasks.pop(key, None) if self._tasks.get(key) is task else None)
+        task.add_done_callback(lambda _: self._ended(key, task))
         return job
+
+    def _ended(self, key: tuple[str, str, str], task: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is task:
+            self._tasks.pop(key, None)
+            self._current.pop(key, None)
+            self._record_locks.pop(key, None)
 
     async def close(self) -> None:
         """Stop every job; their records keep saying running, which the next process shows as interrupted."""
@@ -169,47 +220,62 @@ class Reindexer:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, job: Job) -> None:
-        async with self._slot:
-            try:
+        heartbeat = asyncio.ensure_future(self._beat(_key(job)))
+        try:
+            async with self._slot:
                 await self._reindex(job)
-            except asyncio.CancelledError:
-                raise
-            except (GatewayError, GalleryError, BlobError) as exc:
-                reason = exc.message if isinstance(exc, GatewayError) else str(exc)
-                log.warning("reindex of %s/%s with %s failed: %s", job.tenant, job.collection, job.model, reason)
-                await self._fail(job, reason)
-            except Exception:
-                log.exception("reindex of %s/%s with %s failed", job.tenant, job.collection, job.model)
-                await self._fail(job, "The reindex failed unexpectedly; the error was logged.")
+        except asyncio.CancelledError:
+            raise
+        except (GatewayError, GalleryError, BlobError) as exc:
+            reason = exc.message if isinstance(exc, GatewayError) else str(exc)
+            log.warning("reindex of %s/%s with %s failed: %s", job.tenant, job.collection, job.model, reason)
+            await self._fail(job, reason)
+        except Exception:
+            log.exception("reindex of %s/%s with %s failed", job.tenant, job.collection, job.model)
+            await self._fail(job, "The reindex failed unexpectedly; the error was logged.")
+        finally:
+            heartbeat.cancel()
 
     async def _fail(self, job: Job, reason: str) -> None:
         try:
-            current = await (await self._store()).retrieve(META, [job.point().id])
-            done = _job(current[0]) if current else job
-            await self._save(replace(done, state=FAILED, reason=reason, updated=datetime.now(UTC)))
-        except (GalleryError, BlobError) as exc:  # the store is down: the record stays "running", shown interrupted later
+            await self._advance(replace(self._current.get(_key(job), job), state=FAILED, reason=reason))
+        except (GalleryError, BlobError) as exc:  # the store is down: the record stops beating, shown interrupted later
             log.warning("reindex of %s/%s: its failure could not be recorded: %s", job.tenant, job.collection, exc)
 
     async def _reindex(self, job: Job) -> None:
         gallery = await self.link.gallery()
         recs = CollectionRecords(gallery.store)
         total = await recs.count(job.tenant, job.collection)
-        # One store page holds every record: the store has no scroll, and a record is small.
-        images = await recs.images(job.tenant, job.collection, limit=max(total, 1))
-        job = replace(job, state=RUNNING, total=len(images), updated=datetime.now(UTC))
-        await self._save(job)
-        for batch in _batches(images, self.batch_images):
-            if await recs.get(job.tenant, job.collection) is None:
-                return  # the collection was deleted meanwhile: nothing to finish, no record to keep
-            written, skipped = await self._batch(gallery, job, batch)
-            job = replace(job, done=job.done + len(batch), skipped=job.skipped + skipped, updated=datetime.now(UTC))
-            await self._save(job)
+        job = await self._advance(replace(job, state=RUNNING, total=total))
+        start: str | None = None
+        while True:
+            page = await recs.images(job.tenant, job.collection, _PAGE, start)
+            for batch in _batches(page.points, self.batch_images):
+                if await recs.get(job.tenant, job.collection) is None:
+                    await self._abandon(job)  # deleted meanwhile: nothing to finish, no record to keep
+                    return
+                _, skipped = await self._batch(gallery, job, batch)
+                done = job.done + len(batch)
+                # Images added while it runs are walked too (uploads embed with every model anyway).
+                job = await self._advance(replace(job, done=done, total=max(job.total, done),
+                                                  skipped=job.skipped + skipped))
+            if page.next is None:
+                break
+            start = page.next
         collection = await recs.get(job.tenant, job.collection)
         if collection is None:
+            await self._abandon(job)
             return
         # Listed as indexed only once every image has a point in the model's space.
         await recs.touch(collection, [job.model])
-        await self._save(replace(job, state=INDEXED, updated=datetime.now(UTC)))
+        await self._advance(replace(job, state=INDEXED))
+
+    async def _abandon(self, job: Job) -> None:
+        """Stop beating and drop the record of a job whose collection was deleted under it."""
+        key = _key(job)
+        async with self._record_locks.setdefault(key, asyncio.Lock()):
+            self._current.pop(key, None)
+            await (await self._store()).delete(META, [job.point().id])
 
     async def _batch(self, gallery: Any, job: Job, batch: Sequence[GalleryPoint]) -> tuple[int, int]:
         """Embed and write one batch; (written, skipped: original missing or unreadable)."""
@@ -249,6 +315,10 @@ class Reindexer:
                 for i, (r, _) in enumerate(part)])
             written += len(part)
         return written, skipped
+
+
+def _key(job: Job) -> tuple[str, str, str]:
+    return (job.tenant, job.collection, job.model)
 
 
 def _merged(engine: str, model: str) -> str:

@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from search_gateway.errors import Conflict
+from search_gateway.reindex import Reindexer
 from tests.search_gateway.collections_support import A, B
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site
@@ -127,7 +129,8 @@ async def test_reindex_embeds_a_collection_with_another_model_in_the_background(
 async def test_a_reindex_cut_short_by_a_restart_shows_interrupted_and_can_be_asked_again(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     pictures = [jpeg(70 + i, (230, 210)) for i in range(2)]
-    settings = _settings(embed, scraper, site, tmp_path)
+    # Heartbeats of 0.1 s: the job's record reads as interrupted 0.6 s after its gateway stopped.
+    settings = _settings(embed, scraper, site, tmp_path, reindex_heartbeat_s=0.1)
     async with aiohttp.ClientSession() as http:
         async with run_gateway(settings) as gw:
             c = Client(http, gw)
@@ -138,12 +141,80 @@ async def test_a_reindex_cut_short_by_a_restart_shows_interrupted_and_can_be_ask
             assert status == 202
         async with run_gateway(settings) as gw:
             c = Client(http, gw)
-            state = (await c.collection("flash"))["index"]["dinov2"]
-            assert state["state"] == "interrupted" and "again" in state["reason"], state
+
+            async def interrupted() -> bool:
+                state = (await c.collection("flash"))["index"]["dinov2"]
+                assert state["state"] in ("queued", "interrupted"), state
+                return state["state"] == "interrupted" and "again" in state["reason"]
+
+            await _until(interrupted, "the dead gateway's job read as interrupted")
             status, body = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
             assert status == 202, body
             await _until(lambda: c.indexed("flash", "dinov2"), "the asked-again reindex finished")
             assert len(await c.search(pictures[0], "dinov2", "flash")) == 2
+
+
+async def test_a_job_alive_on_another_replica_is_never_called_interrupted_and_never_runs_twice(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    """Two replicas on one store: B, started after A's job, sees it live while A's heartbeat
+    beats (the old rule, "started before this process", called it interrupted at once and
+    let B run it a second time), and interrupted only once A has gone silent."""
+    settings = _settings(embed, scraper, site, tmp_path, reindex_heartbeat_s=0.1)
+    async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
+        c = Client(http, gw)
+        assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
+        await c.upload("flash", [jpeg(75, (230, 210))], "clip")
+        a = gw.app.state.gateway.reindex
+        await a._slot.acquire()  # A's job waits (queued) for as long as the test wants
+        status, _ = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
+        assert status == 202
+        await asyncio.sleep(0.05)
+        b = Reindexer(a.link, a.blobs, a.embed, a.limits, a.batch_images, a.batch_bytes, heartbeat_s=0.1)
+        for _ in range(12):  # 1.2 s: twice the staleness bound, all alive
+            (job,) = (await b.jobs_of("studio-a"))["flash"]
+            assert job.state == "queued", job
+            await asyncio.sleep(0.1)
+        with pytest.raises(Conflict, match="already running"):
+            await b.start("studio-a", "flash", "dinov2", 1)
+
+        for task in list(a._tasks.values()):  # A dies: its job and heartbeat stop, the record stays
+            task.cancel()
+        await asyncio.sleep(0.8)
+        (job,) = (await b.jobs_of("studio-a"))["flash"]
+        assert job.state == "interrupted" and "again" in job.reason, job
+        await b.start("studio-a", "flash", "dinov2", 1)
+        await _until(lambda: c.indexed("flash", "dinov2"), "B's job finished")
+        await b.close()
+        a._slot.release()
+
+
+async def test_the_image_listing_pages_through_every_image_once(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+        c = Client(http, gw)
+        assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
+        ids = await c.upload("flash", [jpeg(100 + i, (200, 180 + i)) for i in range(5)], "clip")
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            status, page = await c.call("GET", "/collections/flash/images",
+                                        params={"limit": "2", **({"cursor": cursor} if cursor else {})})
+            assert status == 200 and page["total"] == 5 and len(page["images"]) <= 2, page
+            seen += [image["id"] for image in page["images"]]
+            pages += 1
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(ids) and pages == 3
+        status, page = await c.call("GET", "/collections/flash/images")
+        assert status == 200 and len(page["images"]) == 5 and page["next"] is None, page
+
+        for params in ({"limit": "0"}, {"limit": "1001"}, {"limit": "two"}, {"cursor": "not-a-cursor"}):
+            status, body = await c.call("GET", "/collections/flash/images", params=params)
+            assert status == 400 and next(iter(params)) in body["detail"], (params, body)
+        status, _ = await c.call("GET", "/collections/flash/images", B)
+        assert status == 404
 
 
 async def test_the_blob_collector_deletes_unreferenced_originals_past_the_grace_on_a_schedule(
