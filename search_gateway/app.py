@@ -44,6 +44,7 @@ from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
 from search_gateway.netguard import parse_allowlist
 from search_gateway.orphans import Originals
+from search_gateway.point_sweep import PointSweep, configured_tenants, served_spaces
 from search_gateway.reindex import Reindexer
 from search_gateway.requestid import RequestIdMiddleware, install_log_stamp
 from search_gateway.search.download import CandidateDownloads
@@ -137,8 +138,10 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                     bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix)
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
                                     settings.embed_batch_bytes, settings.reindex_heartbeat_s)
+                sweep = PointSweep(gallery.link, served_spaces(catalog, gallery.space_for), metrics,
+                                   grace_s=settings.blobs_gc_grace_s, tenants=configured_tenants(settings.api_keys))
                 collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
-                                          grace_s=settings.blobs_gc_grace_s)
+                                          grace_s=settings.blobs_gc_grace_s, sweep=sweep)
                 collector.start()
                 originals = gallery.originals = Originals(blobs, gallery.link, gallery.space_for)
             pipeline = dataclasses.replace(pipeline, gallery=gallery)

@@ -5,14 +5,17 @@ deletes the originals no collection record holds and that are older than
 "Referenced" means a collection image record (any tenant) names the hash: a record is
 written last by an upload (after the bytes and the points), so bytes without one are an
 upload that never finished or a picture deleted from its last collection. A model-space
-point without a record is itself left over from such an upload; should its bytes go,
-the search hides it (search/gallery_source.py checks private results' originals).
+point without a record is itself left over from such an upload: after the bytes, each
+run sweeps those points too, with the same grace (point_sweep.py); should its bytes go
+first, the search hides it meanwhile (search/gallery_source.py checks private results'
+originals).
 
 Several gateway replicas on one Qdrant server and one bucket each run this loop, and
 nothing makes one of them the collector: that is safe, because a delete of a blob that
 is already gone is a no-op, each delete re-checks the reference and the age right
 before it, and the grace period protects an upload in progress on any replica (its put
-renewed the blob's age). Two replicas only repeat a listing; no lock is worth that.
+renewed the blob's age). Two replicas only repeat a listing; no lock is worth that. The
+point sweep is safe the same way (its docstring says how).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from prometheus_client import Counter
 from search_gateway.blobs.base import BlobError, BlobStore
 from search_gateway.blobs.gc import Collected, collect_garbage
 from search_gateway.collections import CollectionRecords
+from search_gateway.errors import GatewayError
 from search_gateway.gallery.base import GalleryError
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.metrics import Metrics
+from search_gateway.point_sweep import PointSweep
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,10 @@ class BlobCollector:
     """The gateway's background collector; ``start`` it once, ``close`` it on shutdown."""
 
     def __init__(self, link: GalleryLink, blobs: BlobStore, metrics: Metrics, *, interval_s: float,
-                 grace_s: float) -> None:
+                 grace_s: float, sweep: PointSweep | None = None) -> None:
         self.link = link
         self.blobs = blobs
+        self.sweep = sweep
         self.interval_s = interval_s
         self.grace_s = grace_s
         self._task: asyncio.Task[None] | None = None
@@ -72,6 +78,13 @@ class BlobCollector:
                 # The store or the bucket is down: the next interval tries again.
                 self.runs.labels("failed").inc()
                 log.warning("blob collector: this run failed, next in %.0f s: %s", self.interval_s, exc)
+            if self.sweep is not None:
+                # Its own try: a bucket that is down must not keep the store's leftovers.
+                try:
+                    await self.sweep.sweep_once()
+                except (GalleryError, GatewayError) as exc:
+                    # The store, or the embed server that names the models' spaces, is down.
+                    log.warning("point sweep: this run failed, next in %.0f s: %s", self.interval_s, exc)
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:

@@ -4,10 +4,14 @@ removed in the background.
 
 How one arises: an upload that crashed after its points but before its record (the
 collector then takes the unreferenced bytes), the rare race in blobs/base.py, or an
-operator deleting files by hand. Checked where it is cheap: only private results and
-listed images, a ``stat`` (folder) or ``HEAD`` (bucket) each, run concurrently; web
-results have no original here. The removal re-checks the bytes first: an upload of the
-same picture in progress wrote them before its points, so it is never undone.
+operator deleting files by hand. Points without a record are also swept on the
+collector's schedule whether or not a search sees them (point_sweep.py); the removal
+here is for what a search meets first, and for records whose bytes are gone.
+
+Checked where it is cheap: only private results and listed images, a ``stat`` (folder)
+or ``HEAD`` (bucket) each, run concurrently; web results have no original here. The
+removal re-checks the bytes first: an upload of the same picture in progress wrote them
+before its points, so it is never undone.
 """
 
 from __future__ import annotations
