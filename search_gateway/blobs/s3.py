@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from search_gateway.blobs.base import (
@@ -182,6 +182,11 @@ class S3BlobStore:
         except (BotoConnectionError, HTTPClientError) as exc:
             raise BlobUnavailable(f"the blob store at {self.settings.url} cannot be reached ({exc}); "
                                   "retry later") from exc
+        except NoCredentialsError as exc:
+            # boto3's own "Unable to locate credentials" does not say where the gateway
+            # looks: it has no setting of its own for them, only boto3's chain.
+            raise BlobError(f"the {self._where} needs credentials and none were found: set AWS_ACCESS_KEY_ID "
+                            "and AWS_SECRET_ACCESS_KEY (or another source boto3 reads)") from exc
         except BotoCoreError as exc:
             raise BlobError(f"the {self._where} failed: {exc}") from exc
 
