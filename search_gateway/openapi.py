@@ -44,7 +44,7 @@ def _model_param(models: list[str], default: str) -> dict[str, Any]:
             "description": "A model the embed server serves (GET /models)."}
 
 
-def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
+def _search_body(models: list[str], params: list[dict[str, Any]]) -> dict[str, Any]:
     # Spaces are collapsed before the length is checked, so the query needs a visible character.
     text = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"\S",
             "description": "A text query, for a model with a text tower (supports_text in GET /models); "
@@ -52,7 +52,7 @@ def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
     model = {"type": "string", "enum": models}
     return {
         # Required but for like=<id>, which the description cannot say; a like search
-        # without a body is answered too (a body sent with it is not used).
+        # without a body is answered too (an image or text sent with it is not used).
         "required": True,
         "content": {
             "multipart/form-data": {"schema": {
@@ -67,21 +67,41 @@ def _search_body(models: list[str], max_results: int) -> dict[str, Any]:
             }},
             "application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["text"],
                                                              "properties": {"text": text, "embedding_model": model}}},
-            _JSON: {"schema": {
-                "type": "object", "required": ["text"], "additionalProperties": False,
-                "properties": {
-                    "text": text,
-                    "embedding_model": model,
-                    "max_results": {"type": "integer", "minimum": 1, "maximum": max_results},
-                },
-            }},
+            _JSON: {"schema": _search_json(text, params)},
         },
     }
 
 
+def _search_json(text: dict[str, Any], params: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON body (search_body.py): text, and each query parameter with its query schema;
+    a comma list may also be a JSON array of its items."""
+    properties: dict[str, Any] = {"text": text}
+    for param in params:
+        properties[param["name"]] = {**param["schema"], **({"description": param["description"]}
+                                                            if "description" in param else {})}
+    sources = sorted({name for listed in properties["sources"]["enum"] for name in listed.split(",")})
+    items = {"sources": ({"type": "string", "enum": sources}, None),
+             "tags": ({"type": "string", "enum": [*STYLES, *SUBJECTS]}, _MAX_TAGS),
+             "collections": ({"type": "string", "pattern": f"^{_NAME}$"}, MAX_SEARCHED)}
+    for name, (item, most) in items.items():
+        if name in properties:  # collections: not with the gallery off
+            query = properties[name]
+            as_string = {k: v for k, v in query.items() if k not in ("description", "default")}
+            as_array = {"type": "array", "items": item, **({"maxItems": most} if most else {})}
+            properties[name] = {"oneOf": [as_string, as_array],
+                                **{k: v for k, v in query.items() if k in ("description", "default")}}
+    body: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
+    if "like" in properties:  # like=<id> is the query when given: text is then not needed (nor used)
+        body["anyOf"] = [{"required": ["text"]}, {"required": ["like"]}]
+    else:
+        body["required"] = ["text"]
+    return body
+
+
 # Empty, or 1 to 8 vocabulary tags separated by commas (routes.py checks the same).
+_MAX_TAGS = 8  # routes.MAX_TAGS (routes.py imports this module)
 _TAG = "(" + "|".join(re.escape(t) for t in (*STYLES, *SUBJECTS)) + ")"
-_TAGS_PATTERN = f"^$|^{_TAG}(,{_TAG}){{0,7}}$"
+_TAGS_PATTERN = f"^$|^{_TAG}(,{_TAG}){{0,{_MAX_TAGS - 1}}}$"
 
 
 def _search_params(models: list[str], default: str, max_results: int, gallery: bool) -> list[dict[str, Any]]:
@@ -231,19 +251,20 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
     s = settings or GatewaySettings()
     served = list(models) if models else [s.default_model]
     limit = s.max_results_limit
+    search_params = _search_params(served, s.default_model, limit, s.gallery == "on")
     search_responses = {"200": {"description": "Ranked results", "content": {_JSON: {
         "schema": {"$ref": "#/components/schemas/SearchResponse"}}}}, **_errors(*_BODY, *_ACCESS, 404, *_IMAGE, 503)}
     paths: dict[str, Any] = {
         "/search": {"post": {
             "summary": "Search by image (or text); JSON answer when the search ends or its time budget does.",
-            "parameters": _search_params(served, s.default_model, limit, s.gallery == "on"),
-            "requestBody": _search_body(served, limit),
+            "parameters": search_params,
+            "requestBody": _search_body(served, search_params),
             "responses": search_responses,
         }},
         "/search/stream": {"post": {
             "summary": "The same search as NDJSON progress events: caption, candidates, downloaded, ranked, final.",
-            "parameters": _search_params(served, s.default_model, limit, s.gallery == "on"),
-            "requestBody": _search_body(served, limit),
+            "parameters": search_params,
+            "requestBody": _search_body(served, search_params),
             "responses": {**search_responses, "200": {
                 "description": "One JSON object a line; the last has event=final or event=error.",
                 "content": {"application/x-ndjson": {}}}},

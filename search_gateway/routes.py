@@ -17,7 +17,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from search_gateway import attention, search_json
+from search_gateway import attention, search_body, search_json
 from search_gateway.caption import STYLES, SUBJECTS
 from search_gateway.collection_routes import searched as searched_collections
 from search_gateway.errors import (
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
-# The fields a JSON body of /search may carry (text search only: images are uploads).
-JSON_FIELDS = ("text", "embedding_model", "max_results")
 
 
 def _gateway(request: Request):
@@ -49,52 +47,15 @@ def _gateway(request: Request):
 
 
 def _param(request: Request, form: Mapping[str, Any] | None, name: str) -> str | None:
-    """Query parameters first (the seed's frontend), form or JSON fields second (the seed's curl example)."""
+    """Query parameters first (the seed's frontend), form or JSON fields second (the seed's curl example).
+
+    A JSON body's fields come here as the strings a form would carry (search_body.py),
+    so every parameter is range-checked once, below, however it was sent."""
     value = request.query_params.get(name)
     if value is None and form is not None:
         field = form.get(name)
         value = field if isinstance(field, str) else None
     return value
-
-
-def _json_string(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"The field {name!r} must be a string, not {_json_type(value)}.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        # JSON can spell a lone UTF-16 surrogate ("\ud800"); no backend can take one.
-        raise BadRequest(f"The field {name!r} is not valid Unicode text (it holds a lone surrogate).") from None
-    return value
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object", str: "a string"}
-    return "null" if value is None else names.get(type(value), "another type")
-
-
-def _json_fields(raw: bytes) -> dict[str, str]:
-    """The fields of a JSON body, type-checked, as the strings a form would carry."""
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise BadRequest("The JSON body could not be parsed.") from None
-    if not isinstance(payload, dict):
-        raise BadRequest('The JSON body must be an object, such as {"text": "rose tattoo"}.')
-    unknown = [name for name in payload if name not in JSON_FIELDS]
-    if unknown:
-        # repr escapes anything a JSON reply could not carry (a lone surrogate).
-        raise BadRequest(f"Unknown field {unknown[0]!r} in the JSON body; the fields are {', '.join(JSON_FIELDS)}.")
-    fields = {name: _json_string(payload[name], name) for name in ("text", "embedding_model") if name in payload}
-    if "max_results" in payload:
-        value = payload["max_results"]
-        # 33.0 is an integer to JSON Schema (and to a JavaScript client): accepted as 33.
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise BadRequest(f"The field 'max_results' must be an integer, not {_json_type(value)}.")
-        fields["max_results"] = str(value)  # the range is checked with the query parameter's
-    return fields
 
 
 # The machine tags a gallery search may filter by: the captioner's vocabulary.
@@ -211,10 +172,10 @@ async def _search_query(request: Request) -> SearchQuery:
         text: str | None = None
         fields: Mapping[str, Any] | None = form
         if form is None and request.headers.get("content-type", "").startswith("application/json"):
-            fields = _json_fields(await request.body())
+            fields = search_body.fields(await request.body())
             text = fields.get("text")
         model = _param(request, fields, "embedding_model") or s.default_model
-        include_attention = _bool(request, form, "include_patch_attention", False)
+        include_attention = _bool(request, fields, "include_patch_attention", False)
         rerank_k = _rerank_k(request, fields, s.rerank_k)
         max_results = _int(request, fields, "max_results", s.max_results, 1, s.max_results_limit)
         sources, min_score, tags, like = (_sources(request, fields), _min_score(request, fields),
