@@ -241,9 +241,16 @@ export async function deleteCollection(name) {
   await collectionCall(name, path(name), { method: "DELETE" });
 }
 
-/** {images: [{id, filename, thumbnail, added}], total}, newest first. */
-export async function listImages(name, signal) {
-  return (await collectionCall(name, `${path(name)}/images`, { signal })).json();
+/**
+ * One page of the collection's pictures, in id order: {images: [{id, filename, thumbnail,
+ * added}], total, next}; `next` (null on the last page) is the `cursor` of the following one.
+ */
+export async function listImages(name, { limit, cursor } = {}, signal) {
+  const query = new URLSearchParams();
+  if (limit) query.set("limit", String(limit));
+  if (cursor) query.set("cursor", cursor);
+  const asked = query.toString();
+  return (await collectionCall(name, `${path(name)}/images${asked ? `?${asked}` : ""}`, { signal })).json();
 }
 
 export async function deleteImage(name, id) {

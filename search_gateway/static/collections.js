@@ -1,7 +1,7 @@
 // "Your collections": the caller's private collections (list, create, delete with a
 // confirm step), pictures dropped or picked (files or a whole folder) and sent in batches
-// with a progress bar and per-file results, the collection's pictures as a grid with a
-// remove button each; and the search form's collection picker.
+// with a progress bar and per-file results, the collection's pictures as a grid a page at
+// a time ("Show more") with a remove button each; and the search form's collection picker.
 import {
   PlainError, createCollection, deleteCollection, deleteImage, imageUrl, listCollections, listImages, uploadImages, usingKey,
 } from "./api.js";
@@ -26,12 +26,16 @@ const el = {
   folder: $("upload-folder"), progress: $("upload-progress"), bar: $("upload-bar"), uploadStatus: $("upload-status"),
   uploadCancel: $("upload-cancel"), rejectedBox: $("rejected-box"), rejectedCount: $("rejected-count"),
   rejected: $("rejected"), error: $("collection-error"), imagesSummary: $("images-summary"), images: $("images"),
+  more: $("images-more"),
   pickerField: $("collections-field"), picker: $("collections-picker"),
 };
 
 const state = {
   collections: [],       // GET /collections: {name, images, shared?}
   open: null,            // the name of the collection shown
+  listing: 0,            // bumped by each new listing of the grid: a page answering for an older one is dropped
+  next: null,            // the cursor of the grid's next page (null: every page shown)
+  total: 0,              // the pictures in the collection shown, by its last answer
   upload: null,          // AbortController of the running upload
   thumbUrls: [],         // blob: URLs of thumbnails fetched with the API key
   picker: false,         // whether the search takes `collections` (its OpenAPI description says)
@@ -164,6 +168,7 @@ el.confirmYes.addEventListener("click", async () => {
 function closeCollection() {
   state.upload?.abort();
   state.open = null;
+  state.listing += 1;
   el.panel.hidden = true;
   releaseThumbnails();
   el.images.replaceChildren();
@@ -185,26 +190,68 @@ async function openCollection(name) {
   await loadImages();
 }
 
+/** The grid's page size: `data-page-size` on the grid (the server's default without it). */
+const pageSize = () => Number.parseInt(el.images.dataset.pageSize, 10) || undefined;
+
+/** Shows the open collection's first page, in place of whatever the grid held. */
 async function loadImages() {
   const name = state.open;
+  const listing = ++state.listing;
+  state.next = null;  // no "Show more" from the old listing's cursor meanwhile
+  el.more.hidden = true;
   let answer;
   try {
-    answer = await listImages(name);
+    answer = await listImages(name, { limit: pageSize() });
   } catch (err) {
-    if (state.open === name) showError(el.error, err);
+    if (listing === state.listing) showError(el.error, err);
     return;
   }
-  if (state.open !== name) return;  // another collection was opened meanwhile
+  if (listing !== state.listing) return;  // another collection opened, or a newer listing, meanwhile
   releaseThumbnails();
-  const images = answer.images || [];
-  el.images.replaceChildren(...images.map((image) => imageCard(name, image)));
-  summarize(answer.total ?? images.length, images.length);
+  el.images.replaceChildren();
+  appendPage(name, answer);
 }
 
-function summarize(total, shown) {
+/** Appends the next page (the button is disabled meanwhile: one click, one page). */
+async function loadMore() {
+  const name = state.open;
+  const listing = state.listing;
+  if (!state.next || el.more.disabled) return;
+  el.more.disabled = true;
+  let answer;
+  try {
+    answer = await listImages(name, { limit: pageSize(), cursor: state.next });
+  } catch (err) {
+    if (listing === state.listing) showError(el.error, err);
+    return;
+  } finally {
+    el.more.disabled = false;
+  }
+  if (listing !== state.listing) return;  // the grid was listed again (an upload, another collection)
+  const added = appendPage(name, answer);
+  // The button may be gone (the last page): focus goes to the first new picture, not to the page's start.
+  if (el.more.hidden || document.activeElement === el.more) added[0]?.querySelector(".remove-image").focus();
+}
+
+/** Adds a page's pictures (any already in the grid skipped) and the state of the pages; returns the new cards. */
+function appendPage(name, answer) {
+  const shown = new Set([...el.images.children].map((card) => card.dataset.id));
+  const cards = (answer.images || []).filter((image) => !shown.has(image.id)).map((image) => imageCard(name, image));
+  el.images.append(...cards);
+  state.next = answer.next || null;
+  el.more.hidden = !state.next;
+  summarize(answer.total ?? el.images.children.length);
+  return cards;
+}
+
+el.more.addEventListener("click", loadMore);
+
+function summarize(total) {
+  state.total = total;
+  const shown = el.images.children.length;
   el.imagesSummary.textContent = !total
     ? "No pictures yet."
-    : `${plural(total, "picture")}` + (shown < total ? ` (the newest ${shown} shown)` : "") + ".";
+    : `${plural(total, "picture")}` + (shown < total ? ` (${shown} shown)` : "") + ".";
   const listed = state.collections.find((c) => c.name === state.open);
   if (listed) listed.images = total;
   for (const button of el.list.querySelectorAll(".collection-button")) {
@@ -233,8 +280,9 @@ function imageCard(name, image) {
     const next = item.nextElementSibling || item.previousElementSibling;
     item.remove();
     (next?.querySelector(".remove-image") || el.heading).focus();
-    const listed = state.collections.find((c) => c.name === name);
-    summarize(Math.max(0, (listed?.images ?? 1) - 1), el.images.children.length);
+    if (state.open !== name) return;
+    summarize(Math.max(0, state.total - 1));
+    if (!el.images.children.length && state.next) loadMore();  // the shown ones all removed: not an empty grid
   });
   return item;
 }
@@ -263,32 +311,40 @@ function releaseThumbnails() {
 
 // ---------- uploads: drop, pick files or a folder; batches with a progress bar
 
-/** The files of a drop, folders walked (a dropped folder has no files in `dataTransfer.files`). */
-async function droppedFiles(dataTransfer) {
-  // The entries must be taken now: the DataTransfer is emptied once the drop handler returns.
-  const entries = [...(dataTransfer.items || [])].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
-  if (!entries.length) return [...dataTransfer.files];
+/**
+ * The files of a drop, folders walked (a dropped folder has no files in `dataTransfer.files`).
+ * Taken at once: the DataTransfer is emptied once the drop handler returns.
+ */
+function droppedFiles(dataTransfer) {
+  const items = [...(dataTransfer.items || [])].filter((item) => item.kind === "file");
+  if (!items.length) return Promise.resolve([...dataTransfer.files]);
+  // A folder is reachable only as an entry; an item without one (Chromium gives none to the
+  // files of a DataTransfer built by a script) is a plain file, taken as it is.
+  const picked = items.map((item) => item.webkitGetAsEntry?.() || item.getAsFile()).filter(Boolean);
+  return Promise.all(picked.map((p) => (p instanceof File ? [p] : entryFiles(p)))).then((lists) => lists.flat());
+}
+
+/** The files under a dropped entry, each with its path in the drop (as a picked folder's webkitRelativePath). */
+async function entryFiles(entry) {
+  if (entry.isFile) {
+    const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+    file.relativePath = entry.fullPath.replace(/^\/+/, "");
+    return [file];
+  }
+  const reader = entry.createReader();
   const files = [];
-  const walk = async (entry, prefix) => {
-    if (entry.isFile) {
-      const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
-      file.relativePath = prefix + file.name;
-      files.push(file);
-    } else if (entry.isDirectory) {
-      const reader = entry.createReader();
-      for (;;) {  // readEntries answers in chunks (100 in Chromium) until an empty one
-        const chunk = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
-        if (!chunk.length) break;
-        for (const child of chunk) await walk(child, `${prefix}${entry.name}/`);
-      }
-    }
-  };
-  for (const entry of entries) await walk(entry, "");
-  return files;
+  for (;;) {  // readEntries answers in chunks (100 in Chromium) until an empty one
+    const chunk = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+    if (!chunk.length) return files;
+    for (const child of chunk) files.push(...await entryFiles(child));
+  }
 }
 
 /** The file's path within a dropped or picked folder, else its name. */
 const fileLabel = (file) => file.relativePath || file.webkitRelativePath || file.name;
+
+/** A hidden file, or one in a hidden folder (.DS_Store, ._ resource forks, .git/): not a picture anyone meant to add. */
+const hidden = (file) => fileLabel(file).split("/").some((part) => part.startsWith("."));
 
 function* batches(files) {
   let batch = [];
@@ -307,12 +363,11 @@ function* batches(files) {
 
 function tallyText(t) {
   return `${t.done} of ${plural(t.total, "file")} sent · ${t.added} added · ${plural(t.duplicate, "duplicate")} · ` +
-    `${t.rejected} not added`;
+    `${t.rejected} not added` + (t.hidden ? ` · ${plural(t.hidden, "hidden file")} skipped` : "");
 }
 
 async function upload(picked) {
-  // Hidden files of a folder (.DS_Store, ._ resource forks) are not pictures anyone meant to add.
-  const files = picked.filter((f) => !f.name.startsWith("."));
+  const files = picked.filter((f) => !hidden(f));
   const name = state.open;
   if (!name) return;
   if (!files.length) {
@@ -325,7 +380,7 @@ async function upload(picked) {
   }
   const controller = new AbortController();
   state.upload = controller;
-  const tally = { done: 0, total: files.length, added: 0, duplicate: 0, rejected: 0 };
+  const tally = { done: 0, total: files.length, added: 0, duplicate: 0, rejected: 0, hidden: picked.length - files.length };
   showError(el.error, null);
   el.rejected.replaceChildren();
   el.rejectedBox.hidden = true;

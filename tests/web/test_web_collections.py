@@ -67,7 +67,8 @@ async def test_a_collection_from_creation_to_search_to_deletion(browser: Any, ga
     rejected = await page.locator("#rejected li").all_text_contents()  # in a closed <details>
     assert len(rejected) == 1 and rejected[0].startswith("portfolio/notes.txt: ") and "image" in rejected[0], rejected
 
-    # Both pictures, as thumbnails that really load (the signed blob links), newest first.
+    # Both pictures, as thumbnails that really load (the signed blob links); the grid's paging is
+    # tested in test_web_collections_folder.py.
     thumbs = page.locator("#images .image-card img")
     await page.wait_for_function("() => document.querySelectorAll('#images .image-card img').length === 2")
     for i in range(2):
