@@ -20,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from search_gateway import requestid
+from search_gateway.blobs.base import BlobError, BlobUnavailable
+from search_gateway.gallery.base import GalleryError, GalleryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +158,28 @@ def _reply_sentence(exc: GatewayError) -> str:
     return exc.message
 
 
+def storage_error(exc: BlobError | GalleryError) -> GatewayError:
+    """What a tenant is told of the gallery store's or the blob store's failure. Their
+    messages name a server address, a bucket or a key: those go to the log only."""
+    if isinstance(exc, (BlobUnavailable, GalleryUnavailable)):
+        # Retryable: the importer and clients back off and send again (uploads are idempotent).
+        return BackendUnavailable("The image storage does not answer now; try again shortly.",
+                                  backend="storage", log_detail=str(exc))
+    return StorageFailed("The image storage failed; the error was logged.", log_detail=str(exc))
+
+
+class StorageFailed(GatewayError):
+    """The gallery or blob store refused a request it should have taken (not an outage)."""
+
+    status, code = 500, "storage_failed"
+
+
 def to_response(exc: Exception) -> Response:
     """Map any exception to a JSON answer: ``{"error": code, "detail": sentence, "request_id": id}``."""
     headers: dict[str, str] = {}
     request_id = requestid.current()
+    if isinstance(exc, (BlobError, GalleryError)):
+        exc = storage_error(exc)
     if isinstance(exc, GatewayError):
         status, code, detail = exc.status, exc.code, _reply_sentence(exc)
         if exc.retry_after is not None:

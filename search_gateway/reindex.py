@@ -39,7 +39,7 @@ from typing import Any
 from search_gateway.backends import EmbedClient
 from search_gateway.blobs.base import BlobError, BlobNotFound, BlobStore
 from search_gateway.collections import META, CollectionRecords
-from search_gateway.errors import Conflict, GatewayError, RateLimited
+from search_gateway.errors import Conflict, GatewayError, RateLimited, storage_error
 from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.images import ImageLimits, prepare_in_thread
@@ -227,8 +227,9 @@ class Reindexer:
         except asyncio.CancelledError:
             raise
         except (GatewayError, GalleryError, BlobError) as exc:
-            reason = exc.message if isinstance(exc, GatewayError) else str(exc)
-            log.warning("reindex of %s/%s with %s failed: %s", job.tenant, job.collection, job.model, reason)
+            # The tenant reads the reason: a storage error's own text (an address, a bucket, a key) is logged only.
+            reason = (exc if isinstance(exc, GatewayError) else storage_error(exc)).message
+            log.warning("reindex of %s/%s with %s failed: %s", job.tenant, job.collection, job.model, exc)
             await self._fail(job, reason)
         except Exception:
             log.exception("reindex of %s/%s with %s failed", job.tenant, job.collection, job.model)

@@ -394,7 +394,8 @@ async def ready(request: Request) -> Response:
         gallery_ok = await gw.gallery.check()
         checks["gallery"] = gallery_ok
         if not gallery_ok:
-            body["degraded"] = {"gallery": gw.gallery.link.error or "The gallery store does not answer."}
+            # The store's own error names its address: logged by the link, not served here.
+            body["degraded"] = {"gallery": "The gallery store does not answer; searches use the web alone."}
     if ready:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

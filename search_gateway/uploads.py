@@ -8,6 +8,7 @@ per call), keep the original in the blob store and only then write the points
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -16,13 +17,16 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from search_gateway.blobs.base import BlobError, BlobUnavailable
 from search_gateway.blobs.writes import put_then_index
 from search_gateway.collections import Collection, CollectionRecords
 from search_gateway.config import GatewaySettings
-from search_gateway.errors import BadRequest, GatewayError, UploadTooLarge
-from search_gateway.gallery.base import GalleryError, GalleryPoint, VectorSpace
+from search_gateway.errors import BadRequest, GatewayError, UploadTooLarge, storage_error
+from search_gateway.gallery.base import GalleryError, GalleryPoint, GalleryUnavailable, VectorSpace
 from search_gateway.images import PreparedImage, prepare_in_thread
 from search_gateway.search.gallery_source import space_of
+
+log = logging.getLogger(__name__)
 
 MAX_TAGS = 16
 _T = TypeVar("_T")
@@ -147,8 +151,12 @@ class Uploader:
     async def _guarded(self, item: Input, work: Awaitable[_T]) -> _T | dict[str, Any]:
         try:
             return await work
-        except GalleryError as exc:
-            return {"input": item.label, "status": "rejected", "reason": f"The gallery store failed: {exc}"}
+        except (GalleryUnavailable, BlobUnavailable):
+            raise  # an outage fails the request (503, retryable; a re-sent upload answers duplicate)
+        except (GalleryError, BlobError) as exc:
+            failed = storage_error(exc)
+            log.warning("upload of %s: %s", item.label[:80], failed.log_detail)
+            return {"input": item.label, "status": "rejected", "reason": failed.message}
         except GatewayError as exc:
             return {"input": item.label, "status": "rejected", "reason": exc.message}
 

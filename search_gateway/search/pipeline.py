@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from search_gateway import requestid
 from search_gateway.backends import EmbedClient, ScraperClient
 from search_gateway.cache import EmbeddingCache
 from search_gateway.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, CaptionChain, compose_query
-from search_gateway.errors import BackendUnavailable, NotFound
+from search_gateway.errors import BackendUnavailable, NotFound, storage_error
 from search_gateway.gallery.base import GalleryError, VectorSpace
 from search_gateway.metrics import Metrics
 from search_gateway.replies import Provenance
@@ -201,7 +202,7 @@ class _Search:
         try:
             found = await gallery.like(self.query.model, id, self.query.tenant)
         except GalleryError as exc:
-            raise BackendUnavailable(str(exc), backend="gallery") from exc
+            raise storage_error(exc) from exc
         if found is None:
             raise NotFound(f"No gallery image {id!r} for model {self.query.model!r} with the weights it serves now.")
         space, point = found
@@ -252,8 +253,7 @@ class _Search:
                                            limit=max(query.max_results, query.rerank_k),
                                            tags=query.tags, min_score=query.min_score)
             except GalleryError as exc:
-                error = str(exc)
-                self._gallery_failed(error)
+                error = self._gallery_failed(exc)
         if query.like is not None:
             found = [r for r in found if (r.point_id or result_id(r.sha256)) != query.like]  # not "like itself"
         for result in found:
@@ -264,11 +264,16 @@ class _Search:
         if error is not None and "web" not in query.sources:
             raise BackendUnavailable(error, backend="gallery")
 
-    def _gallery_failed(self, error: str) -> None:
+    def _gallery_failed(self, exc: GalleryError) -> str:
+        """The sentence the reply carries (the store's own text, with its address, is logged)."""
         # Asked no more in this search: one sentence in the reply, not a hundred failing calls.
+        error = storage_error(exc).message
+        if not self.gallery_down:
+            log.warning("search %s: the gallery failed: %s", requestid.current(), exc)
         self.gallery_down = True
         self.tally.gallery_error = error
         self.partial = True
+        return error
 
     # --- candidates, downloads, embedding, ranking
     async def _collect(self, caption: str, query_vector: asyncio.Future[np.ndarray]) -> None:
@@ -348,7 +353,7 @@ class _Search:
         try:
             known = await gallery.known_url(space, await query_vector, candidate.url)
         except GalleryError as exc:
-            self._gallery_failed(str(exc))
+            self._gallery_failed(exc)
             return False
         if known is None:
             return False

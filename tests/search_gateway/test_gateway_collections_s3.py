@@ -315,9 +315,8 @@ async def test_an_upload_while_the_bucket_is_down_is_refused_without_internals_a
         assert [r["id"] for r in await c.search(refused, "clip", "flash")][:1] == [added]
 
 
-# What the gateway's routes make of the blob store's errors is decided outside
-# search_gateway/blobs/: these are the answers a tenant should get while the bucket is
-# down, marked with where the mapping is missing. strict: each turns red once fixed.
+# What a tenant is told while the bucket is down (errors.storage_error decides it): an
+# outage is a 503 to retry, never a 404 that says the picture is gone, never internals.
 async def _upload_says_storage_is_unavailable(down: Outage) -> None:
     status, body = await down.c.upload("flash", [jpeg(142, (230, 240))], "clip")
     assert status == 503 and "stor" in body["detail"].lower(), body
@@ -352,16 +351,8 @@ async def _failed_reindex_reason_has_no_internals(down: Outage) -> None:
 
 
 @pytest.mark.parametrize("probe", [
-    pytest.param(_upload_says_storage_is_unavailable, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "uploads.py (Uploader._guarded) and errors.to_response do not map BlobUnavailable: the answer is "
-        "the generic 500 'The gateway failed unexpectedly'"))),
-    pytest.param(_thumbnail_is_unavailable_not_gone, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "collection_routes.blob_thumbnail turns every blob error into 404 'This picture is no longer stored.'"))),
-    pytest.param(_delete_that_happened_answers_204, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "collection_routes._forget lets release()'s BlobUnavailable escape after the delete happened: 500"))),
-    pytest.param(_failed_reindex_reason_has_no_internals, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "reindex.Reindexer._run stores str(BlobError) as the job's reason, shown to the tenant by "
-        "GET /collections: the bucket's address, name and key"))),
+    _upload_says_storage_is_unavailable, _thumbnail_is_unavailable_not_gone, _delete_that_happened_answers_204,
+    _failed_reindex_reason_has_no_internals,
 ])
 async def test_what_a_tenant_is_told_while_the_bucket_is_down(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path, moto_credentials: None,
