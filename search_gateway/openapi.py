@@ -344,9 +344,10 @@ def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
     gone = {"204": {"description": "Deleted"}}
     # 503: the gallery store does not answer now (retry).
     upload = {"type": "object", "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": max_files,
+        # minItems: an empty list satisfies "required" yet sends no field at all (refused, 400).
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "maxItems": max_files,
                  "description": "Image files (each is added, a duplicate, or rejected with its reason)."},
-        "url": {"type": "array", "items": {"type": "string"}, "maxItems": max_files,
+        "url": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": max_files,
                 "description": "Image URLs, fetched like web candidates (private addresses are refused)."},
         "tags": {"type": "string", "pattern": _UPLOAD_TAGS_PATTERN,
                  "description": f"Comma-separated tags for every image (at most {UPLOAD_MAX_TAGS}, 64 characters each)."},
