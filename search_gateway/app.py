@@ -135,7 +135,9 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
             if gallery is not None:
                 blobs = await open_blob_store(
                     path=None if settings.blobs_url else settings.blobs_path, url=settings.blobs_url or None,
-                    bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix)
+                    bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix,
+                    connect_timeout_s=settings.blobs_connect_timeout_s, read_timeout_s=settings.blobs_read_timeout_s,
+                    attempts=settings.blobs_attempts)
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
                                     settings.embed_batch_bytes, settings.reindex_heartbeat_s)
                 sweep = PointSweep(gallery.link, served_spaces(catalog, gallery.space_for), metrics,

@@ -162,6 +162,10 @@ class GatewaySettings(ServiceSettings):
     blobs_bucket: str = ""
     blobs_region: str = "us-east-1"
     blobs_prefix: str = "blobs/"
+    # Per bucket call: a stalled endpoint holds an upload at most about attempts x (connect + read).
+    blobs_connect_timeout_s: PositiveFloat = 3.0
+    blobs_read_timeout_s: PositiveFloat = 20.0
+    blobs_attempts: AtLeastOne = 3
     # Bytes nothing refers to are kept this long (an upload in progress looks like that).
     blobs_gc_grace_s: NonNegativeFloat = 86400.0
     # How often the gateway collects those (blob_collector.py); 0: never (another replica does).

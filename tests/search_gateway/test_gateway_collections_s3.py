@@ -81,8 +81,10 @@ class Bucket:
 
     def settings(self, embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path) -> Any:
         # blobs_path stays set (collection_settings gives one): the URL must win over it.
+        # Two attempts of a 1 s connect: the outage cases answer in seconds, not botocore's default minute.
         return _settings(embed, scraper, site, tmp, blobs_url=self.url, blobs_bucket=self.name,
-                         blobs_region=self.region, blobs_prefix=self.prefix)
+                         blobs_region=self.region, blobs_prefix=self.prefix, blobs_attempts=2,
+                         blobs_connect_timeout_s=1.0)
 
 
 def _moto(port: int = 0) -> ThreadedMotoServer:
