@@ -79,6 +79,13 @@ async def site() -> AsyncIterator[Site]:
             yield Site(port, internal_port, hits)
 
 
+@pytest_asyncio.fixture
+async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
+    """The scraper on a catalog of the site's good images (a module may define its own)."""
+    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
+        yield server
+
+
 def gateway_settings(embed_target: str, scraper_target: str, site: Site | None, **overrides: Any) -> GatewaySettings:
     """Fast, strict settings for tests: short timeouts so hostile servers cost little."""
     base = GatewaySettings(

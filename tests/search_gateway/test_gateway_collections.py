@@ -5,31 +5,23 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from search_gateway.config import ConfigError, GatewaySettings
 from search_gateway.tenants import parse_api_keys
 from tests.search_gateway.collections_support import A, B
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site
-from tests.search_gateway.gateway_support import png_with_size, run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import png_with_size, run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import encode, jpeg, noise_image
 
 pytestmark = pytest.mark.asyncio
 
-
-
-@pytest_asyncio.fixture
-async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
-    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
-        yield server
 
 
 def _files(*items: tuple[str, bytes | str]) -> aiohttp.FormData:

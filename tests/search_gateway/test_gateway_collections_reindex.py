@@ -8,40 +8,24 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from search_gateway.errors import Conflict
 from search_gateway.reindex import Reindexer
 from tests.search_gateway.collections_support import A, B
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import RunningGateway, run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
+from tests.support.polling import until
 
 pytestmark = pytest.mark.asyncio
 
-
-
-@pytest_asyncio.fixture
-async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
-    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
-        yield server
-
-
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll a background effect; the bound only keeps a broken build from hanging."""
-    for _ in range(1200):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 class Client:
@@ -108,7 +92,7 @@ async def test_reindex_embeds_a_collection_with_another_model_in_the_background(
             status, again = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
             assert status == 409 and "already running" in again["detail"], again
             assert (await c.collection("flash"))["index"]["dinov2"]["state"] == "queued"
-        await _until(lambda: c.indexed("flash", "dinov2"), "the reindex finished")
+        await until(lambda: c.indexed("flash", "dinov2"), "the reindex finished")
         listed = await c.collection("flash")
         assert listed["models"] == ["clip", "dinov2"] and listed["images"] == 3, listed
         assert listed["index"]["dinov2"]["state"] == "indexed"
@@ -120,7 +104,7 @@ async def test_reindex_embeds_a_collection_with_another_model_in_the_background(
         # Re-running is idempotent (same point ids); deleting an image takes its new point too.
         status, _ = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
         assert status == 202
-        await _until(lambda: c.indexed("flash", "dinov2"), "the second reindex finished")
+        await until(lambda: c.indexed("flash", "dinov2"), "the second reindex finished")
         assert sorted(r["id"] for r in await c.search(pictures[1], "dinov2", "flash")) == sorted(ids)
         assert (await c.call("DELETE", f"/collections/flash/images/{ids[1]}"))[0] == 204
         assert ids[1] not in [r["id"] for r in await c.search(pictures[1], "dinov2", "flash")]
@@ -147,10 +131,10 @@ async def test_a_reindex_cut_short_by_a_restart_shows_interrupted_and_can_be_ask
                 assert state["state"] in ("queued", "interrupted"), state
                 return state["state"] == "interrupted" and "again" in state["reason"]
 
-            await _until(interrupted, "the dead gateway's job read as interrupted")
+            await until(interrupted, "the dead gateway's job read as interrupted")
             status, body = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
             assert status == 202, body
-            await _until(lambda: c.indexed("flash", "dinov2"), "the asked-again reindex finished")
+            await until(lambda: c.indexed("flash", "dinov2"), "the asked-again reindex finished")
             assert len(await c.search(pictures[0], "dinov2", "flash")) == 2
 
 
@@ -183,7 +167,7 @@ async def test_a_job_alive_on_another_replica_is_never_called_interrupted_and_ne
         (job,) = (await b.jobs_of("studio-a"))["flash"]
         assert job.state == "interrupted" and "again" in job.reason, job
         await b.start("studio-a", "flash", "dinov2", 1)
-        await _until(lambda: c.indexed("flash", "dinov2"), "B's job finished")
+        await until(lambda: c.indexed("flash", "dinov2"), "B's job finished")
         await b.close()
         a._slot.release()
 
@@ -243,7 +227,7 @@ async def test_the_blob_collector_deletes_unreferenced_originals_past_the_grace_
         async def collected() -> bool:
             return not path(old_orphan).exists()
 
-        await _until(collected, "the old unreferenced original was collected")
+        await until(collected, "the old unreferenced original was collected")
         assert path(held).exists() and path(young_orphan).exists()
         async with http.get(f"{gw.url}/metrics") as resp:
             assert 'gateway_blobs_collected_total{kind="deleted"} 1.0' in await resp.text()
@@ -274,7 +258,7 @@ async def test_an_image_whose_original_was_deleted_by_hand_is_never_shown_and_is
         async def removed() -> bool:
             return bool((await c.collection("flash"))["images"] == 1)
 
-        await _until(removed, "the orphan's record and points were removed")
+        await until(removed, "the orphan's record and points were removed")
         # Removed, not just hidden: the same picture uploaded again is added, not a "duplicate".
         assert await c.upload("flash", [lost], "clip") == [lost_id]
         assert sorted(r["id"] for r in await c.search(lost, "clip", "flash")) == sorted([kept_id, lost_id])

@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
-import pytest_asyncio
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 from PIL import Image
@@ -36,9 +35,10 @@ from PIL import Image
 from tests.search_gateway.collections_support import A
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import RunningGateway, run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
+from tests.support.polling import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -148,21 +148,6 @@ def bucket(request: pytest.FixtureRequest) -> Iterator[Bucket]:
         client.close()
 
 
-@pytest_asyncio.fixture
-async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
-    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
-        yield server
-
-
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll a background effect; the bound only keeps a broken build from hanging."""
-    for _ in range(1200):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
-
 class Client:
     def __init__(self, http: aiohttp.ClientSession, gw: RunningGateway) -> None:
         self.http, self.gw = http, gw
@@ -244,7 +229,7 @@ async def test_collections_keep_their_originals_in_the_bucket_from_upload_to_rei
         # place they are): the dinov2 search then finds each picture as itself.
         status, body = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
         assert status == 202, body
-        await _until(lambda: c.indexed("flash", "dinov2"), "the reindex from the bucket finished")
+        await until(lambda: c.indexed("flash", "dinov2"), "the reindex from the bucket finished")
         listed = await c.collection("flash")
         assert listed["models"] == ["clip", "dinov2"] and listed["images"] == 2, listed
         found = await c.search(pictures[2], "dinov2", "flash")
@@ -345,7 +330,7 @@ async def _failed_reindex_reason_has_no_internals(down: Outage) -> None:
     async def ended() -> bool:
         return (await down.c.collection("flash"))["index"]["dinov2"]["state"] in ("failed", "indexed")
 
-    await _until(ended, "the reindex ended")
+    await until(ended, "the reindex ended")
     state = (await down.c.collection("flash"))["index"]["dinov2"]
     assert state["state"] == "failed" and state["reason"], state
     for internal in down.internals():

@@ -11,13 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from search_gateway.app import create_app
 from search_gateway.gallery_wiring import GalleryStartError
@@ -53,13 +51,6 @@ async def post(http: aiohttp.ClientSession, url: str, data: Any = None, **params
         body = await resp.json()
         assert resp.status == 200, body
         return body
-
-
-@pytest_asyncio.fixture
-async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
-    catalog = write_catalog(tmp_path / "catalog.jsonl", site.good_urls())
-    with scraper_server(catalog) as server:
-        yield server
 
 
 def settings_for(embed: BackgroundServer, scraper: BackgroundServer, site: Site, folder: Path, **more: Any):  # type: ignore[no-untyped-def]

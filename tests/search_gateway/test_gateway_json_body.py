@@ -15,19 +15,13 @@ import pytest_asyncio
 
 from tests.search_gateway.collections_support import A, B, collection_settings
 from tests.search_gateway.conftest import Site, Stack
-from tests.search_gateway.gateway_support import run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
 
 pytestmark = pytest.mark.asyncio
 
 Search = Callable[..., Awaitable[tuple[int, Any]]]
-
-
-@pytest_asyncio.fixture
-async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
-    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
-        yield server
 
 
 @pytest_asyncio.fixture

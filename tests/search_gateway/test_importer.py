@@ -13,18 +13,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from search_gateway.images import content_hash
 from search_gateway.importer.__main__ import main as importer_main
 from tests.search_gateway.conftest import Site, gateway_settings
-from tests.search_gateway.gateway_support import run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import encode, jpeg, noise_image
 
@@ -32,12 +30,6 @@ pytestmark = pytest.mark.asyncio
 
 KEY = {"X-API-Key": "key-a"}
 UPLOADS = 'gateway_requests_total{method="POST",route="/collections/{name}/images",status="200"}'
-
-
-@pytest_asyncio.fixture
-async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
-    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
-        yield server
 
 
 def _settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path) -> Any:

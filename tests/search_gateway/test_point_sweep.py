@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,9 +26,10 @@ from search_gateway.point_sweep import PointSweep, configured_tenants
 from tests.search_gateway.collections_support import A
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import RunningGateway, run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
+from tests.support.polling import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -172,21 +173,6 @@ def test_the_swept_tenants_are_those_the_keys_name_or_local_without_keys() -> No
 
 # --- through a real gateway
 
-@pytest_asyncio.fixture
-async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
-    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
-        yield server
-
-
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll a background effect; the bound only keeps a broken build from hanging."""
-    for _ in range(1200):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
-
 async def test_the_gateways_collector_sweeps_points_an_upload_left_without_a_record(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     held, lost = jpeg(110, (240, 200)), jpeg(111, (250, 210))
@@ -224,7 +210,7 @@ async def test_the_gateways_collector_sweeps_points_an_upload_left_without_a_rec
                                                           first_seen=None, last_seen=None)])
         # While it is young (an upload in progress looks the same), it stays: two runs later too.
         runs = await _runs(http, gw)
-        await _until(lambda: _more_runs(http, gw, runs + 2), "two more collector runs")
+        await until(lambda: _more_runs(http, gw, runs + 2), "two more collector runs")
         assert orphan.id in await found(held)
 
         # Past the grace (600 s) with still no record: the next run deletes it; the held
@@ -236,7 +222,7 @@ async def test_the_gateways_collector_sweeps_points_an_upload_left_without_a_rec
         async def swept() -> bool:
             return not await gallery.store.retrieve(space, [orphan.id])
 
-        await _until(swept, "the record-less point was swept")
+        await until(swept, "the record-less point was swept")
         assert await found(held) == {held_id}
         assert [p.id for p in await gallery.store.retrieve(space, [held_id])] == [held_id]
         async with http.get(f"{gw.url}/metrics") as resp:

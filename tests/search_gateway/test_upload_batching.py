@@ -4,26 +4,19 @@ Real embed and scraper servers, the embedded gallery store and local blobs in tm
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from tests.search_gateway.conftest import Site, gateway_settings
-from tests.search_gateway.gateway_support import run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest_asyncio.fixture
-async def scraper(site: Site, tmp_path: Path) -> AsyncIterator[BackgroundServer]:
-    with scraper_server(write_catalog(tmp_path / "catalog.jsonl", site.good_urls())) as server:
-        yield server
 
 
 async def test_an_upload_embeds_its_images_in_batches_and_keeps_one_result_per_input_in_order(
