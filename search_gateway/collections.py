@@ -84,6 +84,10 @@ class CollectionRecords:
         found = await self._all(GalleryFilter(collections=(_RECORDS,), tenant=tenant))
         return sorted((_collection(p) for p in found), key=lambda c: c.name)
 
+    async def tenants(self) -> set[str]:
+        """Every tenant that has a collection (one record per collection: a short scroll)."""
+        return {p.tenant for p in await self._all(GalleryFilter(collections=(_RECORDS,))) if p.tenant is not None}
+
     async def get(self, tenant: str, name: str) -> Collection | None:
         found = await self.store.retrieve(META, [GalleryPoint(name, _ONE, _RECORDS, tenant).id])
         return _collection(found[0]) if found else None

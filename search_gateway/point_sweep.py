@@ -20,9 +20,14 @@ record-less unless the image was deleted meanwhile: then sweeping them is right.
 Which points: each tenant's, scrolled with the store's tenant filter (an indexed key), so
 a sweep costs in proportion to the private points and never walks the public ``web``
 points, which it never touches. The tenants are the configured ones (those that can
-search) and every tenant that has a record (a tenant since removed from the keys). Not
+search) and every tenant that has a collection (a tenant since removed from the keys). Not
 swept: a tenant with neither (nobody can search its points), and the spaces of models or
 weights the embed server no longer serves (nothing searches them).
+
+Cost: each run reads every private point once (a scroll) and looks up the records of
+those past the grace, a page at a time: O(private points) per interval (hourly by
+default), never the whole web gallery. A sweep of only the points that passed the grace
+since the last run would need a range filter the store interface does not have.
 
 Several replicas may sweep at once: a delete of a point already gone is a no-op, and each
 point's age is read again right before its delete (an upload writes its points before
@@ -41,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
 
-from search_gateway.collections import META
+from search_gateway.collections import META, CollectionRecords
 from search_gateway.gallery.base import GalleryFilter, GalleryPoint, GalleryStore, VectorSpace
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.metrics import Metrics
@@ -101,8 +106,8 @@ class PointSweep:
         cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.grace_s)
         store = (await self.link.gallery()).store
         spaces = await self.spaces()
-        tenants = sorted(set(self.tenants) | {p.tenant async for p in _scroll(store, META, None, self.page)
-                                              if p.tenant is not None})
+        # Collection records, not image records: one per collection, not one per image.
+        tenants = sorted(set(self.tenants) | await CollectionRecords(store).tenants())
         examined, deleted = 0, Tally[str]()
         for space in spaces:
             for tenant in tenants:
@@ -151,10 +156,3 @@ async def _pages(store: GalleryStore, space: VectorSpace, spec: GalleryFilter | 
         if got.next is None:
             return
         start = got.next
-
-
-async def _scroll(store: GalleryStore, space: VectorSpace, spec: GalleryFilter | None,
-                  page: int) -> AsyncIterator[GalleryPoint]:
-    async for batch in _pages(store, space, spec, page):
-        for point in batch:
-            yield point
