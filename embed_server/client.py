@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(message)
 
     with channel:
-        stub = embed_pb2_grpc.EmbedServiceStub(channel)
+        stub = embed_pb2_grpc.EmbedServiceStub(channel)  # type: ignore[no-untyped-call]  # no stubs for grpc modules
         try:
             print(json.dumps(_run(stub, args), indent=2))
         except grpc.RpcError as error:

@@ -79,7 +79,8 @@ def colormap(values: np.ndarray) -> np.ndarray:
     lo = np.floor(v).astype(int)
     hi = np.minimum(lo + 1, len(_RAMP) - 1)
     t = (v - lo)[..., None]
-    return (_RAMP[lo] * (1 - t) + _RAMP[hi] * t).astype(np.uint8)
+    rgb: np.ndarray = (_RAMP[lo] * (1 - t) + _RAMP[hi] * t).astype(np.uint8)
+    return rgb
 
 
 def _normalise(grid: np.ndarray) -> np.ndarray:

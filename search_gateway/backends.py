@@ -164,7 +164,8 @@ class EmbedClient(_Client):
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
         super().__init__(channel, timeout_s=timeout_s)
-        self._stub = embed_pb2_grpc.EmbedServiceStub(channel)
+        # The generated grpc module has no type stubs (only the messages do).
+        self._stub = embed_pb2_grpc.EmbedServiceStub(channel)  # type: ignore[no-untyped-call]
 
     async def embed(self, model: str, images: Sequence[bytes], *, timeout: float | None = None) -> Embeddings:
         request = embed_pb2.EmbedRequest(model=model, images=list(images))
@@ -236,7 +237,7 @@ class ScraperClient(_Client):
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
         super().__init__(channel, timeout_s=timeout_s)
-        self._stub = scraper_pb2_grpc.ScraperServiceStub(channel)
+        self._stub = scraper_pb2_grpc.ScraperServiceStub(channel)  # type: ignore[no-untyped-call]
 
     async def search(self, query: str, max_results: int, *, timeout: float | None = None) -> AsyncGenerator[Candidate, None]:
         """Stream candidates. The channel retries a failure before the first one (the

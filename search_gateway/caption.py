@@ -236,4 +236,5 @@ def _release(view: asyncio.Future[np.ndarray]) -> None:
 
 def _normalise(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=np.float32)
-    return m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
+    unit: np.ndarray = m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
+    return unit

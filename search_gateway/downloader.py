@@ -17,8 +17,9 @@ import contextvars
 import logging
 import random
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -83,8 +84,12 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-def _socket_factory(allow: Allowlist):
-    def _guarded_socket(addr_info):
+# What aiohttp hands a socket factory: getaddrinfo's (family, type, proto, canonname, sockaddr).
+AddrInfo = tuple[Any, ...]
+
+
+def _socket_factory(allow: Allowlist) -> Callable[[AddrInfo], socket.socket]:
+    def _guarded_socket(addr_info: AddrInfo) -> socket.socket:
         family, type_, proto, _, sockaddr = addr_info
         ip = parse_ip(str(sockaddr[0]))
         if ip is None or not permitted(_current_host.get(), int(sockaddr[1]), ip, allow):

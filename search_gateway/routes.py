@@ -11,7 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
@@ -36,14 +36,18 @@ from search_gateway.search.rerank_stage import RERANK_K_LIMIT
 from search_gateway.search.types import SOURCES, RankedResult, SearchEvent, SearchOutcome, SearchQuery
 from search_gateway.tenants import tenant_of
 
+if TYPE_CHECKING:  # app.py imports this module
+    from search_gateway.app import Gateway
+
 log = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
-def _gateway(request: Request):
-    return request.app.state.gateway
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
 def _param(request: Request, form: Mapping[str, Any] | None, name: str) -> str | None:

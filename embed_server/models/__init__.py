@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import TYPE_CHECKING
 
 # Never reach for the network: the server loads weights from local folders only, and a
 # lookup of missing files then fails at once instead of after a minute of retries.
@@ -17,6 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from embed_server.models.cards import CARDS, ModelCard, Tokenizer  # noqa: E402
+
+if TYPE_CHECKING:  # base.py imports torch, which this package defers
+    from embed_server.models.base import ModelFamily
 
 _FAMILIES = {
     "clip": ("embed_server.models.clip", "ClipFamily"),
@@ -31,11 +35,12 @@ if set(_FAMILIES) != set(CARDS):
     raise RuntimeError(f"model families {sorted(_FAMILIES)} do not match the registry's models {sorted(CARDS)}")
 
 
-def family(name: str):
+def family(name: str) -> ModelFamily:
     """The family that builds model `name` (imports torch)."""
     module, attribute = _FAMILIES[name]
     found = getattr(importlib.import_module(module), attribute)
-    return found() if isinstance(found, type) else found
+    built: ModelFamily = found() if isinstance(found, type) else found
+    return built
 
 
 __all__ = ["CARDS", "ModelCard", "Tokenizer", "family"]

@@ -86,8 +86,10 @@ def _bake_position_embeddings(model: PreTrainedModel, image_size: int) -> None:
 
     def interpolate(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if height == image_size and width == image_size:
-            return embeddings.baked_position_embeddings
-        return original(tokens, height, width)
+            baked_tokens: torch.Tensor = embeddings.baked_position_embeddings
+            return baked_tokens
+        interpolated: torch.Tensor = original(tokens, height, width)
+        return interpolated
 
     embeddings.interpolate_pos_encoding = interpolate
 

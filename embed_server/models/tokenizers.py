@@ -109,6 +109,6 @@ def _siglip_tokenizer(folder: Path | None) -> Tokenizer:
 
     def run(texts: list[str]) -> np.ndarray:
         encoded = tokenizer(texts, padding="max_length", max_length=SIGLIP_TEXT_LENGTH, truncation=True, return_tensors="np")
-        return encoded["input_ids"].astype(np.int64)
+        return np.asarray(encoded["input_ids"], dtype=np.int64)
 
     return run

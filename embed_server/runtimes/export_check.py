@@ -115,4 +115,5 @@ def check_export(path: Path, probe: Probe, precision: str, providers: list[str],
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-30)
+    cosines: np.ndarray = np.sum(a * b, axis=1) / np.maximum(norms, 1e-30)
+    return cosines

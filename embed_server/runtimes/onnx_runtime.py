@@ -56,7 +56,7 @@ def _loads(provider: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - any failure means: not usable here
         log.warning("ONNX Runtime provider %s does not load here: %s", provider, exc)
         return False
-    usable = session.get_providers()[0] == provider
+    usable = bool(session.get_providers()[0] == provider)
     if not usable:
         log.warning("ONNX Runtime provider %s is offered but falls back to the CPU here", provider)
     return usable
@@ -135,7 +135,7 @@ class OnnxRuntime:
         if self._text is None:
             raise RuntimeError("this model has no text tower")
         (vectors,) = self._text.run(list(onnx_export.TEXT_OUTPUTS), {"input_ids": token_ids})
-        return vectors
+        return np.asarray(vectors)
 
     def _key(self, fingerprint: str, tower: str, precision: str) -> ExportKey:
         """The cache key of a tower's file; an int8 file's names its recipe (and calibration set)."""

@@ -123,7 +123,8 @@ class S3BlobStore:
         def read() -> bytes:
             reply = self._client.get_object(Bucket=self.settings.bucket, Key=key)
             with reply["Body"] as body:
-                return body.read()
+                data: bytes = body.read()
+                return data
 
         try:
             return await self._call(read)

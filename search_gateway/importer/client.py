@@ -52,7 +52,7 @@ class Retry:
 
     def wait(self, attempt: int, retry_after: float | None) -> float:
         backoff = min(self.max_s, self.first_s * 2 ** attempt) * random.uniform(0.5, 1.0)
-        return max(backoff, min(retry_after or 0.0, self.max_s * 4))
+        return float(max(backoff, min(retry_after or 0.0, self.max_s * 4)))
 
 
 class GatewayClient:

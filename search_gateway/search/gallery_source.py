@@ -93,7 +93,7 @@ class GallerySource:
         private = None if collections is None else tuple(c for c in collections if c != WEB)
         # Two store queries, never one filter for both: web points have no tenant, and a
         # private query without its tenant filter would match every tenant's points.
-        asks = []
+        asks: list[Callable[[Gallery], Awaitable[list[GalleryHit]]]] = []
         if collections is None or WEB in collections:
             asks.append(lambda g: g.find(space, vector, limit=limit, collections=(WEB,), tags=tags,
                                          min_score=min_score))

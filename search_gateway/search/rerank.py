@@ -127,4 +127,5 @@ def _patch_matrix(patches: np.ndarray, what: str) -> np.ndarray:
 def _normalised(patches: np.ndarray) -> np.ndarray:
     # An all-zero patch stays zero (cosine 0 with everything) instead of dividing by zero.
     norms = np.linalg.norm(patches, axis=1, keepdims=True)
-    return patches / np.maximum(norms, 1e-12)
+    unit: np.ndarray = patches / np.maximum(norms, 1e-12)
+    return unit
