@@ -78,6 +78,10 @@ class BlobCollector:
                 # The store or the bucket is down: the next interval tries again.
                 self.runs.labels("failed").inc()
                 log.warning("blob collector: this run failed, next in %.0f s: %s", self.interval_s, exc)
+            except Exception:
+                # A bug must not end the loop for the life of the process: logged, tried again.
+                self.runs.labels("failed").inc()
+                log.exception("blob collector: this run failed unexpectedly, next in %.0f s", self.interval_s)
             if self.sweep is not None:
                 # Its own try: a bucket that is down must not keep the store's leftovers.
                 try:
@@ -85,6 +89,8 @@ class BlobCollector:
                 except (GalleryError, GatewayError) as exc:
                     # The store, or the embed server that names the models' spaces, is down.
                     log.warning("point sweep: this run failed, next in %.0f s: %s", self.interval_s, exc)
+                except Exception:
+                    log.exception("point sweep: this run failed unexpectedly, next in %.0f s", self.interval_s)
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:
