@@ -160,6 +160,10 @@ class GalleryStore(Protocol):
     async def delete(self, space: VectorSpace, ids: Sequence[str]) -> None:
         """Remove points by id; unknown ids are ignored."""
 
+    async def delete_where(self, space: VectorSpace, filter: GalleryFilter) -> None:
+        """Remove every point matching ``filter``, in one call to the engine (a collection's
+        points, however many). An empty filter would match everything: ValueError."""
+
     async def search(
         self,
         space: VectorSpace,

@@ -52,6 +52,7 @@ from search_gateway.gallery.schema import (
     engine_ids,
     page_limit,
     query_vector,
+    require_narrow,
     to_hit,
     to_payload,
     to_point,
@@ -332,6 +333,13 @@ class EdgeGalleryStore:
             return
         wanted = engine_ids(ids)
         await shard.call(lambda engine: engine.update(qe.UpdateOperation.delete_points(wanted)))
+
+    async def delete_where(self, space: VectorSpace, filter: GalleryFilter) -> None:
+        wanted = _edge_filter(require_narrow(filter))
+        shard = self._shards.get(space.name)
+        if shard is None or wanted is None:
+            return
+        await shard.call(lambda engine: engine.update(qe.UpdateOperation.delete_points_by_filter(wanted)))
 
     async def search(
         self,

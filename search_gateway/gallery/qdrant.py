@@ -35,6 +35,7 @@ from search_gateway.gallery.schema import (
     engine_ids,
     page_limit,
     query_vector,
+    require_narrow,
     to_hit,
     to_payload,
     to_point,
@@ -185,6 +186,14 @@ class QdrantGalleryStore:
         wanted = engine_ids(ids)
         await self._guard(
             self._client.delete(self._collection(space), points_selector=qm.PointIdsList(points=wanted), wait=True)
+        )
+
+    async def delete_where(self, space: VectorSpace, filter: GalleryFilter) -> None:
+        wanted = _qdrant_filter(require_narrow(filter))
+        if wanted is None or not await self._exists(space):
+            return
+        await self._guard(
+            self._client.delete(self._collection(space), points_selector=qm.FilterSelector(filter=wanted), wait=True)
         )
 
     async def search(

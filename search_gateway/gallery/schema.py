@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from search_gateway.gallery.base import IMAGE_VECTOR, GalleryHit, GalleryPoint, VectorSpace
+from search_gateway.gallery.base import IMAGE_VECTOR, GalleryFilter, GalleryHit, GalleryPoint, VectorSpace
 
 # Bumped when the payload layout changes incompatibly; stored in every point so a
 # reader can tell old points from new ones.
@@ -114,6 +114,13 @@ def checked_vector(space: VectorSpace, point: GalleryPoint) -> list[float]:
 def engine_ids(ids: Sequence[str]) -> list[Any]:
     """Point ids in the engines' canonical UUID spelling (a malformed id raises ValueError)."""
     return [str(uuid.UUID(i)) for i in ids]
+
+
+def require_narrow(spec: GalleryFilter) -> GalleryFilter:
+    """A delete's filter, checked to restrict something: an empty one would empty the space."""
+    if spec.is_empty:
+        raise ValueError("a delete by filter needs a filter that restricts it; an empty one matches every point")
+    return spec
 
 
 # The largest scroll page either engine is asked for: a page is held whole in memory.

@@ -192,6 +192,20 @@ class GalleryStoreContract:
         with pytest.raises(ValueError, match="page"):
             await store.scroll(SPACE, limit=0)
 
+    async def test_delete_where_removes_exactly_the_matching_points(self, store: GalleryStore) -> None:
+        await store.upsert(SPACE, [sample_point(n, collection="flash", tenant="a") for n in range(90, 95)])
+        await store.upsert(SPACE, [sample_point(n, collection="flash", tenant="b") for n in range(95, 97)])
+        await store.upsert(SPACE, [sample_point(n, collection="other", tenant="a") for n in range(97, 99)])
+        await store.upsert(SPACE, [sample_point(99)])  # public web
+        await store.delete_where(SPACE, GalleryFilter(collections=("flash",), tenant="a"))
+        left = (await store.scroll(SPACE, limit=100)).points
+        assert sorted((p.collection, p.tenant) for p in left) == [
+            ("flash", "b"), ("flash", "b"), ("other", "a"), ("other", "a"), ("web", None)]
+        await store.delete_where(VectorSpace("never", "written", DIM), GalleryFilter(tenant="a"))  # a no-op
+        with pytest.raises(ValueError, match="empty"):
+            await store.delete_where(SPACE, GalleryFilter())
+        assert await store.count(SPACE) == 5
+
     async def test_bad_vectors_are_refused_with_a_sentence(self, gallery: Gallery) -> None:
         with pytest.raises(ValueError, match="16-d"):
             await gallery.remember(SPACE, [sample_point(50, vector=(1.0, 2.0))])
