@@ -35,6 +35,7 @@ from search_gateway.blobs.base import BlobStore
 from search_gateway.blobs.factory import open_blob_store
 from search_gateway.cache import EmbeddingCache
 from search_gateway.caption import CaptionChain, Captioner, RemoteCaptioner, ZeroShotCaptioner
+from search_gateway.collection_deletion import CollectionDeleter
 from search_gateway.config import GatewaySettings
 from search_gateway.downloader import Downloader, DownloadLimits
 from search_gateway.failed_downloads import FailedDownloads
@@ -78,6 +79,8 @@ class Gateway:
     blobs: BlobStore | None = None
     # Background re-embedding of collections (POST /collections/{name}/reindex); with the blobs.
     reindex: Reindexer | None = None
+    # Hides a deleted collection at once and empties it in the background; with the blobs.
+    deleter: CollectionDeleter | None = None
 
 
 def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
@@ -128,6 +131,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
     catalog = ModelCatalog(embed)
     blobs: BlobStore | None = None
     reindex: Reindexer | None = None
+    deleter: CollectionDeleter | None = None
     collector: BlobCollector | None = None
     originals: Originals | None = None
     try:
@@ -142,19 +146,22 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                                     settings.embed_batch_bytes, settings.reindex_heartbeat_s)
                 sweep = PointSweep(gallery.link, served_spaces(catalog, gallery.space_for), metrics,
                                    grace_s=settings.blobs_gc_grace_s, tenants=configured_tenants(settings.api_keys))
+                deleter = CollectionDeleter(gallery.link, blobs, gallery.space_for, reindex.forget)
                 collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
-                                          grace_s=settings.blobs_gc_grace_s, sweep=sweep)
+                                          grace_s=settings.blobs_gc_grace_s, sweep=sweep, deleter=deleter)
                 collector.start()
                 originals = gallery.originals = Originals(blobs, gallery.link, gallery.space_for)
             pipeline = dataclasses.replace(pipeline, gallery=gallery)
             yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
                           ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits,
-                          gallery, blobs, reindex)
+                          gallery, blobs, reindex, deleter)
     finally:
         if collector is not None:
             await collector.close()
         if originals is not None:
             await originals.close()
+        if deleter is not None:
+            await deleter.close()
         if reindex is not None:
             await reindex.close()
         if blobs is not None:

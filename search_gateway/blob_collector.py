@@ -16,6 +16,9 @@ is already gone is a no-op, each delete re-checks the reference and the age righ
 before it, and the grace period protects an upload in progress on any replica (its put
 renewed the blob's age). Two replicas only repeat a listing; no lock is worth that. The
 point sweep is safe the same way (its docstring says how).
+
+Each run first finishes emptying deleted collections that a stopped gateway left marked
+``deleting`` (collection_deletion.py), so that their originals are let go in the same run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from prometheus_client import Counter
 
 from search_gateway.blobs.base import BlobError, BlobStore
 from search_gateway.blobs.gc import Collected, collect_garbage
+from search_gateway.collection_deletion import CollectionDeleter
 from search_gateway.collections import CollectionRecords
 from search_gateway.errors import GatewayError
 from search_gateway.gallery.base import GalleryError
@@ -42,10 +46,11 @@ class BlobCollector:
     """The gateway's background collector; ``start`` it once, ``close`` it on shutdown."""
 
     def __init__(self, link: GalleryLink, blobs: BlobStore, metrics: Metrics, *, interval_s: float,
-                 grace_s: float, sweep: PointSweep | None = None) -> None:
+                 grace_s: float, sweep: PointSweep | None = None, deleter: CollectionDeleter | None = None) -> None:
         self.link = link
         self.blobs = blobs
         self.sweep = sweep
+        self.deleter = deleter
         self.interval_s = interval_s
         self.grace_s = grace_s
         self._task: asyncio.Task[None] | None = None
@@ -71,6 +76,14 @@ class BlobCollector:
         # The first run waits one interval: a restart loop must not turn into a listing loop.
         while True:
             await asyncio.sleep(self.interval_s)
+            if self.deleter is not None:
+                # First: the collections it finishes let go of their originals, collected below.
+                try:
+                    await self.deleter.resume()
+                except (BlobError, GalleryError) as exc:
+                    log.warning("deleted collections: emptying failed, next in %.0f s: %s", self.interval_s, exc)
+                except Exception:
+                    log.exception("deleted collections: emptying failed unexpectedly, next in %.0f s", self.interval_s)
             try:
                 await self.collect_once()
                 self.runs.labels("ok").inc()

@@ -7,7 +7,6 @@ name), so it answers 404 exactly like a name nobody used.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -15,16 +14,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from search_gateway.blobs.base import BlobError, BlobNotFound
-from search_gateway.blobs.gc import release
+from search_gateway.blobs.base import BlobNotFound
+from search_gateway.collection_deletion import remove_images
 from search_gateway.collections import MAX_SEARCHED, PAGE, WEB, Collection, CollectionRecords, bad_name
 from search_gateway.errors import BadRequest, Conflict, NotFound, storage_error
 from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.reindex import INDEXED, Job
 from search_gateway.tenants import tenant_of
 from search_gateway.uploads import Uploader, read_inputs
-
-log = logging.getLogger(__name__)
 
 
 def _gateway(request: Request) -> Any:
@@ -124,45 +121,23 @@ async def create_collection(request: Request) -> Response:
     if problem:
         raise BadRequest(problem)
     tenant = tenant_of(request.scope)
-    if await recs.get(tenant, name) is not None:
+    existing = await recs.find(tenant, name)
+    if existing is not None and existing.deleting:
+        raise Conflict(f"A collection named {name!r} was deleted and is still being emptied; "
+                       "its name is free again in a minute or two.")
+    if existing is not None:
         raise Conflict(f"The collection {name!r} already exists.")
     created = await recs.create(tenant, name)
     return JSONResponse(_describe(created, 0), status_code=201)
 
 
 async def delete_collection(request: Request) -> Response:
+    """Gone for the caller at once (searches, listings, every route); emptied in the
+    background (collection_deletion.py)."""
     recs = await records(request)
     collection = await _owned(request, recs)
-    # The record goes last: a crash half-way leaves a collection that can be deleted again.
-    # Always the first page: each round deletes what it read.
-    while images := (await recs.images(collection.tenant, collection.name)).points:
-        await _forget(request, recs, images)
-    await recs.forget(collection.tenant, collection.name)
-    if _gateway(request).reindex is not None:
-        await _gateway(request).reindex.forget(collection.tenant, collection.name)
+    await _gateway(request).deleter.delete(collection)
     return Response(status_code=204)
-
-
-async def _forget(request: Request, recs: CollectionRecords, images: list[GalleryPoint]) -> None:
-    """Points in every model space first, then the records, then bytes nothing holds any more."""
-    gw = _gateway(request)
-    gallery = await gw.gallery.link.gallery()
-    by_model: dict[str, list[str]] = {}
-    for image in images:
-        for model in image.engine.split(","):
-            by_model.setdefault(model, []).append(image.id)
-    for model, ids in by_model.items():
-        space = await gw.gallery.space_for(model) if model else None
-        if space is not None:
-            await gallery.store.delete(space, ids)
-    await recs.remove_images(images)
-    for image in images:
-        try:
-            await release(gw.blobs, image.content_hash, recs.referenced)
-        except BlobError as exc:
-            # The image is gone (points and record); bytes nothing refers to are the
-            # collector's after the grace period, so the delete did happen: 204.
-            log.warning("the original %s stays for the collector: %s", image.content_hash[:12], exc)
 
 
 async def add_images(request: Request) -> Response:
@@ -235,7 +210,8 @@ async def delete_image(request: Request) -> Response:
     image = await recs.image(collection.tenant, collection.name, request.path_params["id"])
     if image is None:
         raise NotFound("There is no such image in this collection.")
-    await _forget(request, recs, [image])
+    gw = _gateway(request)
+    await remove_images(recs.store, gw.gallery.space_for, recs, gw.blobs, [image])
     return Response(status_code=204)
 
 

@@ -7,7 +7,9 @@ space of payload-only points (one-dimensional, every vector ``[1]``), laid out a
 ordinary gallery points, so both engines keep them without a schema of their own:
 
 * a collection: ``collection="@collections"``, ``tenant``, ``content_hash=<name>``,
-  ``first_seen``/``last_seen`` = created/updated, ``engine`` = the models indexed;
+  ``first_seen``/``last_seen`` = created/updated, ``engine`` = the models indexed,
+  ``platform="deleting"`` once deleted and while it is being emptied
+  (collection_deletion.py): it no longer exists for its tenant, and its name is taken;
 * an image of a collection: ``collection=<name>``, ``tenant``, ``content_hash=<sha256>``,
   ``engine`` = its models, ``title`` its file name, ``urls`` where it was fetched from.
 
@@ -50,6 +52,9 @@ def _models(point: GalleryPoint) -> tuple[str, ...]:
     return tuple(m for m in point.engine.split(",") if m)
 
 
+_DELETING = "deleting"
+
+
 @dataclass(frozen=True)
 class Collection:
     name: str
@@ -57,12 +62,14 @@ class Collection:
     created: datetime
     updated: datetime
     models: tuple[str, ...]
+    # Deleted, and being emptied in the background: not the tenant's any more.
+    deleting: bool = False
 
 
 def _collection(point: GalleryPoint) -> Collection:
     now = datetime.now(UTC)
     return Collection(point.content_hash, point.tenant or "", point.first_seen or now, point.last_seen or now,
-                      _models(point))
+                      _models(point), point.platform == _DELETING)
 
 
 class CollectionRecords:
@@ -81,16 +88,31 @@ class CollectionRecords:
             start = page.next
 
     async def of_tenant(self, tenant: str) -> list[Collection]:
-        found = await self._all(GalleryFilter(collections=(_RECORDS,), tenant=tenant))
-        return sorted((_collection(p) for p in found), key=lambda c: c.name)
+        found = [_collection(p) for p in await self._all(GalleryFilter(collections=(_RECORDS,), tenant=tenant))]
+        return sorted((c for c in found if not c.deleting), key=lambda c: c.name)
+
+    async def deleting(self) -> list[Collection]:
+        """Every tenant's collections marked deleting and not yet emptied."""
+        return [c for c in map(_collection, await self._all(GalleryFilter(collections=(_RECORDS,)))) if c.deleting]
 
     async def tenants(self) -> set[str]:
         """Every tenant that has a collection (one record per collection: a short scroll)."""
         return {p.tenant for p in await self._all(GalleryFilter(collections=(_RECORDS,))) if p.tenant is not None}
 
     async def get(self, tenant: str, name: str) -> Collection | None:
+        """The tenant's collection ``name``; None when there is none or it is being deleted."""
+        found = await self.find(tenant, name)
+        return None if found is None or found.deleting else found
+
+    async def find(self, tenant: str, name: str) -> Collection | None:
+        """The record of ``name``, also while it is being deleted (its name is still taken)."""
         found = await self.store.retrieve(META, [GalleryPoint(name, _ONE, _RECORDS, tenant).id])
         return _collection(found[0]) if found else None
+
+    async def mark_deleting(self, collection: Collection) -> None:
+        await self.store.upsert(META, [GalleryPoint(collection.name, _ONE, _RECORDS, collection.tenant,
+                                                    engine=",".join(collection.models), platform=_DELETING,
+                                                    first_seen=collection.created, last_seen=datetime.now(UTC))])
 
     async def create(self, tenant: str, name: str) -> Collection:
         now = datetime.now(UTC)

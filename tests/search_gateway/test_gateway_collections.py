@@ -294,13 +294,17 @@ async def test_deleting_a_collection_deletes_the_originals_no_other_collection_h
         (also_theirs,) = await upload(B, "mine", only_here)
         assert also_theirs == gone and all(map(stored, (gone, kept, theirs)))
 
-        async with http.delete(f"{gw.url}/collections/mine", headers=B) as resp:
-            assert resp.status == 204
+        deleter = gw.app.state.gateway.deleter
+
+        async def delete(headers: dict[str, str], name: str) -> None:
+            async with http.delete(f"{gw.url}/collections/{name}", headers=headers) as resp:
+                assert resp.status == 204
+            await deleter.settled()  # emptied in the background after the 204
+
+        await delete(B, "mine")
         assert stored(gone)  # A's flash still holds it
-        async with http.delete(f"{gw.url}/collections/flash", headers=A) as resp:
-            assert resp.status == 204
+        await delete(A, "flash")
         assert not stored(gone), "nothing holds it any more: the bytes go with the collection"
         assert stored(kept) and stored(theirs)
-        async with http.delete(f"{gw.url}/collections/keep", headers=A) as resp:
-            assert resp.status == 204
+        await delete(A, "keep")
         assert not stored(kept) and stored(theirs)

@@ -9,17 +9,16 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from search_gateway.errors import Conflict
 from search_gateway.reindex import Reindexer
-from tests.search_gateway.collections_support import A, B
+from tests.search_gateway.collections_support import A, B, CollectionsClient
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway
+from tests.search_gateway.gateway_support import run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
 from tests.support.polling import until
@@ -28,50 +27,13 @@ pytestmark = pytest.mark.asyncio
 
 
 
-class Client:
-    def __init__(self, http: aiohttp.ClientSession, gw: RunningGateway) -> None:
-        self.http, self.gw = http, gw
-
-    async def call(self, method: str, path: str, headers: dict[str, str] = A, **kw: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.gw.url + path, headers=headers, **kw) as resp:
-            return resp.status, (await resp.json() if resp.content_type == "application/json" else None)
-
-    async def upload(self, name: str, pictures: list[bytes], *models: str) -> list[str]:
-        form = aiohttp.FormData()
-        for i, picture in enumerate(pictures):
-            form.add_field("file", picture, filename=f"{i}.jpg", content_type="image/jpeg")
-        for model in models:
-            form.add_field("embedding_model", model)
-        status, body = await self.call("POST", f"/collections/{name}/images", data=form)
-        assert status == 200 and [r["status"] for r in body["results"]] == ["added"] * len(pictures), body
-        return [r["id"] for r in body["results"]]
-
-    async def collection(self, name: str, headers: dict[str, str] = A) -> dict[str, Any]:
-        status, body = await self.call("GET", "/collections", headers)
-        assert status == 200, body
-        return dict(next(c for c in body["collections"] if c["name"] == name))
-
-    async def search(self, picture: bytes, model: str, name: str) -> list[dict[str, Any]]:
-        form = aiohttp.FormData()
-        form.add_field("file", picture, filename="q.jpg", content_type="image/jpeg")
-        status, body = await self.call("POST", "/search", data=form, params={
-            "embedding_model": model, "collections": name, "sources": "gallery", "max_results": "50"})
-        assert status == 200, body
-        return list(body["results"])
-
-    async def indexed(self, name: str, model: str) -> bool:
-        state = (await self.collection(name))["index"].get(model, {})
-        assert state.get("state") != "failed", state
-        return bool(state.get("state") == "indexed")
-
-
 async def test_reindex_embeds_a_collection_with_another_model_in_the_background(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     pictures = [jpeg(60 + i, (220 + 10 * i, 200)) for i in range(3)]
     async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
-        c = Client(http, gw)
+        c = CollectionsClient(http, gw)
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
-        ids = await c.upload("flash", pictures, "clip")
+        ids = await c.added("flash", pictures, "clip")
         listed = await c.collection("flash")
         assert listed["models"] == ["clip"] and listed["index"] == {"clip": {"state": "indexed"}}, listed
         assert await c.search(pictures[0], "dinov2", "flash") == []  # not embedded with dinov2 yet
@@ -117,14 +79,14 @@ async def test_a_reindex_cut_short_by_a_restart_shows_interrupted_and_can_be_ask
     settings = _settings(embed, scraper, site, tmp_path, reindex_heartbeat_s=0.1)
     async with aiohttp.ClientSession() as http:
         async with run_gateway(settings) as gw:
-            c = Client(http, gw)
+            c = CollectionsClient(http, gw)
             assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
-            await c.upload("flash", pictures, "clip")
+            await c.added("flash", pictures, "clip")
             await gw.app.state.gateway.reindex._slot.acquire()  # the job never gets to run in this process
             status, _ = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
             assert status == 202
         async with run_gateway(settings) as gw:
-            c = Client(http, gw)
+            c = CollectionsClient(http, gw)
 
             async def interrupted() -> bool:
                 state = (await c.collection("flash"))["index"]["dinov2"]
@@ -145,9 +107,9 @@ async def test_a_job_alive_on_another_replica_is_never_called_interrupted_and_ne
     let B run it a second time), and interrupted only once A has gone silent."""
     settings = _settings(embed, scraper, site, tmp_path, reindex_heartbeat_s=0.1)
     async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
-        c = Client(http, gw)
+        c = CollectionsClient(http, gw)
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
-        await c.upload("flash", [jpeg(75, (230, 210))], "clip")
+        await c.added("flash", [jpeg(75, (230, 210))], "clip")
         a = gw.app.state.gateway.reindex
         await a._slot.acquire()  # A's job waits (queued) for as long as the test wants
         status, _ = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
@@ -175,9 +137,9 @@ async def test_a_job_alive_on_another_replica_is_never_called_interrupted_and_ne
 async def test_the_image_listing_pages_through_every_image_once(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
-        c = Client(http, gw)
+        c = CollectionsClient(http, gw)
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
-        ids = await c.upload("flash", [jpeg(100 + i, (200, 180 + i)) for i in range(5)], "clip")
+        ids = await c.added("flash", [jpeg(100 + i, (200, 180 + i)) for i in range(5)], "clip")
         seen: list[str] = []
         cursor: str | None = None
         pages = 0
@@ -215,9 +177,9 @@ async def test_the_blob_collector_deletes_unreferenced_originals_past_the_grace_
         os.utime(path(data), (long_ago, long_ago))
 
     async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
-        c = Client(http, gw)
+        c = CollectionsClient(http, gw)
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
-        await c.upload("flash", [held], "clip")
+        await c.added("flash", [held], "clip")
         blobs = gw.app.state.gateway.blobs
         for orphan in (old_orphan, young_orphan):  # bytes of uploads that never wrote their points
             await blobs.put(hashlib.sha256(orphan).hexdigest(), orphan, "image/jpeg")
@@ -241,9 +203,9 @@ async def test_an_image_whose_original_was_deleted_by_hand_is_never_shown_and_is
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     kept, lost = jpeg(90, (240, 200)), jpeg(91, (250, 200))
     async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
-        c = Client(http, gw)
+        c = CollectionsClient(http, gw)
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
-        kept_id, lost_id = await c.upload("flash", [kept, lost], "clip")
+        kept_id, lost_id = await c.added("flash", [kept, lost], "clip")
         sha256 = hashlib.sha256(lost).hexdigest()
         (tmp_path / "blobs" / sha256[:2] / sha256[2:4] / sha256).unlink()  # an operator's slip
 
@@ -260,5 +222,5 @@ async def test_an_image_whose_original_was_deleted_by_hand_is_never_shown_and_is
 
         await until(removed, "the orphan's record and points were removed")
         # Removed, not just hidden: the same picture uploaded again is added, not a "duplicate".
-        assert await c.upload("flash", [lost], "clip") == [lost_id]
+        assert await c.added("flash", [lost], "clip") == [lost_id]
         assert sorted(r["id"] for r in await c.search(lost, "clip", "flash")) == sorted([kept_id, lost_id])

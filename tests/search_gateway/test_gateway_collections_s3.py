@@ -32,10 +32,10 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from tests.search_gateway.collections_support import A
+from tests.search_gateway.collections_support import A, CollectionsClient
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway
+from tests.search_gateway.gateway_support import run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
 from tests.support.polling import until
@@ -148,51 +148,11 @@ def bucket(request: pytest.FixtureRequest) -> Iterator[Bucket]:
         client.close()
 
 
-class Client:
-    def __init__(self, http: aiohttp.ClientSession, gw: RunningGateway) -> None:
-        self.http, self.gw = http, gw
-
-    async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.gw.url + path, headers=A, **kw) as resp:
-            return resp.status, (await resp.json() if resp.content_type == "application/json" else await resp.text())
-
-    async def upload(self, name: str, pictures: list[bytes], *models: str) -> tuple[int, Any]:
-        form = aiohttp.FormData()
-        for i, picture in enumerate(pictures):
-            form.add_field("file", io.BytesIO(picture), filename=f"design-{i}.jpg", content_type="image/jpeg")
-        for model in models:
-            form.add_field("embedding_model", model)
-        return await self.call("POST", f"/collections/{name}/images", data=form)
-
-    async def added(self, name: str, pictures: list[bytes], *models: str) -> list[str]:
-        status, body = await self.upload(name, pictures, *models)
-        assert status == 200 and [r["status"] for r in body["results"]] == ["added"] * len(pictures), body
-        return [r["id"] for r in body["results"]]
-
-    async def collection(self, name: str) -> dict[str, Any]:
-        status, body = await self.call("GET", "/collections")
-        assert status == 200, body
-        return dict(next(c for c in body["collections"] if c["name"] == name))
-
-    async def search(self, picture: bytes, model: str, name: str) -> list[dict[str, Any]]:
-        form = aiohttp.FormData()
-        form.add_field("file", io.BytesIO(picture), filename="query.jpg", content_type="image/jpeg")
-        status, body = await self.call("POST", "/search", data=form, params={
-            "embedding_model": model, "collections": name, "sources": "gallery", "max_results": "50"})
-        assert status == 200, body
-        return list(body["results"])
-
-    async def indexed(self, name: str, model: str) -> bool:
-        state = (await self.collection(name))["index"].get(model, {})
-        assert state.get("state") != "failed", state
-        return bool(state.get("state") == "indexed")
-
-
 async def test_collections_keep_their_originals_in_the_bucket_from_upload_to_reindex(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path, bucket: Bucket) -> None:
     pictures = [jpeg(120 + i, (260 + 12 * i, 220)) for i in range(3)]
     async with aiohttp.ClientSession() as http, run_gateway(bucket.settings(embed, scraper, site, tmp_path)) as gw:
-        c = Client(http, gw)
+        c = CollectionsClient(http, gw)
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
         assert (await c.call("POST", "/collections", json={"name": "sheet"}))[0] == 201
 
@@ -242,7 +202,7 @@ async def test_collections_keep_their_originals_in_the_bucket_from_upload_to_rei
 class Outage:
     """A gateway whose bucket answered while ``kept`` was uploaded, then went away."""
 
-    c: Client
+    c: CollectionsClient
     moto: ThreadedMotoServer
     bucket: Bucket
     kept: bytes
@@ -269,7 +229,7 @@ async def _outage(embed: BackgroundServer, scraper: BackgroundServer, site: Site
     outage: Outage | None = None
     try:
         async with aiohttp.ClientSession() as http, run_gateway(bucket.settings(embed, scraper, site, tmp)) as gw:
-            c = Client(http, gw)
+            c = CollectionsClient(http, gw)
             assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
             (kept_id,) = await c.added("flash", [kept], "clip")
             server.stop()

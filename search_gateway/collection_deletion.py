@@ -1,0 +1,155 @@
+"""Deleting private images and collections: points, records, then originals nothing holds.
+
+A collection is hidden at once and emptied in the background. Emptying it deletes, per
+image, its record and (when no other collection holds the picture) its original: against
+a Qdrant server and a bucket that is a few round trips per image, minutes for a studio's
+archive, longer than any HTTP request (or the proxy in front of it) should wait. So
+``DELETE /collections/{name}``:
+
+1. deletes the collection's points in the space of each model it was indexed with, one
+   filtered delete per space: searches stop finding its pictures at once;
+2. marks the collection's record ``deleting`` (collections.py): from then on the
+   collection does not exist for its tenant (404 on every route, not listed), and its
+   name cannot be taken again until it is gone (409);
+3. answers 204, and empties it here in the background, a page of records at a time:
+   each image's points (any an upload wrote meanwhile), its record, its original when
+   nothing else holds it; then the reindex job records, the collection's record last.
+
+A gateway killed during (3) leaves the ``deleting`` record behind: every replica's
+collector loop (blob_collector.py) finishes such collections on its schedule. Two
+replicas emptying the same collection is harmless: every delete is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from search_gateway.blobs.base import BlobError, BlobStore
+from search_gateway.blobs.gc import release
+from search_gateway.collections import Collection, CollectionRecords
+from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, VectorSpace
+from search_gateway.gallery.link import GalleryLink
+
+log = logging.getLogger(__name__)
+
+SpaceFor = Callable[[str], Awaitable[VectorSpace | None]]
+# Originals released at once per page (a bucket's HEAD and DELETE are each a round trip).
+_RELEASES_AT_ONCE = 16
+
+
+async def remove_images(store: GalleryStore, space_for: SpaceFor, recs: CollectionRecords, blobs: BlobStore,
+                        images: Sequence[GalleryPoint]) -> None:
+    """Points in every model space first, then the records, then bytes nothing holds any more.
+
+    In that order a crash half-way leaves what a later look finds again: records (the
+    image is still listed and can be deleted again), or bytes without a record (the
+    collector's, after its grace period).
+    """
+    by_model: dict[str, list[str]] = {}
+    for image in images:
+        for model in filter(None, image.engine.split(",")):
+            by_model.setdefault(model, []).append(image.id)
+    for model, ids in by_model.items():
+        space = await space_for(model)
+        if space is not None:
+            await store.delete(space, ids)
+    await recs.remove_images(images)
+    gate = asyncio.Semaphore(_RELEASES_AT_ONCE)
+
+    async def let_go(sha256: str) -> None:
+        async with gate:
+            try:
+                await release(blobs, sha256, recs.referenced)
+            except BlobError as exc:
+                # The image is gone (points and record): its bytes are the collector's now.
+                log.warning("the original %s stays for the collector: %s", sha256[:12], exc)
+
+    await asyncio.gather(*(let_go(h) for h in dict.fromkeys(i.content_hash for i in images)))
+
+
+class CollectionDeleter:
+    """Hides a collection at once and empties it in the background (see the module's docstring)."""
+
+    def __init__(self, link: GalleryLink, blobs: BlobStore, space_for: SpaceFor,
+                 forget_jobs: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+        self.link = link
+        self.blobs = blobs
+        self.space_for = space_for
+        self.forget_jobs = forget_jobs
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    async def _records(self) -> CollectionRecords:
+        return CollectionRecords((await self.link.gallery()).store)
+
+    async def delete(self, collection: Collection) -> None:
+        """Steps 1 and 2, then step 3 started in the background."""
+        recs = await self._records()
+        where = GalleryFilter(collections=(collection.name,), tenant=collection.tenant)
+        for model in collection.models:
+            space = await self.space_for(model)
+            if space is not None:
+                await recs.store.delete_where(space, where)
+        await recs.mark_deleting(collection)
+        self._start(collection.tenant, collection.name)
+
+    def _start(self, tenant: str, name: str) -> None:
+        key = (tenant, name)
+        running = self._tasks.get(key)
+        if running is not None and not running.done():
+            return
+        task = asyncio.ensure_future(self._empty_logged(tenant, name))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None) if self._tasks.get(key) is task else None)
+
+    async def _empty_logged(self, tenant: str, name: str) -> None:
+        try:
+            await self.empty(tenant, name)
+        except asyncio.CancelledError:
+            raise
+        except (GalleryError, BlobError) as exc:
+            log.warning("emptying the deleted collection %s/%s stopped; the collector finishes it later: %s",
+                        tenant, name, exc)
+        except Exception:
+            log.exception("emptying the deleted collection %s/%s failed; the collector tries again later",
+                          tenant, name)
+
+    async def empty(self, tenant: str, name: str) -> int:
+        """Step 3: every image of a collection marked deleting, then its records; how many images."""
+        recs = await self._records()
+        removed = 0
+        # Always the first page: each round deletes what it read.
+        while images := (await recs.images(tenant, name)).points:
+            await remove_images(recs.store, self.space_for, recs, self.blobs, images)
+            removed += len(images)
+        if self.forget_jobs is not None:
+            await self.forget_jobs(tenant, name)
+        await recs.forget(tenant, name)
+        log.info("deleted collection %s/%s emptied: %d images", tenant, name, removed)
+        return removed
+
+    async def resume(self) -> int:
+        """Empty every collection left marked deleting (a gateway stopped while emptying it);
+        how many were finished here. Run by the collector on its schedule."""
+        recs = await self._records()
+        finished = 0
+        for collection in await recs.deleting():
+            key = (collection.tenant, collection.name)
+            if key in self._tasks:
+                continue  # being emptied by this process already
+            await self.empty(collection.tenant, collection.name)
+            finished += 1
+        return finished
+
+    async def settled(self) -> None:
+        """Return once every collection being emptied by this process is (a shutdown hook, and tests)."""
+        while tasks := [t for t in self._tasks.values() if not t.done()]:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop emptying; the records still say deleting, and the next process finishes them."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
