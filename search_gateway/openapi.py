@@ -44,12 +44,14 @@ def _model_param(models: list[str], default: str) -> dict[str, Any]:
             "description": "A model the embed server serves (GET /models)."}
 
 
-def _search_body(models: list[str], params: list[dict[str, Any]]) -> dict[str, Any]:
+def _search_body(params: list[dict[str, Any]]) -> dict[str, Any]:
     # Spaces are collapsed before the length is checked, so the query needs a visible character.
     text = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"\S",
             "description": "A text query, for a model with a text tower (supports_text in GET /models); "
                            "at most 300 characters."}
-    model = {"type": "string", "enum": models}
+    # Every query parameter may come as a form field too (routes._param; the query string wins).
+    as_fields = {p["name"]: {**p["schema"], **({"description": p["description"]} if "description" in p else {})}
+                 for p in params}
     return {
         # Required but for like=<id>, which the description cannot say; a like search
         # without a body is answered too (an image or text sent with it is not used).
@@ -60,13 +62,15 @@ def _search_body(models: list[str], params: list[dict[str, Any]]) -> dict[str, A
                 "properties": {
                     "file": {"type": "string", "format": "binary", "description": "The query image."},
                     "text": {**text, "description": "Instead of file: a text query."},
-                    # The query parameters may come as form fields too (routes._param).
-                    "embedding_model": model,
+                    **as_fields,
                 },
                 "anyOf": [{"required": ["file"]}, {"required": ["text"]}],
+                # A form holds at most 16 fields (routes._form): only these are described.
+                "additionalProperties": False,
             }},
             "application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["text"],
-                                                             "properties": {"text": text, "embedding_model": model}}},
+                                                             "properties": {"text": text, **as_fields},
+                                                             "additionalProperties": False}},
             _JSON: {"schema": _search_json(text, params)},
         },
     }
@@ -258,13 +262,13 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
         "/search": {"post": {
             "summary": "Search by image (or text); JSON answer when the search ends or its time budget does.",
             "parameters": search_params,
-            "requestBody": _search_body(served, search_params),
+            "requestBody": _search_body(search_params),
             "responses": search_responses,
         }},
         "/search/stream": {"post": {
             "summary": "The same search as NDJSON progress events: caption, candidates, downloaded, ranked, final.",
             "parameters": search_params,
-            "requestBody": _search_body(served, search_params),
+            "requestBody": _search_body(search_params),
             "responses": {**search_responses, "200": {
                 "description": "One JSON object a line; the last has event=final or event=error.",
                 "content": {"application/x-ndjson": {}}}},
