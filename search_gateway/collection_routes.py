@@ -89,7 +89,9 @@ async def list_collections(request: Request) -> Response:
     reindexer = _gateway(request).reindex
     jobs = await reindexer.jobs_of(tenant) if reindexer is not None else {}
     mine = [_describe(c, await recs.count(tenant, c.name), jobs.get(c.name)) for c in await recs.of_tenant(tenant)]
-    return JSONResponse({"collections": [{"name": WEB, "shared": True}, *mine]})
+    limit = _gateway(request).settings.tenant_max_images
+    return JSONResponse({"collections": [{"name": WEB, "shared": True}, *mine],
+                         "usage": {"images": await recs.image_count(tenant), "max_images": limit or None}})
 
 
 async def reindex_collection(request: Request) -> Response:

@@ -29,6 +29,8 @@ from search_gateway.gallery.base import GalleryFilter, GalleryPage, GalleryPoint
 
 META = VectorSpace("collections", "meta-v1", 1)
 _RECORDS = "@collections"
+# The reindex jobs' records (reindex.py): bookkeeping like _RECORDS, not images.
+JOBS = "@reindex"
 _ONE = (1.0,)
 WEB = "web"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
@@ -129,6 +131,11 @@ class CollectionRecords:
 
     async def count(self, tenant: str, name: str) -> int:
         return await self.store.count(META, GalleryFilter(collections=(name,), tenant=tenant))
+
+    async def image_count(self, tenant: str) -> int:
+        """The images of all the tenant's collections (a picture in two counts twice)."""
+        everything = await self.store.count(META, GalleryFilter(tenant=tenant))
+        return everything - await self.store.count(META, GalleryFilter(collections=(_RECORDS, JOBS), tenant=tenant))
 
     async def images(self, tenant: str, name: str, limit: int = PAGE, start: str | None = None) -> GalleryPage:
         """One page of the collection's image records in a stable order (by id); ``start``

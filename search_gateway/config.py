@@ -172,6 +172,8 @@ class GatewaySettings(ServiceSettings):
     blobs_gc_interval_s: NonNegativeFloat = 3600.0
     # A reindex job rewrites its record this often; silent for 6 beats it reads as interrupted.
     reindex_heartbeat_s: PositiveFloat = 10.0
+    # Images one tenant's collections may hold in all (0: no limit): one customer cannot fill the disks.
+    tenant_max_images: NonNegativeInt = 100_000
     # Per POST /collections/{name}/images: inputs (file and url fields) and total bytes.
     collection_max_files: AtLeastOne = 100
     collection_max_bytes: AtLeastOne = 40 * 1024 * 1024

@@ -217,8 +217,11 @@ _SCHEMAS: dict[str, Any] = {
         "collection": {"type": "string"}, "model": {"type": "string"}, "state": {"type": "string"},
         "total": {"type": "integer", "minimum": 0}, "done": {"type": "integer", "minimum": 0},
         "started": {"type": "string", "format": "date-time"}, "updated": {"type": "string", "format": "date-time"}}},
-    "Collections": {"type": "object", "required": ["collections"], "properties": {
-        "collections": {"type": "array", "items": {"$ref": "#/components/schemas/Collection"}}}},
+    "Collections": {"type": "object", "required": ["collections", "usage"], "properties": {
+        "collections": {"type": "array", "items": {"$ref": "#/components/schemas/Collection"}},
+        "usage": {"type": "object", "required": ["images", "max_images"], "properties": {
+            "images": {"type": "integer", "minimum": 0, "description": "Images in all the caller's collections."},
+            "max_images": {"type": ["integer", "null"], "description": "The most they may hold (null: no limit)."}}}}},
     "UploadResults": {"type": "object", "required": ["collection", "results"], "properties": {
         "collection": {"type": "string"},
         "results": {"type": "array", "description": "One entry per file or url field, in order.", "items": {

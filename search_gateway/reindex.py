@@ -38,6 +38,7 @@ from typing import Any
 
 from search_gateway.backends import EmbedClient
 from search_gateway.blobs.base import BlobError, BlobNotFound, BlobStore
+from search_gateway.collections import JOBS as _JOBS
 from search_gateway.collections import META, CollectionRecords
 from search_gateway.errors import Conflict, GatewayError, RateLimited, storage_error
 from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore
@@ -47,7 +48,6 @@ from search_gateway.search.gallery_source import space_of
 
 log = logging.getLogger(__name__)
 
-_JOBS = "@reindex"
 _ONE = (1.0,)
 QUEUED, RUNNING, INDEXED, FAILED, INTERRUPTED = "queued", "reindexing", "indexed", "failed", "interrupted"
 # Jobs accepted but waiting for the one running slot; past it a request is shed (429).

@@ -137,6 +137,7 @@ class Uploader:
                 else:
                     first_of[found.image.sha256] = i
                     pending.append((i, found))
+        pending = await self._within_quota(pending, results)
         for model in self.models:
             await self._embed(model, [c for _, c in pending if c.failed is None])
         for i, c in pending:
@@ -147,6 +148,20 @@ class Uploader:
             results[i] = ({"input": items[i].label, "status": "duplicate", "id": earlier["id"]}
                           if earlier["status"] == "added" else {**earlier, "input": items[i].label})
         return [r for r in results if r is not None]
+
+    async def _within_quota(self, pending: list[tuple[int, _Checked]],
+                            results: list[dict[str, Any] | None]) -> list[tuple[int, _Checked]]:
+        """The new images the tenant still has room for; the rest rejected with the reason.
+        A soft limit: two uploads at once may each take the last room (a few over, not more)."""
+        limit = self.gw.settings.tenant_max_images
+        if not limit or not pending:
+            return pending
+        room = max(0, limit - await self.recs.image_count(self.collection.tenant))
+        for i, c in pending[room:]:
+            results[i] = {"input": c.item.label, "status": "rejected",
+                          "reason": f"Your collections hold the most images this service keeps for one customer "
+                                    f"({limit}); delete some to add others."}
+        return pending[:room]
 
     async def _guarded(self, item: Input, work: Awaitable[_T]) -> _T | dict[str, Any]:
         try:
