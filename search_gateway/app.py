@@ -146,7 +146,8 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                                     settings.embed_batch_bytes, settings.reindex_heartbeat_s)
                 sweep = PointSweep(gallery.link, served_spaces(catalog, gallery.space_for), metrics,
                                    grace_s=settings.blobs_gc_grace_s, tenants=configured_tenants(settings.api_keys))
-                deleter = CollectionDeleter(gallery.link, blobs, gallery.space_for, reindex.forget)
+                deleter = CollectionDeleter(gallery.link, blobs, gallery.space_for,
+                                            release_grace_s=settings.blobs_release_grace_s, forget_jobs=reindex.forget)
                 collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
                                           grace_s=settings.blobs_gc_grace_s, sweep=sweep, deleter=deleter)
                 collector.start()

@@ -41,6 +41,9 @@ from search_gateway.point_sweep import PointSweep
 
 log = logging.getLogger(__name__)
 
+# Seconds after the start before half-deleted collections are looked for.
+_FIRST_RESUME_S = 5.0
+
 
 class BlobCollector:
     """The gateway's background collector; ``start`` it once, ``close`` it on shutdown."""
@@ -72,18 +75,26 @@ class BlobCollector:
                      done.examined)
         return done
 
+    async def _resume_deletions(self) -> None:
+        if self.deleter is None:
+            return
+        try:
+            await self.deleter.resume()
+        except (BlobError, GalleryError) as exc:
+            log.warning("deleted collections: emptying failed, next in %.0f s: %s", self.interval_s, exc)
+        except Exception:
+            log.exception("deleted collections: emptying failed unexpectedly, next in %.0f s", self.interval_s)
+
     async def _loop(self) -> None:
-        # The first run waits one interval: a restart loop must not turn into a listing loop.
+        # Collections a stopped gateway left half-deleted are finished soon after the start
+        # (a scroll of the collection records: cheap); the collection itself waits one
+        # interval, so that a restart loop does not turn into a listing loop.
+        await asyncio.sleep(min(self.interval_s, _FIRST_RESUME_S))
+        await self._resume_deletions()
+        await asyncio.sleep(max(0.0, self.interval_s - _FIRST_RESUME_S))
         while True:
-            await asyncio.sleep(self.interval_s)
-            if self.deleter is not None:
-                # First: the collections it finishes let go of their originals, collected below.
-                try:
-                    await self.deleter.resume()
-                except (BlobError, GalleryError) as exc:
-                    log.warning("deleted collections: emptying failed, next in %.0f s: %s", self.interval_s, exc)
-                except Exception:
-                    log.exception("deleted collections: emptying failed unexpectedly, next in %.0f s", self.interval_s)
+            # First: the collections it finishes let go of their originals, collected below.
+            await self._resume_deletions()
             try:
                 await self.collect_once()
                 self.runs.labels("ok").inc()
@@ -104,6 +115,7 @@ class BlobCollector:
                     log.warning("point sweep: this run failed, next in %.0f s: %s", self.interval_s, exc)
                 except Exception:
                     log.exception("point sweep: this run failed unexpectedly, next in %.0f s", self.interval_s)
+            await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:

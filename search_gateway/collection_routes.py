@@ -126,7 +126,7 @@ async def create_collection(request: Request) -> Response:
     existing = await recs.find(tenant, name)
     if existing is not None and existing.deleting:
         raise Conflict(f"A collection named {name!r} was deleted and is still being emptied; "
-                       "its name is free again in a minute or two.")
+                       "its name is free again once it is: try again later.")
     if existing is not None:
         raise Conflict(f"The collection {name!r} already exists.")
     created = await recs.create(tenant, name)
@@ -213,7 +213,8 @@ async def delete_image(request: Request) -> Response:
     if image is None:
         raise NotFound("There is no such image in this collection.")
     gw = _gateway(request)
-    await remove_images(recs.store, gw.gallery.space_for, recs, gw.blobs, [image])
+    await remove_images(recs.store, gw.gallery.space_for, recs, gw.blobs, [image],
+                        release_grace_s=gw.settings.blobs_release_grace_s)
     return Response(status_code=204)
 
 

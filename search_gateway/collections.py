@@ -121,10 +121,23 @@ class CollectionRecords:
         await self.store.upsert(META, [GalleryPoint(name, _ONE, _RECORDS, tenant, first_seen=now, last_seen=now)])
         return Collection(name, tenant, now, now, ())
 
-    async def touch(self, collection: Collection, models: Sequence[str]) -> None:
-        merged = ",".join(dict.fromkeys([*collection.models, *models]))
+    async def alive(self, collection: Collection) -> bool:
+        """Whether ``collection`` still exists as it was read: not deleted (or being
+        deleted) since, nor deleted and created again under the same name."""
+        current = await self.get(collection.tenant, collection.name)
+        return current is not None and current.created == collection.created
+
+    async def touch(self, collection: Collection, models: Sequence[str]) -> bool:
+        """Add ``models`` to the record and stamp it updated; False, writing nothing, when the
+        collection is gone or being deleted since it was read: a write then would bring it
+        back. (Read, then write: a delete landing between the two is the one race left.)"""
+        current = await self.find(collection.tenant, collection.name)
+        if current is None or current.deleting or current.created != collection.created:
+            return False
+        merged = ",".join(dict.fromkeys([*current.models, *models]))
         await self.store.upsert(META, [GalleryPoint(collection.name, _ONE, _RECORDS, collection.tenant, engine=merged,
-                                                    first_seen=collection.created, last_seen=datetime.now(UTC))])
+                                                    first_seen=current.created, last_seen=datetime.now(UTC))])
+        return True
 
     async def forget(self, tenant: str, name: str) -> None:
         await self.store.delete(META, [GalleryPoint(name, _ONE, _RECORDS, tenant).id])

@@ -168,6 +168,9 @@ class GatewaySettings(ServiceSettings):
     blobs_attempts: AtLeastOne = 3
     # Bytes nothing refers to are kept this long (an upload in progress looks like that).
     blobs_gc_grace_s: NonNegativeFloat = 86400.0
+    # An original deleted with its last image goes at once unless (re)written this recently:
+    # an upload of the same picture may be under way; those bytes are the collector's.
+    blobs_release_grace_s: NonNegativeFloat = 60.0
     # How often the gateway collects those (blob_collector.py); 0: never (another replica does).
     blobs_gc_interval_s: NonNegativeFloat = 3600.0
     # A reindex job rewrites its record this often; silent for 6 beats it reads as interrupted.

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _ONE = (1.0,)
 # Concurrent existence checks per call (a listing has up to 1,000 images).
 _CHECKS_AT_ONCE = 32
+# The longest a listing or a search waits for these checks; past it nothing is hidden.
+_CHECKS_BUDGET_S = 5.0
 # Hashes waiting for removal; past it new ones wait for the next time they are seen.
 _MAX_PENDING = 1000
 
@@ -52,15 +54,27 @@ class Originals:
         an outage must not empty every private result."""
         wanted = list(dict.fromkeys(hashes))
         gate = asyncio.Semaphore(_CHECKS_AT_ONCE)
+        # After one failure the rest are not asked: a bucket that hangs would otherwise hold a
+        # listing of 1,000 images for 1,000 / 32 rounds of its timeouts.
+        down = asyncio.Event()
 
         async def gone(sha256: str) -> bool:
             async with gate:
+                if down.is_set():
+                    return False
                 try:
                     return not await self.blobs.exists(sha256)
-                except BlobError:
+                except BlobError as exc:
+                    if not down.is_set():
+                        log.warning("originals not checked (the blob store failed): %s", exc)
+                    down.set()
                     return False
 
-        answers = await asyncio.gather(*(gone(h) for h in wanted))
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(gone(h) for h in wanted)), _CHECKS_BUDGET_S)
+        except TimeoutError:
+            log.warning("originals not checked: the blob store took over %.0f s", _CHECKS_BUDGET_S)
+            return set()
         return {h for h, absent in zip(wanted, answers, strict=True) if absent}
 
     def remove_later(self, tenant: str, hashes: Iterable[str], seen: Sequence[tuple[str, VectorSpace, str]] = ()) -> None:
@@ -101,7 +115,7 @@ class Originals:
         for record in records:
             for model in filter(None, record.engine.split(",")):
                 by_model.setdefault(model, []).append(record.id)
-        # Points first, records last (as collection_routes._forget): a crash half-way
+        # Points first, records last (as collection_deletion.remove_images): a crash half-way
         # leaves a record that the next look finds again.
         for model, ids in by_model.items():
             current = await self.space_for(model)

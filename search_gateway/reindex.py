@@ -39,8 +39,8 @@ from typing import Any
 from search_gateway.backends import EmbedClient
 from search_gateway.blobs.base import BlobError, BlobNotFound, BlobStore
 from search_gateway.collections import JOBS as _JOBS
-from search_gateway.collections import META, CollectionRecords
-from search_gateway.errors import Conflict, GatewayError, RateLimited, storage_error
+from search_gateway.collections import META, Collection, CollectionRecords
+from search_gateway.errors import BackendUnavailable, Conflict, GatewayError, RateLimited, storage_error
 from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.images import ImageLimits, prepare_in_thread
@@ -177,7 +177,12 @@ class Reindexer:
         return task is not None and not task.done()
 
     async def forget(self, tenant: str, name: str) -> None:
-        """Drop a deleted collection's job records (its running job stops at its next batch)."""
+        """Stop a deleted collection's jobs here (queued or running) and drop their records.
+        (A job on another replica stops at its next batch, which checks the collection.)"""
+        for key, task in list(self._tasks.items()):
+            if key[:2] == (tenant, name):
+                self._current.pop(key, None)  # no heartbeat writes the record back
+                task.cancel()
         store = await self._store()
         jobs = (await self.jobs_of(tenant)).get(name, [])
         if jobs:
@@ -247,15 +252,19 @@ class Reindexer:
         gallery = await self.link.gallery()
         recs = CollectionRecords(gallery.store)
         total = await recs.count(job.tenant, job.collection)
+        collection = await recs.get(job.tenant, job.collection)
+        if collection is None:
+            await self._abandon(job)
+            return
         job = await self._advance(replace(job, state=RUNNING, total=total))
         start: str | None = None
         while True:
             page = await recs.images(job.tenant, job.collection, _PAGE, start)
             for batch in _batches(page.points, self.batch_images):
-                if await recs.get(job.tenant, job.collection) is None:
+                written, skipped = await self._batch(gallery, recs, collection, job, batch)
+                if written < 0:
                     await self._abandon(job)  # deleted meanwhile: nothing to finish, no record to keep
                     return
-                _, skipped = await self._batch(gallery, job, batch)
                 done = job.done + len(batch)
                 # Images added while it runs are walked too (uploads embed with every model anyway).
                 job = await self._advance(replace(job, done=done, total=max(job.total, done),
@@ -263,12 +272,11 @@ class Reindexer:
             if page.next is None:
                 break
             start = page.next
-        collection = await recs.get(job.tenant, job.collection)
-        if collection is None:
+        # Listed as indexed only once every image has a point in the model's space; touch
+        # writes nothing for a collection deleted meanwhile (it would bring it back).
+        if not await recs.touch(collection, [job.model]):
             await self._abandon(job)
             return
-        # Listed as indexed only once every image has a point in the model's space.
-        await recs.touch(collection, [job.model])
         await self._advance(replace(job, state=INDEXED))
 
     async def _abandon(self, job: Job) -> None:
@@ -278,11 +286,13 @@ class Reindexer:
             self._current.pop(key, None)
             await (await self._store()).delete(META, [job.point().id])
 
-    async def _batch(self, gallery: Any, job: Job, batch: Sequence[GalleryPoint]) -> tuple[int, int]:
-        """Embed and write one batch; (written, skipped: original missing or unreadable)."""
-        # Read again just before writing: an image deleted since the listing must not come back.
-        current = [p for p in await gallery.store.retrieve(META, [p.id for p in batch])
-                   if p.tenant == job.tenant and p.collection == job.collection]
+    async def _batch(self, gallery: Any, recs: CollectionRecords, collection: Collection, job: Job,
+                     batch: Sequence[GalleryPoint]) -> tuple[int, int]:
+        """Embed and write one batch; (written, skipped: original missing or unreadable).
+        written is -1 when the collection was deleted (or deleted and created again) meanwhile."""
+        if not await recs.alive(collection):
+            return -1, 0
+        current = await self._current_records(gallery, job, batch)
         skipped = len(batch) - len(current)
         ready: list[tuple[GalleryPoint, bytes]] = []
         for record in current:
@@ -303,19 +313,39 @@ class Reindexer:
             embedded = await self.embed.embed(job.model, [data for _, data in part])
             space = space_of(job.model, embedded.provenance, int(embedded.vectors.shape[1]))
             if space is None:
-                raise GalleryError(f"The embed server did not say which weights {job.model} runs; "
-                                   "nothing more was stored.")
+                raise BackendUnavailable(f"The embed server did not say which weights {job.model} runs; "
+                                         "nothing more was stored.", backend="embed")
+            # Read again right before writing (the embed call took seconds): an image or the
+            # collection deleted since must not come back.
+            if not await recs.alive(collection):
+                return -1, skipped
+            still = {r.id for r in await self._current_records(gallery, job, [r for r, _ in part])}
+            part = [(r, data) for r, data in part if r.id in still]
             # The record names the model before the point exists, so deleting the image
-            # (collection_routes._forget, which deletes by the record's models) never
-            # leaves this point behind.
+            # (collection_deletion.remove_images, by the record's models) never leaves
+            # this point behind.
             await gallery.store.upsert(META, [replace(r, engine=_merged(r.engine, job.model)) for r, _ in part])
             await gallery.remember(space, [
                 GalleryPoint(r.content_hash, tuple(embedded.vectors[i].tolist()), job.collection, job.tenant,
                              urls=r.urls, title=r.title, platform=r.platform, width=r.width, height=r.height,
                              tags=r.tags, first_seen=r.first_seen)
                 for i, (r, _) in enumerate(part)])
+            if not await recs.alive(collection):
+                # Deleted while this wrote: its emptying may have passed these images already.
+                # Their other models' points went with it; these records and points are this
+                # job's to take back (their bytes, held by nothing now, are the collector's).
+                ids = [r.id for r, _ in part]
+                await gallery.store.delete(space, ids)
+                await gallery.store.delete(META, ids)
+                return -1, skipped
             written += len(part)
         return written, skipped
+
+    @staticmethod
+    async def _current_records(gallery: Any, job: Job, batch: Sequence[GalleryPoint]) -> list[GalleryPoint]:
+        """The batch's image records as stored now: one deleted since it was listed is left out."""
+        return [p for p in await gallery.store.retrieve(META, [p.id for p in batch])
+                if p.tenant == job.tenant and p.collection == job.collection]
 
 
 def _key(job: Job) -> tuple[str, str, str]:

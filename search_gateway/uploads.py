@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from search_gateway.blobs.base import BlobError, BlobUnavailable
 from search_gateway.blobs.writes import put_then_index
+from search_gateway.collection_deletion import remove_images
 from search_gateway.collections import Collection, CollectionRecords
 from search_gateway.config import GatewaySettings
 from search_gateway.errors import BadRequest, GatewayError, UploadTooLarge, storage_error
@@ -27,6 +28,10 @@ from search_gateway.images import PreparedImage, prepare_in_thread
 from search_gateway.search.gallery_source import space_of
 
 log = logging.getLogger(__name__)
+
+
+class _CollectionDeleted(Exception):
+    """The collection was deleted while an upload into it was under way."""
 
 MAX_TAGS = 16
 _T = TypeVar("_T")
@@ -226,6 +231,10 @@ class Uploader:
         record = self._record(c)
 
         async def write_points() -> None:
+            # A request embeds for seconds after its collection was found: the collection may
+            # have been deleted since, and writing into it would bring its images back.
+            if not await self.recs.alive(col):
+                raise _CollectionDeleted
             gallery = await gw.gallery.link.gallery()
             for space, point in c.points:
                 await gallery.remember(space, [point])
@@ -233,7 +242,16 @@ class Uploader:
             if not self.touched:
                 self.touched = True
                 await self.recs.touch(col, self.models)
+            if not await self.recs.alive(col):  # deleted while this wrote: its emptying may have passed it
+                await remove_images(self.recs.store, gw.gallery.space_for, self.recs, gw.blobs, [record],
+                                    release_grace_s=gw.settings.blobs_release_grace_s)
+                raise _CollectionDeleted
 
-        await put_then_index(gw.blobs, c.image.sha256, c.data, c.item.content_type, write_points)
+        try:
+            await put_then_index(gw.blobs, c.image.sha256, c.data, c.item.content_type, write_points)
+        except _CollectionDeleted:
+            # Its bytes, if nothing else holds them, are the collector's after the grace.
+            return {"input": c.item.label, "status": "rejected",
+                    "reason": "The collection was deleted while this upload ran; the image was not kept."}
         return {"input": c.item.label, "status": "added", "id": record.id,
                 "thumbnail": self.thumbnail(col.tenant, c.image.sha256)}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from search_gateway.collections import CollectionRecords
 from search_gateway.gallery.base import GalleryError, GalleryHit, GalleryPoint, VectorSpace, point_id
 from search_gateway.gallery.gallery import Gallery
 from search_gateway.gallery.link import GalleryLink
@@ -90,15 +91,20 @@ class GallerySource:
         tenant's); raises GalleryUnavailable (the search goes on without them)."""
         if not tenant:
             raise ValueError("a gallery search needs the caller's tenant")
-        private = None if collections is None else tuple(c for c in collections if c != WEB)
+        if collections is None:
+            # "All of the tenant's" means its live collections, by name: never the points
+            # of one being deleted, nor any an interrupted write left without a collection.
+            private = tuple(c.name for c in await self._ask(lambda g: CollectionRecords(g.store).of_tenant(tenant)))
+        else:
+            private = tuple(c for c in collections if c != WEB)
         # Two store queries, never one filter for both: web points have no tenant, and a
         # private query without its tenant filter would match every tenant's points.
         asks: list[Callable[[Gallery], Awaitable[list[GalleryHit]]]] = []
         if collections is None or WEB in collections:
             asks.append(lambda g: g.find(space, vector, limit=limit, collections=(WEB,), tags=tags,
                                          min_score=min_score))
-        if private is None or private:
-            asks.append(lambda g: g.find(space, vector, limit=limit, collections=private or (), tenant=tenant,
+        if private:
+            asks.append(lambda g: g.find(space, vector, limit=limit, collections=private, tenant=tenant,
                                          tags=tags, min_score=min_score))
 
         async def both(g: Gallery) -> list[GalleryHit]:

@@ -17,8 +17,11 @@ A, B = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
 
 
 def collection_settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path, **more: Any) -> Any:
+    # blobs_release_grace_s=0: these tests delete what they uploaded a second ago and expect
+    # its bytes gone; the grace itself is tested with its default (test_collection_deletion).
+    settings: dict[str, Any] = {"blobs_release_grace_s": 0, **more}
     return gateway_settings(embed.target, scraper.target, site, gallery="on", gallery_path=tmp / "gallery",
-                            blobs_path=tmp / "blobs", api_keys=("studio-a:key-a", "studio-b:key-b"), **more)
+                            blobs_path=tmp / "blobs", api_keys=("studio-a:key-a", "studio-b:key-b"), **settings)
 
 
 class CollectionsClient:
