@@ -12,7 +12,8 @@ replica lists it and a ``kill -9`` leaves it behind. The gateway running a job r
 its record every ``GATEWAY_REINDEX_HEARTBEAT_S`` while it waits or runs; a record still
 saying ``queued`` or ``reindexing`` that nobody rewrote for ``STALE_HEARTBEATS`` beats
 belongs to a gateway that died (or was cut off from the store): every replica lists it
-as ``interrupted``, and the job may be asked again, on any replica. Judging by the
+as ``interrupted``, and the job may be asked again, on any replica. (The replicas' clocks
+must agree to well within those six beats: NTP does.) Judging by the
 heartbeat and not by when a process started keeps a replica started after the job from
 calling a live job on another replica interrupted (and running it twice at once).
 Running a job twice is harmless all the same: point ids are (tenant, collection, hash),

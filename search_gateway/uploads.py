@@ -157,7 +157,9 @@ class Uploader:
     async def _within_quota(self, pending: list[tuple[int, _Checked]],
                             results: list[dict[str, Any] | None]) -> list[tuple[int, _Checked]]:
         """The new images the tenant still has room for; the rest rejected with the reason.
-        A soft limit: two uploads at once may each take the last room (a few over, not more)."""
+        A soft limit: uploads at once may each take the last room, so the tenant may end over
+        it by the new images of the requests in flight (at most GATEWAY_COLLECTION_MAX_FILES
+        each). Images of a collection being deleted count until it is emptied."""
         limit = self.gw.settings.tenant_max_images
         if not limit or not pending:
             return pending
