@@ -230,7 +230,10 @@ _SCHEMAS: dict[str, Any] = {
                 "status": {"type": "string", "enum": ["added", "duplicate", "rejected"]},
                 "id": {"type": "string", "format": "uuid", "description": "added or duplicate: the image's id."},
                 "thumbnail": {"type": "string", "description": "added: a signed thumbnail link."},
-                "reason": {"type": "string", "description": "rejected: why, in a sentence."}}}}}},
+                "reason": {"type": "string", "description": "rejected: why, in a sentence."},
+                "code": {"type": "string", "enum": ["quota_reached"],
+                         "description": "rejected, where a client may act on it: the tenant's quota is reached "
+                                        "(GATEWAY_TENANT_MAX_IMAGES); sending more is pointless until images go."}}}}}},
     "CollectionImage": {"type": "object", "required": ["id", "collection", "sha256", "thumbnail"], "properties": {
         "id": {"type": "string", "format": "uuid"}, "collection": {"type": "string"}, "sha256": {"type": "string"},
         "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},

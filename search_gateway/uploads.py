@@ -34,6 +34,8 @@ class _CollectionDeleted(Exception):
     """The collection was deleted while an upload into it was under way."""
 
 MAX_TAGS = 16
+# A rejection's machine-readable code where a client acts on it: the importer stops sending.
+QUOTA_REACHED = "quota_reached"
 _T = TypeVar("_T")
 
 
@@ -165,7 +167,7 @@ class Uploader:
             return pending
         room = max(0, limit - await self.recs.image_count(self.collection.tenant))
         for i, c in pending[room:]:
-            results[i] = {"input": c.item.label, "status": "rejected",
+            results[i] = {"input": c.item.label, "status": "rejected", "code": QUOTA_REACHED,
                           "reason": f"Your collections hold the most images this service keeps for one customer "
                                     f"({limit}); delete some to add others."}
         return pending[:room]

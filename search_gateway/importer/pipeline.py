@@ -22,6 +22,10 @@ from search_gateway.importer.report import Report
 from search_gateway.importer.sources import Source, walk
 
 _END = None
+# Kept in step with search_gateway/uploads.py QUOTA_REACHED (the importer imports nothing of the server).
+QUOTA_REACHED = "quota_reached"
+_QUOTA_REACHED = ("Not sent: the gateway said your collections are full (its quota of images); delete some, "
+                  "or ask the operator for more, and run again.")
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Importer:
         self.concurrency = concurrency
         self.hash_group = hash_group
         self.seen: dict[bytes, str] = {}
+        # Set once the gateway says the tenant's quota is reached: nothing more is sent.
+        self.quota_reached = False
         self.uploads: asyncio.Queue[Queued | None] = asyncio.Queue(maxsize=max(64, 2 * limits.files))
         self.batches: asyncio.Queue[list[Queued] | None] = asyncio.Queue(maxsize=concurrency)
 
@@ -129,6 +135,12 @@ class Importer:
             await self._send(batch)
 
     async def _send(self, batch: list[Queued]) -> None:
+        if self.quota_reached:
+            # Every further upload would be refused the same way: reported failed, so that a
+            # run after images were deleted (or the quota raised) sends exactly these.
+            for q in batch:
+                self.report.record(q.source.label, "failed", sha256=q.sha256, reason=_QUOTA_REACHED)
+            return
         files: dict[Path, bytes] = {}
         for q in list(batch):
             if q.source.path is not None:
@@ -155,6 +167,8 @@ class Importer:
                 self.report.record(q.source.label, "failed", sha256=q.sha256, reason=str(exc))
             return
         for q, result in zip(batch, results, strict=True):
+            if result.get("code") == QUOTA_REACHED:
+                self.quota_reached = True
             status = str(result.get("status", "failed"))
             self.report.record(q.source.label, status, sha256=q.sha256, id=result.get("id"),
                                reason=result.get("reason"))

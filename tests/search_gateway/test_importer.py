@@ -32,9 +32,9 @@ KEY = {"X-API-Key": "key-a"}
 UPLOADS = 'gateway_requests_total{method="POST",route="/collections/{name}/images",status="200"}'
 
 
-def _settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path) -> Any:
+def _settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path, **more: Any) -> Any:
     return gateway_settings(embed.target, scraper.target, site, gallery="on", gallery_path=tmp / "gallery",
-                            blobs_path=tmp / "blobs", api_keys=("studio-a:key-a", "studio-b:key-b"))
+                            blobs_path=tmp / "blobs", api_keys=("studio-a:key-a", "studio-b:key-b"), **more)
 
 
 async def _import(*args: str, key: str = "key-a") -> int:
@@ -100,6 +100,26 @@ async def test_a_folder_tree_imports_with_its_summary_and_a_second_run_uploads_n
         assert sorted(v["status"] for v in second.values()) == ["rejected", "skipped", "skipped", "skipped", "skipped"]
         assert await _metric(http, gw.url, UPLOADS) == uploads
         assert await _images(http, gw.url, "flash", KEY) == 3
+
+
+async def test_once_the_quota_is_reached_the_importer_stops_sending_and_reports_the_rest_to_send_again(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"{i}.jpg").write_bytes(jpeg(220 + i, (200 + 6 * i, 200)))
+    report = tmp_path / "report.jsonl"
+    settings = _settings(embed, scraper, site, tmp_path, tenant_max_images=3)
+    async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
+        assert await _import(str(folder), "--collection", "archive", "--gateway", gw.url, "--create",
+                             "--batch-files", "2", "--concurrency", "1", "--report", str(report)) == 1
+        outcome = _report(report)
+        statuses = sorted(v["status"] for v in outcome.values())
+        # Two batches of 2 were answered (3 added, 1 refused by the quota); the other 4 were never sent.
+        assert statuses == ["added"] * 3 + ["failed"] * 4 + ["rejected"], outcome
+        assert await _metric(http, gw.url, UPLOADS) == 2
+        assert all("run again" in v["reason"] for v in outcome.values() if v["status"] == "failed")
+        assert await _images(http, gw.url, "archive", KEY) == 3
 
 
 async def test_a_url_list_imports_through_the_gateways_downloader(
