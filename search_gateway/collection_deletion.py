@@ -43,6 +43,7 @@ from dataclasses import replace
 from search_gateway.blobs.base import BlobError, BlobStore
 from search_gateway.blobs.gc import release
 from search_gateway.collections import Collection, CollectionRecords
+from search_gateway.errors import GatewayError
 from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, VectorSpace
 from search_gateway.gallery.link import GalleryLink
 
@@ -109,13 +110,19 @@ class CollectionDeleter:
         recs = await self._records()
         marked = replace(collection, deleting=True)
         await recs.mark_deleting(collection)
-        where = GalleryFilter(collections=(collection.name,), tenant=collection.tenant)
-        for model in collection.models:
-            space = await self.space_for(model)
-            if space is not None:
-                await recs.store.delete_where(space, where)
-        if self.forget_jobs is not None:  # a queued or running job stops now, not at its next batch
-            await self.forget_jobs(collection.tenant, collection.name)
+        # Deleted for its tenant from here on, whatever fails next: the emptying deletes the
+        # points record by record anyway, so a failure here is logged, not answered.
+        try:
+            where = GalleryFilter(collections=(collection.name,), tenant=collection.tenant)
+            for model in collection.models:
+                space = await self.space_for(model)
+                if space is not None:
+                    await recs.store.delete_where(space, where)
+            if self.forget_jobs is not None:  # a queued or running job stops now, not at its next batch
+                await self.forget_jobs(collection.tenant, collection.name)
+        except (GalleryError, GatewayError) as exc:
+            log.warning("deleted collection %s/%s: its points go with the emptying instead: %s",
+                        collection.tenant, collection.name, exc)
         self._start(marked)
 
     def _start(self, collection: Collection) -> None:
