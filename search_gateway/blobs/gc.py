@@ -61,7 +61,9 @@ async def release(
     (``now - older_than_s`` when no cutoff is given); whether it was deleted.
 
     Called right after the last point holding a picture is deleted, so the bytes go at
-    once; an upload of the same picture in progress keeps them (it renewed their age).
+    once. An upload of the same picture in progress keeps them only when ``older_than_s``
+    is longer than its write (its put renewed their age, and its record may land just
+    after ``is_referenced`` answered): the gateway passes GATEWAY_BLOBS_RELEASE_GRACE_S.
     """
     if cutoff is None:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
