@@ -9,12 +9,15 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import uvicorn
 from aiohttp import web
 
@@ -212,3 +215,19 @@ async def run_gateway(settings: GatewaySettings, **app_options: Any) -> AsyncIte
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
+
+
+async def start_gateway_process(env: dict[str, str], url: str, *, polls: int = 600) -> subprocess.Popen[bytes]:
+    """``python -m search_gateway`` as deployed (a process a test may kill -9), once its
+    /health answers; ``env`` is its whole environment. Killed if it never answers."""
+    child = subprocess.Popen([sys.executable, "-m", "search_gateway"], env=env)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(polls):
+            try:
+                async with http.get(f"{url}/health") as resp:
+                    if resp.status == 200:
+                        return child
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+    child.kill()
+    raise AssertionError("the gateway did not start")

@@ -9,8 +9,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,14 @@ import pytest
 from search_gateway.app import create_app
 from search_gateway.gallery_wiring import GalleryStartError
 from tests.search_gateway.conftest import Site, gateway_settings, image_form
-from tests.search_gateway.gateway_support import RunningGateway, embed_server, run_gateway, scraper_server, write_catalog
+from tests.search_gateway.gateway_support import (
+    RunningGateway,
+    embed_server,
+    run_gateway,
+    scraper_server,
+    start_gateway_process,
+    write_catalog,
+)
 from tests.support.background import BackgroundServer, wait_for_health
 from tests.support.images import jpeg
 
@@ -183,20 +188,8 @@ async def test_kill_9_while_upserting_keeps_every_acknowledged_point(
         url = f"http://127.0.0.1:{port}"
         written = "gateway_gallery_points_total{result=\"written\"}"
 
-        async def start() -> subprocess.Popen[bytes]:
-            child = subprocess.Popen([sys.executable, "-m", "search_gateway"], env=env)
-            async with aiohttp.ClientSession() as http:
-                for _ in range(300):
-                    try:
-                        async with http.get(f"{url}/health") as resp:
-                            if resp.status == 200:
-                                return child
-                    except aiohttp.ClientError:
-                        await asyncio.sleep(0.1)
-            child.kill()
-            raise AssertionError("the gateway did not start")
 
-        child = await start()
+        child = await start_gateway_process(env, url, polls=300)
         try:
             async with aiohttp.ClientSession() as http:
                 first = await post(http, url, image_form(jpeg(3, (344, 240))), sources="web", max_results="100")
@@ -214,7 +207,7 @@ async def test_kill_9_while_upserting_keeps_every_acknowledged_point(
             child.wait()
         assert before_kill >= len(acknowledged)
 
-        child = await start()
+        child = await start_gateway_process(env, url, polls=300)
         try:
             async with aiohttp.ClientSession() as http:
                 found = await post(http, url, image_form(jpeg(3, (344, 240))), sources="gallery", max_results="100")

@@ -22,7 +22,7 @@ import pytest
 from search_gateway.images import content_hash
 from search_gateway.importer.__main__ import main as importer_main
 from tests.search_gateway.conftest import Site, gateway_settings
-from tests.search_gateway.gateway_support import run_gateway
+from tests.search_gateway.gateway_support import run_gateway, start_gateway_process
 from tests.support.background import BackgroundServer
 from tests.support.images import encode, jpeg, noise_image
 
@@ -207,21 +207,9 @@ async def test_killing_the_gateway_half_way_then_running_again_leaves_every_imag
                 "--gateway", url, "--create", "--no-progress", "--batch-files", "8", "--concurrency", "2"]
     importer_env = {**os.environ, "TATTOO_API_KEY": "key-a"}
 
-    async def start() -> subprocess.Popen[bytes]:
-        child = subprocess.Popen([sys.executable, "-m", "search_gateway"], env=env)
-        async with aiohttp.ClientSession() as http:
-            for _ in range(600):
-                try:
-                    async with http.get(f"{url}/health") as resp:
-                        if resp.status == 200:
-                            return child
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
-        child.kill()
-        raise AssertionError("the gateway did not start")
 
     first_report, second_report = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    gateway = await start()
+    gateway = await start_gateway_process(env, url)
     try:
         first = subprocess.Popen([*importer, "--retries", "1", "--report", str(first_report)], env=importer_env)
         while first.poll() is None and (not first_report.exists() or
@@ -234,7 +222,7 @@ async def test_killing_the_gateway_half_way_then_running_again_leaves_every_imag
         assert 0 < sum(v["status"] == "added" for v in killed.values()) < 200
         assert any(v["status"] == "failed" for v in killed.values())
 
-        gateway = await start()
+        gateway = await start_gateway_process(env, url)
         second = subprocess.run([*importer, "--report", str(second_report)], env=importer_env, timeout=120,
                                 capture_output=True, text=True)
         assert second.returncode == 0, second.stderr
