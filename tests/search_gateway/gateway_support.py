@@ -231,3 +231,18 @@ async def start_gateway_process(env: dict[str, str], url: str, *, polls: int = 6
                 await asyncio.sleep(0.1)
     child.kill()
     raise AssertionError("the gateway did not start")
+
+
+class CountedScraper:
+    """Counts the gateway's calls to its (real) scraper: whether a search asked the web."""
+
+    def __init__(self, gateway: RunningGateway) -> None:
+        self.calls = 0
+        client = gateway.app.state.gateway.scraper
+        real = client.search
+
+        def search(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        client.search = search

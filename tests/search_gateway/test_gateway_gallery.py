@@ -19,6 +19,7 @@ from search_gateway.app import create_app
 from search_gateway.gallery_wiring import GalleryStartError
 from tests.search_gateway.conftest import Site, gateway_settings, image_form
 from tests.search_gateway.gateway_support import (
+    CountedScraper,
     RunningGateway,
     embed_server,
     run_gateway,
@@ -31,20 +32,6 @@ from tests.support.images import jpeg
 
 pytestmark = pytest.mark.asyncio
 
-
-class Counted:
-    """Counts the gateway's scraper calls (the scraper is real; the count is ours)."""
-
-    def __init__(self, gateway: RunningGateway) -> None:
-        self.calls = 0
-        client = gateway.app.state.gateway.scraper
-        real = client.search
-
-        def search(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            return real(*args, **kwargs)
-
-        client.search = search
 
 
 async def drained(gateway: RunningGateway) -> None:
@@ -73,7 +60,7 @@ async def test_web_search_fills_the_gallery_and_the_gallery_answers_without_the_
             await drained(gw)
             assert gw.app.state.gateway.gallery.writer.written >= len(first["results"])
 
-            counted, downloads = Counted(gw), site.hits.count("/img/")
+            counted, downloads = CountedScraper(gw), site.hits.count("/img/")
             body = await post(http, gw.url, image_form(query), sources="gallery")
             assert counted.calls == 0 and site.hits.count("/img/") == downloads  # no scraper, no download
             best = body["results"][0]

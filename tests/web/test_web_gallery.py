@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from tests.search_gateway.conftest import gateway_settings
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway
+from tests.search_gateway.gateway_support import CountedScraper, RunningGateway, run_gateway
 from tests.support.background import BackgroundServer
 from tests.web.conftest import DesignSite, WebStack
 from tests.web.test_web_page import IMAGE_LOADED, SCREENSHOTS, TIMEOUT_MS
@@ -35,20 +35,6 @@ RECORD_FIRST_CARDS = """() => {
   }).observe(list, { childList: true });
 }"""
 
-
-class CountedScraper:
-    """Counts the gateway's calls to its (real) scraper."""
-
-    def __init__(self, gateway: RunningGateway) -> None:
-        self.calls = 0
-        client = gateway.app.state.gateway.scraper
-        real = client.search
-
-        def search(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            return real(*args, **kwargs)
-
-        client.search = search
 
 
 async def _open_page(browser: Any, stack: WebStack | RunningGateway, **context: Any) -> tuple[Any, list[str]]:
