@@ -12,15 +12,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
-from moto.server import ThreadedMotoServer
 
 from search_gateway.blobs import BlobError, BlobStore, BlobUnavailable, open_blob_store
 from search_gateway.blobs.s3 import S3BlobStore, S3Settings
 from tests.blobs.contract import BlobStoreContract, blob
+from tests.support.moto_s3 import create_bucket, moto_client, moto_endpoint, start_moto
 
 BUCKET = "tattoo-blobs"
 # moto accepts any credentials; these exist only in this test.
@@ -32,14 +31,9 @@ REAL_REGION = os.environ.get("BLOBS_S3_REGION", "us-east-1")
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    client.create_bucket(Bucket=BUCKET)
-    client.close()
+    server = start_moto()
+    url = moto_endpoint(server)
+    create_bucket(url, BUCKET)
     try:
         yield url
     finally:
@@ -112,14 +106,9 @@ async def test_endpoint_that_never_answers_times_out_as_unavailable() -> None:
 
 
 async def test_endpoint_going_away_after_open_is_unavailable() -> None:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    client.create_bucket(Bucket="short-lived")
-    client.close()
+    server = start_moto()
+    url = moto_endpoint(server)
+    create_bucket(url, "short-lived")
     store = await S3BlobStore.open(S3Settings(url=url, bucket="short-lived", connect_timeout_s=1,
                                               read_timeout_s=1, attempts=1, **MOTO_KEYS))
     try:
@@ -143,8 +132,7 @@ async def test_keys_are_fanned_out_under_the_prefix_and_carry_the_content_type(m
     try:
         sha, data = blob(1)
         await store.put(sha, data, "image/webp")
-        client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client = moto_client(moto_url)
         head = client.head_object(Bucket=BUCKET, Key=f"layout/{sha[:2]}/{sha[2:4]}/{sha}")
         client.close()
         assert head["ContentType"] == "image/webp" and head["ContentLength"] == len(data)
@@ -154,8 +142,7 @@ async def test_keys_are_fanned_out_under_the_prefix_and_carry_the_content_type(m
 
 
 async def test_foreign_keys_under_the_prefix_are_not_listed(moto_url: str) -> None:
-    client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = moto_client(moto_url)
     client.put_object(Bucket=BUCKET, Key="foreign/readme.txt", Body=b"hello")
     client.put_object(Bucket=BUCKET, Key="foreign/" + "a" * 64, Body=b"not in a fan-out folder")
     client.close()

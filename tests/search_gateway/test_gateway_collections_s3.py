@@ -38,13 +38,12 @@ from tests.search_gateway.conftest import Site
 from tests.search_gateway.gateway_support import run_gateway
 from tests.support.background import BackgroundServer
 from tests.support.images import jpeg
+from tests.support.moto_s3 import MOTO_KEYS, moto_endpoint, start_moto
 from tests.support.polling import until
 
 pytestmark = pytest.mark.asyncio
 
 ROOT = Path(__file__).resolve().parents[2]
-# moto accepts any credentials; these exist only in this test.
-KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 # A real S3-compatible endpoint for the end-to-end test, as tests/blobs/test_s3_blobs.py
 # takes it (credentials in the standard AWS_* variables, for the gateway and this test).
 REAL_URL = os.environ.get("BLOBS_S3_URL", "")
@@ -60,7 +59,7 @@ class Bucket:
     name: str
     prefix: str = "originals/"
     region: str = "us-east-1"
-    keys: tuple[tuple[str, str], ...] = tuple(KEYS.items())  # empty: the AWS_* variables
+    keys: tuple[tuple[str, str], ...] = tuple(MOTO_KEYS.items())  # empty: the AWS_* variables
 
     def client(self) -> Any:
         return boto3.client("s3", endpoint_url=self.url, region_name=self.region, **dict(self.keys),
@@ -87,17 +86,6 @@ class Bucket:
                          blobs_connect_timeout_s=1.0)
 
 
-def _moto(port: int = 0) -> ThreadedMotoServer:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    return server
-
-
-def _url(server: ThreadedMotoServer) -> str:
-    host, port = server.get_host_and_port()
-    return f"http://{host}:{port}"
-
-
 def _new_bucket(url: str) -> Bucket:
     """A moto bucket of the test's own: moto keeps every server's buckets in one process-wide state."""
     bucket = Bucket(url, f"gw-{uuid.uuid4().hex[:16]}")
@@ -109,9 +97,9 @@ def _new_bucket(url: str) -> Bucket:
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    server = _moto()
+    server = start_moto()
     try:
-        yield _url(server)
+        yield moto_endpoint(server)
     finally:
         server.stop()
 
@@ -119,8 +107,8 @@ def moto_url() -> Iterator[str]:
 @pytest.fixture
 def moto_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # What an operator exports for the gateway; no profile or file of this machine may interfere.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["aws_secret_access_key"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", MOTO_KEYS["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", MOTO_KEYS["aws_secret_access_key"])
     for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
@@ -218,13 +206,13 @@ class Outage:
 
     def come_back(self) -> None:
         # Same address, same buckets: moto keeps its state per process, not per server.
-        self.moto = _moto(int(self.port))
+        self.moto = start_moto(int(self.port))
 
 
 @contextlib.asynccontextmanager
 async def _outage(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp: Path) -> AsyncIterator[Outage]:
-    server = _moto()
-    bucket = _new_bucket(_url(server))
+    server = start_moto()
+    bucket = _new_bucket(moto_endpoint(server))
     kept = jpeg(140, (250, 230))
     outage: Outage | None = None
     try:
