@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
@@ -75,15 +76,22 @@ class BlobCollector:
                      done.examined)
         return done
 
-    async def _resume_deletions(self) -> None:
-        if self.deleter is None:
-            return
+    async def _step(self, what: str, work: Callable[[], Awaitable[object]]) -> bool:
+        """One step of a run, on its own: whether it succeeded. A storage or backend outage
+        is a warning; anything else is a bug, logged with its trace. Neither ends the loop
+        (one step failing must not keep the others from running, now or next time)."""
         try:
-            await self.deleter.resume()
-        except (BlobError, GalleryError) as exc:
-            log.warning("deleted collections: emptying failed, next in %.0f s: %s", self.interval_s, exc)
+            await work()
+            return True
+        except (BlobError, GalleryError, GatewayError) as exc:
+            log.warning("%s: this run failed, next in %.0f s: %s", what, self.interval_s, exc)
         except Exception:
-            log.exception("deleted collections: emptying failed unexpectedly, next in %.0f s", self.interval_s)
+            log.exception("%s: this run failed unexpectedly, next in %.0f s", what, self.interval_s)
+        return False
+
+    async def _resume_deletions(self) -> None:
+        if self.deleter is not None:
+            await self._step("deleted collections", self.deleter.resume)
 
     async def _loop(self) -> None:
         # Collections a stopped gateway left half-deleted are finished soon after the start
@@ -93,28 +101,12 @@ class BlobCollector:
         await self._resume_deletions()
         await asyncio.sleep(max(0.0, self.interval_s - _FIRST_RESUME_S))
         while True:
-            # First: the collections it finishes let go of their originals, collected below.
+            # First: the collections it finishes let go of their originals, collected next.
             await self._resume_deletions()
-            try:
-                await self.collect_once()
-                self.runs.labels("ok").inc()
-            except (BlobError, GalleryError) as exc:
-                # The store or the bucket is down: the next interval tries again.
-                self.runs.labels("failed").inc()
-                log.warning("blob collector: this run failed, next in %.0f s: %s", self.interval_s, exc)
-            except Exception:
-                # A bug must not end the loop for the life of the process: logged, tried again.
-                self.runs.labels("failed").inc()
-                log.exception("blob collector: this run failed unexpectedly, next in %.0f s", self.interval_s)
+            collected = await self._step("blob collector", self.collect_once)
+            self.runs.labels("ok" if collected else "failed").inc()
             if self.sweep is not None:
-                # Its own try: a bucket that is down must not keep the store's leftovers.
-                try:
-                    await self.sweep.sweep_once()
-                except (GalleryError, GatewayError) as exc:
-                    # The store, or the embed server that names the models' spaces, is down.
-                    log.warning("point sweep: this run failed, next in %.0f s: %s", self.interval_s, exc)
-                except Exception:
-                    log.exception("point sweep: this run failed unexpectedly, next in %.0f s", self.interval_s)
+                await self._step("point sweep", self.sweep.sweep_once)
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:
