@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from search_gateway.gallery.base import GalleryFilter, GalleryPage, GalleryPoint, GalleryStore, VectorSpace
+from search_gateway.gallery.base import GalleryFilter, GalleryPage, GalleryPoint, GalleryStore, VectorSpace, pages
 
 META = VectorSpace("collections", "meta-v1", 1)
 _RECORDS = "@collections"
@@ -80,14 +80,7 @@ class CollectionRecords:
 
     async def _all(self, spec: GalleryFilter) -> list[GalleryPoint]:
         """Every record matching ``spec``, page by page (a tenant's collections: a short list)."""
-        found: list[GalleryPoint] = []
-        start: str | None = None
-        while True:
-            page = await self.store.scroll(META, limit=PAGE, filter=spec, start=start)
-            found += page.points
-            if page.next is None:
-                return found
-            start = page.next
+        return [point async for page in pages(self.store, META, spec, page=PAGE) for point in page]
 
     async def of_tenant(self, tenant: str) -> list[Collection]:
         found = [_collection(p) for p in await self._all(GalleryFilter(collections=(_RECORDS,), tenant=tenant))]

@@ -22,12 +22,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from search_gateway.blobs.base import BlobError, BlobStore
 from search_gateway.collections import META
-from search_gateway.gallery.base import GalleryError, GalleryFilter, VectorSpace
+from search_gateway.gallery.base import GalleryError, GalleryFilter, VectorSpace, pages
 from search_gateway.gallery.link import GalleryLink
 
 log = logging.getLogger(__name__)
 
-_ONE = (1.0,)
 # Concurrent existence checks per call (a listing has up to 1,000 images).
 _CHECKS_AT_ONCE = 32
 # The longest a listing or a search waits for these checks; past it nothing is hidden.
@@ -105,9 +104,8 @@ class Originals:
         if not gone:
             return 0
         store = (await self.link.gallery()).store
-        records = [hit.point for hit in await store.search(
-            META, _ONE, limit=1000, filter=GalleryFilter(tenant=tenant, content_hashes=tuple(gone)))
-            if hit.point.tenant == tenant and not hit.point.collection.startswith("@")]
+        records = [p async for page in pages(store, META, GalleryFilter(tenant=tenant, content_hashes=tuple(gone)))
+                   for p in page if p.tenant == tenant and not p.collection.startswith("@")]
         by_space: dict[VectorSpace, list[str]] = {}
         for space, id in points:  # an upload cut short before its record has points only
             by_space.setdefault(space, []).append(id)

@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
 
 from search_gateway.collections import META, CollectionRecords
-from search_gateway.gallery.base import GalleryFilter, GalleryPoint, GalleryStore, VectorSpace
+from search_gateway.gallery.base import GalleryFilter, GalleryPoint, GalleryStore, VectorSpace, pages
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.metrics import Metrics
 from search_gateway.models import ModelCatalog
@@ -111,7 +111,7 @@ class PointSweep:
         examined, deleted = 0, Tally[str]()
         for space in spaces:
             for tenant in tenants:
-                async for batch in _pages(store, space, GalleryFilter(tenant=tenant), self.page):
+                async for batch in pages(store, space, GalleryFilter(tenant=tenant), page=self.page):
                     # The filter is the engine's; the tenant check is ours: never a public point.
                     mine = [p for p in batch if p.tenant == tenant]
                     examined += len(mine)
@@ -144,15 +144,3 @@ def _older(point: GalleryPoint, cutoff: datetime) -> bool:
     # A point with no date (never written through Gallery.remember) is never guessed old.
     written = point.last_seen or point.first_seen
     return written is not None and written < cutoff
-
-
-async def _pages(store: GalleryStore, space: VectorSpace, spec: GalleryFilter | None,
-                 page: int) -> AsyncIterator[list[GalleryPoint]]:
-    # Deleting points of a page before asking the next is safe: the cursor is an id, in id order.
-    start: str | None = None
-    while True:
-        got = await store.scroll(space, limit=page, filter=spec, start=start)
-        yield got.points
-        if got.next is None:
-            return
-        start = got.next

@@ -42,7 +42,7 @@ from search_gateway.blobs.base import BlobError, BlobNotFound, BlobStore
 from search_gateway.collections import JOBS as _JOBS
 from search_gateway.collections import META, Collection, CollectionRecords
 from search_gateway.errors import BackendUnavailable, Conflict, GatewayError, RateLimited, storage_error
-from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore
+from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, pages
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.images import ImageLimits, prepare_in_thread
 from search_gateway.search.gallery_source import space_of
@@ -153,17 +153,12 @@ class Reindexer:
         """The tenant's job records by collection name, as a person should read them."""
         store = await self._store()
         found: dict[str, list[Job]] = {}
-        start: str | None = None
-        while True:
-            page = await store.scroll(META, limit=_PAGE, filter=GalleryFilter(collections=(_JOBS,), tenant=tenant),
-                                      start=start)
-            for point in page.points:
+        async for page in pages(store, META, GalleryFilter(collections=(_JOBS,), tenant=tenant), page=_PAGE):
+            for point in page:
                 if point.tenant == tenant:
                     job = self._seen_here(_job(point))
                     found.setdefault(job.collection, []).append(job)
-            if page.next is None:
-                return found
-            start = page.next
+        return found
 
     def _seen_here(self, job: Job) -> Job:
         silent = datetime.now(UTC) - job.updated

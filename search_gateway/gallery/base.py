@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -144,6 +144,19 @@ class GalleryPage:
 
     points: list[GalleryPoint]
     next: str | None
+
+
+async def pages(store: GalleryStore, space: VectorSpace, filter: GalleryFilter | None = None, *,
+                page: int = 1000) -> AsyncIterator[list[GalleryPoint]]:
+    """Every point matching ``filter``, a scroll page at a time. Deleting points of a page
+    before asking for the next is safe: the cursor is an id, and pages go in id order."""
+    start: str | None = None
+    while True:
+        got = await store.scroll(space, limit=page, filter=filter, start=start)
+        yield got.points
+        if got.next is None:
+            return
+        start = got.next
 
 
 @runtime_checkable
