@@ -106,6 +106,11 @@ class GalleryPoint:
     height: int | None = None
     # Machine style/subject tags and their scores.
     tags: Mapping[str, float] = field(default_factory=dict)
+    # Size of the original, for a tenant's byte quota (private images and quota entries only).
+    bytes: int | None = None
+    # An opaque token that every write of a bookkeeping record renews, so a conditional write
+    # (GalleryStore.insert, GalleryStore.replace_if) can tell whose write is stored.
+    revision: str = ""
 
     @property
     def id(self) -> str:
@@ -169,6 +174,20 @@ class GalleryStore(Protocol):
 
     async def upsert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
         """Insert or replace whole points; when it returns they are durable."""
+
+    async def insert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
+        """Write the points whose id is not stored yet; a stored point is left exactly as it is.
+        Atomic per point in the engine: of writers racing for one id, one wins, whatever the
+        replica, and each learns which by reading back its ``revision``."""
+
+    async def replace_if(self, space: VectorSpace, point: GalleryPoint, revision: str) -> None:
+        """Replace ``point`` only if it is stored with ``revision`` (a compare-and-set, atomic
+        in the engine); a point missing, or rewritten since it was read, is left as it is.
+        Reading back the new revision tells the caller whether it won."""
+
+    async def facet(self, space: VectorSpace, key: str, filter: GalleryFilter | None = None) -> dict[str | int, int]:
+        """How many points matching ``filter`` hold each value of ``key`` (one of
+        schema.FACETS: a payload field with an index), exactly, in one call to the engine."""
 
     async def delete(self, space: VectorSpace, ids: Sequence[str]) -> None:
         """Remove points by id; unknown ids are ignored."""

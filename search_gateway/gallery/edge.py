@@ -50,6 +50,7 @@ from search_gateway.gallery.schema import (
     PAYLOAD_INDEXES,
     checked_vector,
     engine_ids,
+    facet_key,
     page_limit,
     query_vector,
     require_narrow,
@@ -129,6 +130,13 @@ def _edge_filter(spec: GalleryFilter | None) -> qe.Filter | None:
     if spec.urls:
         must.append(qe.FieldCondition("urls", match=qe.MatchAny(list(spec.urls))))
     return qe.Filter(must=must)
+
+
+def _revision_is(revision: str) -> qe.Filter:
+    # A record written before revisions existed has none: it matches "".
+    if not revision:
+        return qe.Filter(must=[qe.IsEmptyCondition("revision")])
+    return qe.Filter(must=[qe.FieldCondition("revision", match=qe.MatchValue(revision))])
 
 
 def _engine_config(space: VectorSpace, hnsw: qe.HnswIndexConfig | None) -> qe.EdgeConfig:
@@ -214,7 +222,9 @@ def _ensure_indexes(engine: qe.EdgeShard) -> None:
     present = set(engine.info().payload_schema)
     for index in PAYLOAD_INDEXES:
         if index.field not in present:
-            params = qe.KeywordIndexParams(is_tenant=index.is_tenant, enable_hnsw=index.enable_hnsw)
+            params: Any = (qe.IntegerIndexParams(lookup=True, range=False, enable_hnsw=index.enable_hnsw)
+                           if index.integer else
+                           qe.KeywordIndexParams(is_tenant=index.is_tenant, enable_hnsw=index.enable_hnsw))
             engine.update(qe.UpdateOperation.create_field_index(index.field, params))
 
 
@@ -323,9 +333,36 @@ class EdgeGalleryStore:
     async def upsert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
         if not points:
             return
-        batch = [qe.Point(point.id, {IMAGE_VECTOR: checked_vector(space, point)}, to_payload(point)) for point in points]
+        batch = self._points(space, points)
         shard = await self._shard_for_write(space)
         await shard.call(lambda engine: engine.update(qe.UpdateOperation.upsert_points(batch)))
+
+    def _points(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> list[qe.Point]:
+        return [qe.Point(p.id, {IMAGE_VECTOR: checked_vector(space, p)}, to_payload(p)) for p in points]
+
+    async def insert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
+        if not points:
+            return
+        batch = self._points(space, points)
+        shard = await self._shard_for_write(space)
+        await shard.call(lambda engine: engine.update(
+            qe.UpdateOperation.upsert_points(batch, update_mode=qe.UpdateMode.InsertOnly)))
+
+    async def replace_if(self, space: VectorSpace, point: GalleryPoint, revision: str) -> None:
+        batch = self._points(space, [point])
+        shard = self._shards.get(space.name)
+        if shard is None:
+            return  # nothing stored: nothing to replace
+        await shard.call(lambda engine: engine.update(qe.UpdateOperation.upsert_points(
+            batch, condition=_revision_is(revision), update_mode=qe.UpdateMode.UpdateOnly)))
+
+    async def facet(self, space: VectorSpace, key: str, filter: GalleryFilter | None = None) -> dict[str | int, int]:
+        request = qe.FacetRequest(facet_key(key), limit=100_000, exact=True, filter=_edge_filter(filter))
+        shard = self._shards.get(space.name)
+        if shard is None:
+            return {}
+        found = await shard.call(lambda engine: engine.facet(request))
+        return {hit.value: int(hit.count) for hit in found.hits}
 
     async def delete(self, space: VectorSpace, ids: Sequence[str]) -> None:
         shard = self._shards.get(space.name)

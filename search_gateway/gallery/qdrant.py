@@ -31,8 +31,10 @@ from search_gateway.gallery.base import (
 )
 from search_gateway.gallery.schema import (
     PAYLOAD_INDEXES,
+    PayloadIndex,
     checked_vector,
     engine_ids,
+    facet_key,
     page_limit,
     query_vector,
     require_narrow,
@@ -63,6 +65,21 @@ def _qdrant_filter(spec: GalleryFilter | None) -> qm.Filter | None:
     if spec.urls:
         must.append(qm.FieldCondition(key="urls", match=qm.MatchAny(any=list(spec.urls))))
     return qm.Filter(must=must)
+
+
+def _revision_is(revision: str) -> qm.Filter:
+    # A record written before revisions existed has none: it matches "".
+    if not revision:
+        return qm.Filter(must=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key="revision"))])
+    return qm.Filter(must=[qm.FieldCondition(key="revision", match=qm.MatchValue(value=revision))])
+
+
+def _index_schema(index: PayloadIndex) -> Any:
+    if index.integer:
+        return qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=False,
+                                     enable_hnsw=index.enable_hnsw)
+    return qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=index.is_tenant,
+                                 enable_hnsw=index.enable_hnsw)
 
 
 class QdrantGalleryStore:
@@ -129,9 +146,24 @@ class QdrantGalleryStore:
             return True
         if await self._guard(self._client.collection_exists(name)):
             await self._check(space)
+            await self._index(name, missing_only=True)
             self._known.add(name)
             return True
         return False
+
+    async def _index(self, name: str, *, missing_only: bool) -> None:
+        """Create the payload indexes; with ``missing_only``, those a collection made by an
+        older version lacks (the size classes of the byte quota, for one)."""
+        if self._local:  # local mode has no payload indexes (and warns)
+            return
+        present: set[str] = set()
+        if missing_only:
+            info = await self._guard(self._client.get_collection(name))
+            present = set(info.payload_schema or {})
+        for index in PAYLOAD_INDEXES:
+            if index.field not in present:
+                await self._guard(self._client.create_payload_index(name, index.field,
+                                                                    field_schema=_index_schema(index)))
 
     async def _check(self, space: VectorSpace) -> None:
         name = self._collection(space)
@@ -160,25 +192,46 @@ class QdrantGalleryStore:
             # Another gateway replica may have created it first.
             if not await self._guard(self._client.collection_exists(name)):
                 raise
-        if not self._local:  # local mode has no payload indexes (and warns)
-            for index in PAYLOAD_INDEXES:
-                schema = qm.KeywordIndexParams(
-                    type=qm.KeywordIndexType.KEYWORD, is_tenant=index.is_tenant, enable_hnsw=index.enable_hnsw
-                )
-                await self._guard(self._client.create_payload_index(name, index.field, field_schema=schema))
+        await self._index(name, missing_only=False)
         await self._check(space)
         self._known.add(name)
         return name
 
+    @staticmethod
+    def _points(space: VectorSpace, points: Sequence[GalleryPoint]) -> list[qm.PointStruct]:
+        return [qm.PointStruct(id=p.id, vector={IMAGE_VECTOR: checked_vector(space, p)}, payload=to_payload(p))
+                for p in points]
+
     async def upsert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
         if not points:
             return
-        batch = [
-            qm.PointStruct(id=point.id, vector={IMAGE_VECTOR: checked_vector(space, point)}, payload=to_payload(point))
-            for point in points
-        ]
+        batch = self._points(space, points)
         name = await self._ensure(space)
         await self._guard(self._client.upsert(name, points=batch, wait=True))
+
+    async def insert(self, space: VectorSpace, points: Sequence[GalleryPoint]) -> None:
+        # update_mode needs a Qdrant server 1.18 or newer (docs/gateway.md, "Quotas, and writes of several replicas at once").
+        if not points:
+            return
+        batch = self._points(space, points)
+        name = await self._ensure(space)
+        await self._guard(self._client.upsert(name, points=batch, wait=True, update_mode=qm.UpdateMode.INSERT_ONLY))
+
+    async def replace_if(self, space: VectorSpace, point: GalleryPoint, revision: str) -> None:
+        batch = self._points(space, [point])
+        if not await self._exists(space):
+            return  # nothing stored: nothing to replace
+        await self._guard(self._client.upsert(self._collection(space), points=batch, wait=True,
+                                              update_filter=_revision_is(revision),
+                                              update_mode=qm.UpdateMode.UPDATE_ONLY))
+
+    async def facet(self, space: VectorSpace, key: str, filter: GalleryFilter | None = None) -> dict[str | int, int]:
+        field = facet_key(key)
+        if not await self._exists(space):
+            return {}
+        answer = await self._guard(self._client.facet(self._collection(space), field, facet_filter=_qdrant_filter(filter),
+                                                      limit=100_000, exact=True))
+        return {hit.value: int(hit.count) for hit in answer.hits}
 
     async def delete(self, space: VectorSpace, ids: Sequence[str]) -> None:
         if not ids or not await self._exists(space):

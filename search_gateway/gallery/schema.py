@@ -6,6 +6,7 @@ the same from a server (and a later migration is a copy, not a transformation).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,14 +18,17 @@ from search_gateway.gallery.base import IMAGE_VECTOR, GalleryFilter, GalleryHit,
 # Bumped when the payload layout changes incompatibly; stored in every point so a
 # reader can tell old points from new ones.
 PAYLOAD_VERSION = 1
+SIZE_CLASS = "size_class"
 
 
 
 @dataclass(frozen=True)
-class KeywordIndex:
-    """A payload index on a field that filters use."""
+class PayloadIndex:
+    """A payload index on a field that filters (or facets) use."""
 
     field: str
+    # An integer field (counted by value in facets) rather than a keyword.
+    integer: bool = False
     # The tenant key: Qdrant co-locates each tenant's points.
     is_tenant: bool = False
     # Extra HNSW links per value, so filtered searches stay connected. Worth building
@@ -33,14 +37,33 @@ class KeywordIndex:
     enable_hnsw: bool = True
 
 
-PAYLOAD_INDEXES: tuple[KeywordIndex, ...] = (
-    KeywordIndex("collection"),
-    KeywordIndex("tenant", is_tenant=True),
-    KeywordIndex("tags", enable_hnsw=False),
-    KeywordIndex("content_hash", enable_hnsw=False),
+PAYLOAD_INDEXES: tuple[PayloadIndex, ...] = (
+    PayloadIndex("collection"),
+    PayloadIndex("tenant", is_tenant=True),
+    PayloadIndex("tags", enable_hnsw=False),
+    PayloadIndex("content_hash", enable_hnsw=False),
     # Asked for every web candidate before it is downloaded (is this URL known?).
-    KeywordIndex("urls", enable_hnsw=False),
+    PayloadIndex("urls", enable_hnsw=False),
+    # A tenant's bytes, summed by class in one facet (size_class below).
+    PayloadIndex(SIZE_CLASS, integer=True, enable_hnsw=False),
 )
+# The fields GalleryStore.facet counts by: each needs its index above.
+FACETS = frozenset({"collection", SIZE_CLASS})
+
+# Sizes are kept in classes 10% wide so that one facet can add up a tenant's bytes (no engine
+# sums a payload field): class k holds sizes up to 1.1**k, so a sum read from the classes is
+# at most 10% over the truth, never under.
+_CLASS_STEP = math.log(1.1)
+
+
+def size_class(size: int) -> int:
+    """The class of ``size`` bytes: the smallest k with size <= 1.1**k."""
+    return 0 if size <= 1 else math.ceil(math.log(size) / _CLASS_STEP - 1e-9)
+
+
+def class_bytes(k: int) -> int:
+    """The most bytes a point of size class ``k`` stands for (what a sum counts)."""
+    return math.floor(math.exp(k * _CLASS_STEP) + 1e-6)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -73,6 +96,10 @@ def to_payload(point: GalleryPoint) -> dict[str, Any]:
         # Names alone for filtering (keyword index), scores beside them.
         "tags": sorted(point.tags),
         "tag_scores": {name: float(score) for name, score in point.tags.items()},
+        "bytes": point.bytes,
+        SIZE_CLASS: size_class(point.bytes) if point.bytes is not None else None,
+        # None, not "": a record written before revisions existed reads the same (IsEmpty matches both).
+        "revision": point.revision or None,
     }
 
 
@@ -92,6 +119,8 @@ def from_payload(payload: Mapping[str, Any], vector: list[float] | None) -> Gall
         width=payload.get("width"),
         height=payload.get("height"),
         tags={str(k): float(v) for k, v in (payload.get("tag_scores") or {}).items()},
+        bytes=payload.get("bytes"),
+        revision=payload.get("revision") or "",
     )
 
 
@@ -132,6 +161,13 @@ def page_limit(limit: int) -> int:
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"a scroll page holds 1 to {MAX_PAGE} points, not {limit}")
     return limit
+
+
+def facet_key(key: str) -> str:
+    """A facet's field, checked (the caller's bug otherwise: an unindexed field cannot be counted)."""
+    if key not in FACETS:
+        raise ValueError(f"facets count by one of {sorted(FACETS)}, not {key!r}")
+    return key
 
 
 def query_vector(vector: Sequence[float]) -> list[float]:

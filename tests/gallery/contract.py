@@ -216,3 +216,40 @@ class GalleryStoreContract:
         with pytest.raises(ValueError, match="limit"):
             await gallery.find(SPACE, unit(1), limit=0)
         assert await gallery.count(SPACE) == 0
+
+    async def test_insert_writes_only_points_not_stored_yet(self, store: GalleryStore) -> None:
+        first = sample_point(110, collection="@c", tenant="a", revision="r1", title="first")
+        await store.insert(SPACE, [first])
+        await store.insert(SPACE, [sample_point(110, collection="@c", tenant="a", revision="r2", title="second"),
+                                   sample_point(111, collection="@c", tenant="a", revision="r3")])
+        found = {p.content_hash: p for p in await store.retrieve(SPACE, [first.id, point_id("@c", "sha256-0111", "a")])}
+        assert (found["sha256-0110"].revision, found["sha256-0110"].title) == ("r1", "first")  # left as it was
+        assert found["sha256-0111"].revision == "r3"
+
+    async def test_replace_if_writes_only_over_the_revision_it_was_given(self, store: GalleryStore) -> None:
+        point = sample_point(112, collection="@c", tenant="a", revision="r1")
+        await store.replace_if(SPACE, point, "r1")  # a space never written: nothing to replace
+        assert await store.count(SPACE) == 0
+        await store.upsert(SPACE, [point])
+        await store.replace_if(SPACE, sample_point(112, collection="@c", tenant="a", revision="r2", title="b"), "r1")
+        await store.replace_if(SPACE, sample_point(112, collection="@c", tenant="a", revision="r3", title="c"), "r1")
+        [back] = await store.retrieve(SPACE, [point.id])
+        assert (back.revision, back.title) == ("r2", "b")  # the second writer read r1, stale by then
+        await store.delete(SPACE, [point.id])
+        await store.replace_if(SPACE, point, "r2")  # never brings a deleted point back
+        assert await store.retrieve(SPACE, [point.id]) == []
+        legacy = sample_point(113, collection="@c", tenant="a")  # no revision: written before they existed
+        await store.upsert(SPACE, [legacy])
+        await store.replace_if(SPACE, sample_point(113, collection="@c", tenant="a", revision="r9"), "")
+        assert [p.revision for p in await store.retrieve(SPACE, [legacy.id])] == ["r9"]
+
+    async def test_facet_counts_points_by_value_under_a_filter(self, store: GalleryStore) -> None:
+        await store.upsert(SPACE, [sample_point(n, collection="flash", tenant="a", bytes=1000) for n in range(120, 123)])
+        await store.upsert(SPACE, [sample_point(n, collection="other", tenant="a", bytes=5000) for n in range(123, 125)])
+        await store.upsert(SPACE, [sample_point(n, collection="flash", tenant="b", bytes=7) for n in range(125, 127)])
+        assert await store.facet(SPACE, "collection", GalleryFilter(tenant="a")) == {"flash": 3, "other": 2}
+        classes = await store.facet(SPACE, "size_class", GalleryFilter(tenant="a"))
+        assert sorted(classes.values()) == [2, 3] and len(classes) == 2
+        assert await store.facet(VectorSpace("never", "written", DIM), "collection") == {}
+        with pytest.raises(ValueError, match="facets"):
+            await store.facet(SPACE, "title")
