@@ -48,6 +48,8 @@ SPACE = VectorSpace("clip", "bench-delete", 512)
 async def fill(recs: CollectionRecords, blobs: BlobStore, n: int, salt: str) -> None:
     """A collection of ``n`` images as uploads leave it: original, point, record."""
     collection = await recs.create(TENANT, NAME)
+    if collection is None:
+        raise RuntimeError(f"the bench's collection {NAME!r} exists already in this store")
     await recs.touch(collection, [SPACE.model])
     rng = np.random.default_rng(0)
     for lo in range(0, n, 250):

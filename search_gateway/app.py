@@ -46,6 +46,7 @@ from search_gateway.models import ModelCatalog
 from search_gateway.netguard import parse_allowlist
 from search_gateway.orphans import Originals
 from search_gateway.point_sweep import PointSweep, configured_tenants, served_spaces
+from search_gateway.quota import Limits, Quota
 from search_gateway.reindex import Reindexer
 from search_gateway.requestid import RequestIdMiddleware, install_log_stamp
 from search_gateway.search.download import CandidateDownloads
@@ -74,6 +75,8 @@ class Gateway:
     signer: ThumbnailSigner
     captions: CaptionChain
     image_limits: ImageLimits
+    # A tenant's limits, reserved before the work (images, bytes, collections).
+    quota: Quota
     gallery: GallerySource | None = None
     # Uploaded originals of private collections; None when the gallery is off.
     blobs: BlobStore | None = None
@@ -149,12 +152,15 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                 deleter = CollectionDeleter(gallery.link, blobs, gallery.space_for,
                                             release_grace_s=settings.blobs_release_grace_s, forget_jobs=reindex.forget)
                 collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
-                                          grace_s=settings.blobs_gc_grace_s, sweep=sweep, deleter=deleter)
+                                          grace_s=settings.blobs_gc_grace_s, sweep=sweep, deleter=deleter,
+                                          reservation_ttl_s=settings.quota_reservation_ttl_s)
                 collector.start()
                 originals = gallery.originals = Originals(blobs, gallery.link, gallery.space_for)
             pipeline = dataclasses.replace(pipeline, gallery=gallery)
             yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
                           ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits,
+                          Quota(Limits(settings.tenant_max_images, settings.tenant_max_bytes,
+                                       settings.tenant_max_collections)),
                           gallery, blobs, reindex, deleter)
     finally:
         if collector is not None:

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
+from search_gateway import quota
 from search_gateway.blobs.base import BlobError, BlobStore
 from search_gateway.blobs.gc import Collected, collect_garbage
 from search_gateway.collection_deletion import CollectionDeleter
@@ -50,13 +51,15 @@ class BlobCollector:
     """The gateway's background collector; ``start`` it once, ``close`` it on shutdown."""
 
     def __init__(self, link: GalleryLink, blobs: BlobStore, metrics: Metrics, *, interval_s: float,
-                 grace_s: float, sweep: PointSweep | None = None, deleter: CollectionDeleter | None = None) -> None:
+                 grace_s: float, sweep: PointSweep | None = None, deleter: CollectionDeleter | None = None,
+                 reservation_ttl_s: float = 900.0) -> None:
         self.link = link
         self.blobs = blobs
         self.sweep = sweep
         self.deleter = deleter
         self.interval_s = interval_s
         self.grace_s = grace_s
+        self.reservation_ttl_s = reservation_ttl_s
         self._task: asyncio.Task[None] | None = None
         # Registered on the app's own registry (one per app, as metrics.py does).
         self.collected = Counter("gateway_blobs_collected_total",
@@ -75,6 +78,11 @@ class BlobCollector:
                      len(done.deleted), ", ".join(h[:12] for h in done.deleted[:20]), done.partial_removed,
                      done.examined)
         return done
+
+    async def sweep_quota(self) -> int:
+        """Reservations of uploads that died, and released bytes past the grace (quota.py)."""
+        store = (await self.link.gallery()).store
+        return await quota.sweep(store, reservation_ttl_s=self.reservation_ttl_s, released_ttl_s=self.grace_s)
 
     async def _step(self, what: str, work: Callable[[], Awaitable[object]]) -> bool:
         """One step of a run, on its own: whether it succeeded. A storage or backend outage
@@ -107,6 +115,7 @@ class BlobCollector:
             self.runs.labels("ok" if collected else "failed").inc()
             if self.sweep is not None:
                 await self._step("point sweep", self.sweep.sweep_once)
+            await self._step("quota entries", self.sweep_quota)
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:

@@ -40,6 +40,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
+from search_gateway import quota
 from search_gateway.blobs.base import BlobError, BlobStore
 from search_gateway.blobs.gc import release
 from search_gateway.collections import Collection, CollectionRecords
@@ -79,15 +80,26 @@ async def remove_images(store: GalleryStore, space_for: SpaceFor, recs: Collecti
     await recs.remove_images(images)
     gate = asyncio.Semaphore(_RELEASES_AT_ONCE)
 
-    async def let_go(sha256: str) -> None:
+    async def left_over(sha256: str) -> bool:
+        """Release the original; whether its bytes stay with nothing holding them (the collector's)."""
         async with gate:
             try:
-                await release(blobs, sha256, recs.referenced, older_than_s=release_grace_s)
+                if await release(blobs, sha256, recs.referenced, older_than_s=release_grace_s):
+                    return False
             except BlobError as exc:
                 # The image is gone (points and record): its bytes are the collector's now.
                 log.warning("the original %s stays for the collector: %s", sha256[:12], exc)
+            return not await recs.referenced(sha256)
 
-    await asyncio.gather(*(let_go(h) for h in dict.fromkeys(i.content_hash for i in images)))
+    hashes = list(dict.fromkeys(i.content_hash for i in images))
+    stays = {h for h, left in zip(hashes, await asyncio.gather(*map(left_over, hashes)), strict=True) if left}
+    # Bytes on their way to the collector still count for the tenant that let them go (quota.py).
+    by_tenant: dict[str, int] = {}
+    for image in images:
+        if image.content_hash in stays and image.tenant is not None and image.bytes:
+            by_tenant[image.tenant] = by_tenant.get(image.tenant, 0) + image.bytes
+    for tenant, size in by_tenant.items():
+        await quota.note_released(store, tenant, size)
 
 
 class CollectionDeleter:

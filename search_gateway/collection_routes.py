@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from search_gateway.blobs.base import BlobNotFound
 from search_gateway.collection_deletion import remove_images
 from search_gateway.collections import MAX_SEARCHED, PAGE, WEB, Collection, CollectionRecords, bad_name
-from search_gateway.errors import BadRequest, Conflict, NotFound, storage_error
+from search_gateway.errors import BadRequest, Conflict, NotFound, QuotaReached, storage_error
 from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.reindex import INDEXED, Job
 from search_gateway.tenants import tenant_of
@@ -88,10 +88,15 @@ async def list_collections(request: Request) -> Response:
     tenant = tenant_of(request.scope)
     reindexer = _gateway(request).reindex
     jobs = await reindexer.jobs_of(tenant) if reindexer is not None else {}
-    mine = [_describe(c, await recs.count(tenant, c.name), jobs.get(c.name)) for c in await recs.of_tenant(tenant)]
-    limit = _gateway(request).settings.tenant_max_images
+    collections = await recs.of_tenant(tenant)
+    counts = await recs.image_counts(tenant, [c.name for c in collections])  # one query, however many
+    mine = [_describe(c, counts[c.name], jobs.get(c.name)) for c in collections]
+    limits = _gateway(request).quota.limits
+    usage = await recs.usage(tenant)
     return JSONResponse({"collections": [{"name": WEB, "shared": True}, *mine],
-                         "usage": {"images": await recs.image_count(tenant), "max_images": limit or None}})
+                         "usage": {"images": usage.images, "max_images": limits.images or None,
+                                   "bytes": usage.bytes, "max_bytes": limits.bytes or None,
+                                   "collections": len(collections), "max_collections": limits.collections or None}})
 
 
 async def reindex_collection(request: Request) -> Response:
@@ -123,13 +128,22 @@ async def create_collection(request: Request) -> Response:
     if problem:
         raise BadRequest(problem)
     tenant = tenant_of(request.scope)
-    existing = await recs.find(tenant, name)
-    if existing is not None and existing.deleting:
-        raise Conflict(f"A collection named {name!r} was deleted and is still being emptied; "
-                       "its name is free again once it is: try again later.")
-    if existing is not None:
-        raise Conflict(f"The collection {name!r} already exists.")
-    created = await recs.create(tenant, name)
+    quota = _gateway(request).quota
+    async with quota.turn(tenant):
+        # Created only where no record is (of creates of one name at once, one wins), then
+        # counted: past the limit it is taken back, so replicas at once never pass it.
+        created = await recs.create(tenant, name)
+        if created is None:
+            existing = await recs.find(tenant, name)
+            if existing is not None and existing.deleting:
+                raise Conflict(f"A collection named {name!r} was deleted and is still being emptied; "
+                               "its name is free again once it is: try again later.")
+            raise Conflict(f"The collection {name!r} already exists.")
+        limit = quota.limits.collections
+        if limit and await recs.count_collections(tenant) > limit:
+            await recs.forget(tenant, name)
+            raise QuotaReached(f"You have the most collections this service keeps for one customer ({limit}); "
+                               "delete one to create another.")
     return JSONResponse(_describe(created, 0), status_code=201)
 
 

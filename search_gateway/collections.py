@@ -16,21 +16,46 @@ ordinary gallery points, so both engines keep them without a schema of their own
 An image record has the same id as the image's points in the model spaces, which is
 the id the API shows. Counting records by hash (any tenant) says whether a blob is
 still referenced.
+
+Several gateway replicas write these records at once, so no write here is a blind
+read-then-write: a record carries a ``revision`` that each write renews; a new record is
+inserted only where none is (GalleryStore.insert: of two creates of one name, or two
+uploads of one picture, exactly one wins), and a change is written only over the
+revision it was computed from (GalleryStore.replace_if), so an upload finishing after a
+DELETE can never write the record back without its ``deleting`` mark.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from search_gateway.gallery.base import GalleryFilter, GalleryPage, GalleryPoint, GalleryStore, VectorSpace, pages
+from search_gateway.gallery.base import (
+    GalleryFilter,
+    GalleryPage,
+    GalleryPoint,
+    GalleryStore,
+    GalleryUnavailable,
+    VectorSpace,
+    pages,
+)
+from search_gateway.gallery.schema import SIZE_CLASS, class_bytes
 
 META = VectorSpace("collections", "meta-v1", 1)
 _RECORDS = "@collections"
 # The reindex jobs' records (reindex.py): bookkeeping like _RECORDS, not images.
 JOBS = "@reindex"
+# Quota entries (quota.py): images being uploaded (each counts as an image and its bytes),
+# and bytes released but not collected yet (bytes only).
+RESERVED = "@quota"
+RELEASED = "@released"
+# Bookkeeping that is not an image of the tenant's.
+_NOT_IMAGES = (_RECORDS, JOBS, RELEASED)
+# A compare-and-set that keeps losing is a bug or a storm: give up rather than spin.
+_CAS_TRIES = 20
 _ONE = (1.0,)
 WEB = "web"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
@@ -66,12 +91,34 @@ class Collection:
     models: tuple[str, ...]
     # Deleted, and being emptied in the background: not the tenant's any more.
     deleting: bool = False
+    # The record's revision as read: a change is written only over it.
+    revision: str = ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a tenant holds: images (uploads under way included) and their bytes, each size
+    rounded up to its 10% class (schema.size_class), released bytes not collected yet included."""
+
+    images: int
+    bytes: int
+
+
+def new_revision() -> str:
+    return uuid.uuid4().hex
 
 
 def _collection(point: GalleryPoint) -> Collection:
     now = datetime.now(UTC)
     return Collection(point.content_hash, point.tenant or "", point.first_seen or now, point.last_seen or now,
-                      _models(point), point.platform == _DELETING)
+                      _models(point), point.platform == _DELETING, point.revision)
+
+
+def _record(c: Collection, revision: str, **changes: object) -> GalleryPoint:
+    point = GalleryPoint(c.name, _ONE, _RECORDS, c.tenant, engine=",".join(c.models),
+                         platform=_DELETING if c.deleting else "", first_seen=c.created, last_seen=c.updated,
+                         revision=revision)
+    return replace(point, **changes)  # type: ignore[arg-type]
 
 
 class CollectionRecords:
@@ -105,14 +152,30 @@ class CollectionRecords:
         return _collection(found[0]) if found else None
 
     async def mark_deleting(self, collection: Collection) -> None:
-        await self.store.upsert(META, [GalleryPoint(collection.name, _ONE, _RECORDS, collection.tenant,
-                                                    engine=",".join(collection.models), platform=_DELETING,
-                                                    first_seen=collection.created, last_seen=datetime.now(UTC))])
+        # Unconditional: whatever was written since it was read, the delete wins (and renews the
+        # revision, so every change computed from an earlier read is refused from here on).
+        await self.store.upsert(META, [_record(replace(collection, deleting=True, updated=datetime.now(UTC)),
+                                               new_revision())])
 
-    async def create(self, tenant: str, name: str) -> Collection:
+    async def create(self, tenant: str, name: str) -> Collection | None:
+        """The new collection; None when the name is taken (by a live collection, one being
+        deleted, or a create that won the race for it)."""
         now = datetime.now(UTC)
-        await self.store.upsert(META, [GalleryPoint(name, _ONE, _RECORDS, tenant, first_seen=now, last_seen=now)])
-        return Collection(name, tenant, now, now, ())
+        mine = Collection(name, tenant, now, now, (), revision=new_revision())
+        await self.store.insert(META, [_record(mine, mine.revision)])
+        stored = await self.find(tenant, name)
+        return mine if stored is not None and stored.revision == mine.revision else None
+
+    async def count_collections(self, tenant: str) -> int:
+        """The tenant's collections, those being deleted included (their names are taken)."""
+        return await self.store.count(META, GalleryFilter(collections=(_RECORDS,), tenant=tenant))
+
+    async def image_counts(self, tenant: str, names: Sequence[str]) -> dict[str, int]:
+        """Images per collection of ``names``, in one facet (a listing costs the same for 3 or 300)."""
+        if not names:
+            return {}
+        found = await self.store.facet(META, "collection", GalleryFilter(collections=tuple(names), tenant=tenant))
+        return {name: found.get(name, 0) for name in names}
 
     async def alive(self, collection: Collection) -> bool:
         """Whether ``collection`` still exists as it was read: not deleted (or being
@@ -123,14 +186,21 @@ class CollectionRecords:
     async def touch(self, collection: Collection, models: Sequence[str]) -> bool:
         """Add ``models`` to the record and stamp it updated; False, writing nothing, when the
         collection is gone or being deleted since it was read: a write then would bring it
-        back. (Read, then write: a delete landing between the two is the one race left.)"""
-        current = await self.find(collection.tenant, collection.name)
-        if current is None or current.deleting or current.created != collection.created:
-            return False
-        merged = ",".join(dict.fromkeys([*current.models, *models]))
-        await self.store.upsert(META, [GalleryPoint(collection.name, _ONE, _RECORDS, collection.tenant, engine=merged,
-                                                    first_seen=current.created, last_seen=datetime.now(UTC))])
-        return True
+        back. Written only over the revision it was merged from (a compare-and-set): a
+        delete, or another touch, landing in between makes it read again."""
+        for _ in range(_CAS_TRIES):
+            current = await self.find(collection.tenant, collection.name)
+            if current is None or current.deleting or current.created != collection.created:
+                return False
+            merged = tuple(dict.fromkeys([*current.models, *models]))
+            revision = new_revision()
+            await self.store.replace_if(META, _record(replace(current, models=merged, updated=datetime.now(UTC)),
+                                                      revision), current.revision)
+            stored = await self.find(collection.tenant, collection.name)
+            if stored is not None and stored.revision == revision:
+                return True
+        raise GalleryUnavailable(f"The record of collection {collection.name!r} kept changing while it was "
+                                 "updated; try again.")
 
     async def forget(self, tenant: str, name: str) -> None:
         await self.store.delete(META, [GalleryPoint(name, _ONE, _RECORDS, tenant).id])
@@ -139,9 +209,15 @@ class CollectionRecords:
         return await self.store.count(META, GalleryFilter(collections=(name,), tenant=tenant))
 
     async def image_count(self, tenant: str) -> int:
-        """The images of all the tenant's collections (a picture in two counts twice)."""
+        """The images of all the tenant's collections (a picture in two counts twice), and
+        those of uploads under way (their quota entries, quota.py)."""
         everything = await self.store.count(META, GalleryFilter(tenant=tenant))
-        return everything - await self.store.count(META, GalleryFilter(collections=(_RECORDS, JOBS), tenant=tenant))
+        return everything - await self.store.count(META, GalleryFilter(collections=_NOT_IMAGES, tenant=tenant))
+
+    async def usage(self, tenant: str) -> Usage:
+        """Images as image_count; bytes summed from their size classes in one facet."""
+        classes = await self.store.facet(META, SIZE_CLASS, GalleryFilter(tenant=tenant))
+        return Usage(await self.image_count(tenant), sum(class_bytes(int(k)) * n for k, n in classes.items()))
 
     async def images(self, tenant: str, name: str, limit: int = PAGE, start: str | None = None) -> GalleryPage:
         """One page of the collection's image records in a stable order (by id); ``start``
@@ -164,8 +240,13 @@ class CollectionRecords:
         held = {p.content_hash for p in found if p.tenant == tenant and p.collection == name}
         return [h for h in dict.fromkeys(hashes) if h in held]
 
-    async def add_image(self, point: GalleryPoint) -> None:
-        await self.store.upsert(META, [replace(point, vector=_ONE)])
+    async def add_image(self, point: GalleryPoint) -> bool:
+        """Write the image's record unless the collection holds the picture already; whether
+        this write is the one stored (of uploads of one picture at once, exactly one is)."""
+        mine = replace(point, vector=_ONE, revision=new_revision())
+        await self.store.insert(META, [mine])
+        stored = await self.store.retrieve(META, [mine.id])
+        return bool(stored) and stored[0].revision == mine.revision
 
     async def remove_images(self, points: Sequence[GalleryPoint]) -> None:
         await self.store.delete(META, [p.id for p in points])

@@ -166,17 +166,24 @@ class GatewaySettings(ServiceSettings):
     blobs_connect_timeout_s: PositiveFloat = 3.0
     blobs_read_timeout_s: PositiveFloat = 20.0
     blobs_attempts: AtLeastOne = 3
-    # Bytes nothing refers to are kept this long (an upload in progress looks like that).
-    blobs_gc_grace_s: NonNegativeFloat = 86400.0
+    # Bytes nothing refers to are kept this long (an upload in progress looks like that: its
+    # bytes land a few store writes before its record, seconds, so minutes are ample).
+    blobs_gc_grace_s: NonNegativeFloat = 600.0
     # An original deleted with its last image goes at once unless (re)written this recently:
     # an upload of the same picture may be under way; those bytes are the collector's.
     blobs_release_grace_s: NonNegativeFloat = 60.0
     # How often the gateway collects those (blob_collector.py); 0: never (another replica does).
-    blobs_gc_interval_s: NonNegativeFloat = 3600.0
+    blobs_gc_interval_s: NonNegativeFloat = 600.0
     # A reindex job rewrites its record this often; silent for 6 beats it reads as interrupted.
     reindex_heartbeat_s: PositiveFloat = 10.0
     # Images one tenant's collections may hold in all (0: no limit): one customer cannot fill the disks.
     tenant_max_images: NonNegativeInt = 100_000
+    # Bytes of originals likewise (uploads under way and deleted ones not yet collected count).
+    tenant_max_bytes: NonNegativeInt = 20 * 1024**3
+    # Collections of one tenant (0: no limit).
+    tenant_max_collections: NonNegativeInt = 1000
+    # An upload's reservation left by a gateway that died stops counting after this long.
+    quota_reservation_ttl_s: PositiveFloat = 900.0
     # Per POST /collections/{name}/images: inputs (file and url fields) and total bytes.
     collection_max_files: AtLeastOne = 100
     collection_max_bytes: AtLeastOne = 40 * 1024 * 1024

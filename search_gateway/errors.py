@@ -74,6 +74,12 @@ class Conflict(GatewayError):
     status, code = 409, "conflict"
 
 
+class QuotaReached(Conflict):
+    """A tenant's limit (collections; images and bytes are per-image rejections instead)."""
+
+    code = "quota_reached"
+
+
 class UploadTooLarge(GatewayError):
     status, code = 413, "upload_too_large"
 

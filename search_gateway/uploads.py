@@ -25,6 +25,7 @@ from search_gateway.config import GatewaySettings
 from search_gateway.errors import BadRequest, GatewayError, UploadTooLarge, storage_error
 from search_gateway.gallery.base import GalleryError, GalleryPoint, GalleryUnavailable, VectorSpace
 from search_gateway.images import PreparedImage, prepare_in_thread
+from search_gateway.quota import Reservation
 from search_gateway.search.gallery_source import space_of
 
 log = logging.getLogger(__name__)
@@ -144,11 +145,16 @@ class Uploader:
                 else:
                     first_of[found.image.sha256] = i
                     pending.append((i, found))
-        pending = await self._within_quota(pending, results)
-        for model in self.models:
-            await self._embed(model, [c for _, c in pending if c.failed is None])
-        for i, c in pending:
-            results[i] = c.failed or await self._guarded(c.item, self._write(c))
+        pending, reservation = await self._within_quota(pending, results)
+        try:
+            for model in self.models:
+                await self._embed(model, [c for _, c in pending if c.failed is None])
+            for i, c in pending:
+                results[i] = c.failed or await self._guarded(c.item, self._write(c))
+        finally:
+            # The records written count from now on; the rest of the room goes back. (An
+            # outage here leaves the entries to expire: they only ever err on the safe side.)
+            await reservation.release()
         for i, first in repeats:
             earlier = results[first]
             assert earlier is not None
@@ -157,20 +163,20 @@ class Uploader:
         return [r for r in results if r is not None]
 
     async def _within_quota(self, pending: list[tuple[int, _Checked]],
-                            results: list[dict[str, Any] | None]) -> list[tuple[int, _Checked]]:
-        """The new images the tenant still has room for; the rest rejected with the reason.
-        A soft limit: uploads at once may each take the last room, so the tenant may end over
-        it by the new images of the requests in flight (at most GATEWAY_COLLECTION_MAX_FILES
-        each). Images of a collection being deleted count until it is emptied."""
-        limit = self.gw.settings.tenant_max_images
-        if not limit or not pending:
-            return pending
-        room = max(0, limit - await self.recs.image_count(self.collection.tenant))
-        for i, c in pending[room:]:
-            results[i] = {"input": c.item.label, "status": "rejected", "code": QUOTA_REACHED,
-                          "reason": f"Your collections hold the most images this service keeps for one customer "
-                                    f"({limit}); delete some to add others."}
-        return pending[:room]
+                            results: list[dict[str, Any] | None]) -> tuple[list[tuple[int, _Checked]], Reservation]:
+        """The new images the tenant still has room for (reserved: quota.py, so requests at
+        once never share the last room); the rest rejected with the reason. Images of a
+        collection being deleted count until it is emptied."""
+        quota = self.gw.quota
+        reservation = await quota.reserve(self.recs, self.collection.tenant, [len(c.data) for _, c in pending])
+        limits = quota.limits
+        reason = (f"Your collections hold the most images this service keeps for one customer ({limits.images}); "
+                  "delete some to add others." if reservation.full == "images" else
+                  f"Your collections hold the most bytes this service keeps for one customer ({limits.bytes}); "
+                  "delete some to add others.")
+        for i, c in pending[reservation.granted:]:
+            results[i] = {"input": c.item.label, "status": "rejected", "code": QUOTA_REACHED, "reason": reason}
+        return pending[:reservation.granted], reservation
 
     async def _guarded(self, item: Input, work: Awaitable[_T]) -> _T | dict[str, Any]:
         try:
@@ -228,13 +234,15 @@ class Uploader:
         return GalleryPoint(image.sha256, None, col.name, col.tenant, urls=(item.url,) if item.url else (),
                             title=item.label if item.data is not None else "", platform="upload",
                             width=image.width, height=image.height, engine=",".join(self.models),
-                            tags=dict.fromkeys(self.tags, 1.0))
+                            tags=dict.fromkeys(self.tags, 1.0), bytes=len(c.data))
 
     async def _write(self, c: _Checked) -> dict[str, Any]:
         gw, col = self.gw, self.collection
         record = self._record(c)
+        added = False
 
         async def write_points() -> None:
+            nonlocal added
             # A request embeds for seconds after its collection was found: the collection may
             # have been deleted since, and writing into it would bring its images back.
             if not await self.recs.alive(col):
@@ -242,7 +250,9 @@ class Uploader:
             gallery = await gw.gallery.link.gallery()
             for space, point in c.points:
                 await gallery.remember(space, [point])
-            await self.recs.add_image(record)
+            # Of uploads of one picture at once, one record wins: the others are duplicates
+            # (their points were the same points, written again).
+            added = await self.recs.add_image(record)
             if not self.touched:
                 self.touched = True
                 await self.recs.touch(col, self.models)
@@ -257,5 +267,7 @@ class Uploader:
             # Its bytes, if nothing else holds them, are the collector's after the grace.
             return {"input": c.item.label, "status": "rejected",
                     "reason": "The collection was deleted while this upload ran; the image was not kept."}
+        if not added:
+            return {"input": c.item.label, "status": "duplicate", "id": record.id}
         return {"input": c.item.label, "status": "added", "id": record.id,
                 "thumbnail": self.thumbnail(col.tenant, c.image.sha256)}
