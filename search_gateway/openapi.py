@@ -219,9 +219,18 @@ _SCHEMAS: dict[str, Any] = {
         "started": {"type": "string", "format": "date-time"}, "updated": {"type": "string", "format": "date-time"}}},
     "Collections": {"type": "object", "required": ["collections", "usage"], "properties": {
         "collections": {"type": "array", "items": {"$ref": "#/components/schemas/Collection"}},
-        "usage": {"type": "object", "required": ["images", "max_images"], "properties": {
-            "images": {"type": "integer", "minimum": 0, "description": "Images in all the caller's collections."},
-            "max_images": {"type": ["integer", "null"], "description": "The most they may hold (null: no limit)."}}}}},
+        "usage": {"type": "object", "required": ["images", "max_images", "bytes", "max_bytes", "collections",
+                                                 "max_collections"], "properties": {
+            "images": {"type": "integer", "minimum": 0,
+                       "description": "Images in all the caller's collections, uploads under way included."},
+            "max_images": {"type": ["integer", "null"], "description": "The most they may hold (null: no limit)."},
+            "bytes": {"type": "integer", "minimum": 0,
+                      "description": "Bytes of their originals (each size counted up to 10% over), deleted ones "
+                                     "not yet collected included."},
+            "max_bytes": {"type": ["integer", "null"], "description": "The most bytes (null: no limit)."},
+            "collections": {"type": "integer", "minimum": 0, "description": "The caller's collections."},
+            "max_collections": {"type": ["integer", "null"],
+                                "description": "The most collections (null: no limit)."}}}}},
     "UploadResults": {"type": "object", "required": ["collection", "results"], "properties": {
         "collection": {"type": "string"},
         "results": {"type": "array", "description": "One entry per file or url field, in order.", "items": {
