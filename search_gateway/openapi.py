@@ -226,7 +226,11 @@ _SCHEMAS: dict[str, Any] = {
         "collection": {"type": "string"},
         "results": {"type": "array", "description": "One entry per file or url field, in order.", "items": {
             "type": "object", "required": ["input", "status"], "properties": {
-                "input": {"type": "string", "description": "The file name or the URL."},
+                "input": {"type": "string", "description": "The URL, or the file name as stored: control and "
+                                                           "direction characters removed, no '..' or empty path "
+                                                           "parts, at most 255 characters."},
+                "note": {"type": "string", "description": "When the stored file name is not the one sent: how "
+                                                          "it was changed."},
                 "status": {"type": "string", "enum": ["added", "duplicate", "rejected"]},
                 "id": {"type": "string", "format": "uuid", "description": "added or duplicate: the image's id."},
                 "thumbnail": {"type": "string", "description": "added: a signed thumbnail link."},
