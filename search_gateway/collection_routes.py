@@ -232,7 +232,7 @@ async def list_images(request: Request) -> Response:
     # An empty cursor= is refused too, not read as "the first page": a client that lost the
     # previous page's 'next' must not start over silently (the description says uuid).
     cursor = request.query_params.get("cursor")
-    if cursor is not None and not _CURSOR.fullmatch(cursor):
+    if cursor is not None and not CURSOR.fullmatch(cursor):
         raise BadRequest("Parameter 'cursor' takes the 'next' value of the previous page, unchanged.")
     page = await recs.images(collection.tenant, collection.name, limit, cursor)
     orphans = await _orphans(request, collection.tenant, page.points)
@@ -245,7 +245,7 @@ async def list_images(request: Request) -> Response:
 
 
 # A cursor is a point id (a UUID), handed out by the previous page.
-_CURSOR = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+CURSOR = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _list_limit(raw: str | None) -> int:

@@ -36,6 +36,8 @@ class _CollectionDeleted(Exception):
     """The collection was deleted while an upload into it was under way."""
 
 MAX_TAGS = 16
+# Text fields (url, tags, embedding_model) allowed beyond GATEWAY_COLLECTION_MAX_FILES.
+TEXT_FIELDS = 32
 # A rejection's machine-readable code where a client acts on it: the importer stops sending.
 QUOTA_REACHED = "quota_reached"
 _T = TypeVar("_T")
@@ -86,7 +88,7 @@ async def read_inputs(request: Request, s: GatewaySettings) -> tuple[list[Input]
     """The inputs in order, the tags and the models asked; 413 naming the limit that was passed."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("Send the images as multipart/form-data: 'file' fields and/or 'url' fields.")
-    max_fields = s.collection_max_files + 32
+    max_fields = s.collection_max_files + TEXT_FIELDS
     try:
         form = await request.form(max_files=s.collection_max_files, max_fields=max_fields, max_part_size=64 * 1024)
     except HTTPException as exc:
