@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from cachetools import LRUCache
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search_gateway.errors import RateLimited, Unauthorized, UploadTooLarge, to_response
+from search_gateway.errors import BadRequest, RateLimited, Unauthorized, UploadTooLarge, to_response
 from search_gateway.tenants import LOCAL, parse_api_keys
 from search_gateway.tenants import SCOPE_KEY as TENANT_SCOPE_KEY
 
@@ -39,13 +39,44 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _given_key(scope: Scope) -> str | None:
-    """The API key the request presents: X-API-Key, else a Bearer token."""
-    given = _header(scope, b"x-api-key")
-    auth = _header(scope, b"authorization")
-    if not given and auth and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    return given or None
+def _headers(scope: Scope, name: bytes) -> list[str]:
+    # A header sent on several lines is one comma-separated list, in order.
+    return [value.decode("latin-1") for key, value in scope.get("headers", []) if key == name]
+
+
+class AmbiguousKey(BadRequest):
+    """The request names two different keys: acting as either would be a guess."""
+
+    code = "ambiguous_api_key"
+
+
+def _presented(scope: Scope) -> list[str]:
+    """Every key the request presents: each X-API-Key value, each Bearer token.
+
+    Lines are split at commas, as a proxy may fold repeated headers into one line: no key
+    holds a comma (GATEWAY_API_KEYS is a comma list, and a Bearer token has none).
+    """
+    found = [part.strip() for line in _headers(scope, b"x-api-key") for part in line.split(",")]
+    for line in _headers(scope, b"authorization"):
+        for part in line.split(","):
+            part = part.strip()
+            if part[:7].lower() == "bearer ":
+                found.append(part[7:].strip())
+    return [key for key in found if key]  # an empty header names no key
+
+
+def caller_key(scope: Scope) -> str | None:
+    """THE caller's key, for the key check and the rate limiter alike: X-API-Key or a Bearer token.
+
+    The same key given more than once (both headers, or a header repeated by a proxy) is
+    that key. Two different ones raise AmbiguousKey: taking the first, as before, let a
+    request act as whichever key a proxy or client library happened to put first.
+    """
+    keys = set(_presented(scope))
+    if len(keys) > 1:
+        raise AmbiguousKey("The request carries more than one API key: send one key once "
+                           "(in X-API-Key or as Authorization: Bearer, not two different ones).")
+    return keys.pop() if keys else None
 
 
 def parse_trusted_proxies(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -112,11 +143,6 @@ def _forwarded_for(value: str) -> list[str]:
     return nodes
 
 
-def _headers(scope: Scope, name: bytes) -> list[str]:
-    # A header sent on several lines is one comma-separated list, in order.
-    return [value.decode("latin-1") for key, value in scope.get("headers", []) if key == name]
-
-
 class ClientIdentity:
     """Who a request counts against: its configured API key, else its client address.
 
@@ -155,7 +181,10 @@ class ClientIdentity:
         return str(_address(chain[0])) if chain else str(peer_ip)
 
     def key(self, scope: Scope) -> str:
-        given = _given_key(scope)
+        try:
+            given = caller_key(scope)
+        except AmbiguousKey:  # refused by ApiKeyMiddleware first; with keys off, no key counts
+            given = None
         if given is not None and given in self.keys:
             return "key:" + given
         return "ip:" + self.address(scope)
@@ -178,7 +207,14 @@ class ApiKeyMiddleware:
                 scope[TENANT_SCOPE_KEY] = LOCAL
             await self.app(scope, receive, send)
             return
-        given = _given_key(scope)
+        is_open = _is_open(scope["path"]) or scope["method"] == "OPTIONS"
+        try:
+            given = caller_key(scope)
+        except AmbiguousKey as exc:
+            if not is_open:
+                await to_response(exc)(scope, receive, send)
+                return
+            given = None  # probes and the page need no key: two keys there are no key at all
         # Constant-time comparison against every key, so timing says nothing.
         tenant = None
         for key, owner in self.keys:
@@ -186,7 +222,7 @@ class ApiKeyMiddleware:
                 tenant = owner
         if tenant is not None:
             scope[TENANT_SCOPE_KEY] = tenant
-        if _is_open(scope["path"]) or scope["method"] == "OPTIONS":
+        if is_open:
             await self.app(scope, receive, send)
             return
         if tenant is None:

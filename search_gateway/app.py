@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -219,6 +221,23 @@ class _RequestMetrics:
             self.metrics.request(self._route(scope["path"]), scope["method"], status, time.monotonic() - start)
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _by_method(path: str, name: str, **handlers: Endpoint) -> Route:
+    """ONE route for a path that takes several methods, dispatching by method.
+
+    Two Routes for one path each answer a method neither takes with a 405 whose Allow
+    lists only the first one's methods (PUT /collections said "GET, HEAD"); one route
+    knows them all. HEAD is GET's, as Starlette adds it to every GET route.
+    """
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, dispatch, methods=list(handlers), name=name)
+
+
 def create_app(settings: GatewaySettings | None = None, *,
                failure_timer: Callable[[], float] = time.monotonic) -> Starlette:
     """Build the app; backends are connected when the lifespan starts.
@@ -247,15 +266,15 @@ def create_app(settings: GatewaySettings | None = None, *,
         Route("/metrics", routes.metrics_text, methods=["GET"]),
         Route("/openapi.json", routes.openapi, methods=["GET"]),
         Route("/thumbnails/{token}", routes.thumbnail, methods=["GET"]),
-        Route("/collections", collection_routes.list_collections, methods=["GET"]),
-        Route("/collections", collection_routes.create_collection, methods=["POST"]),
+        _by_method("/collections", "collections", GET=collection_routes.list_collections,
+                   POST=collection_routes.create_collection),
         Route("/collections/{name}", collection_routes.delete_collection, methods=["DELETE"]),
-        Route("/collections/{name}/images", collection_routes.add_images, methods=["POST"]),
-        Route("/collections/{name}/images", collection_routes.list_images, methods=["GET"]),
+        _by_method("/collections/{name}/images", "collection_images", GET=collection_routes.list_images,
+                   POST=collection_routes.add_images),
         Route("/collections/{name}/hashes", collection_routes.present_hashes, methods=["POST"]),
         Route("/collections/{name}/reindex", collection_routes.reindex_collection, methods=["POST"]),
-        Route("/collections/{name}/images/{id}", collection_routes.get_image, methods=["GET"]),
-        Route("/collections/{name}/images/{id}", collection_routes.delete_image, methods=["DELETE"]),
+        _by_method("/collections/{name}/images/{id}", "collection_image", GET=collection_routes.get_image,
+                   DELETE=collection_routes.delete_image),
         *web.routes(),  # the search page at / and its files under /static
     ]
     buckets = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None

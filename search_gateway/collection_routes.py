@@ -21,7 +21,7 @@ from search_gateway.errors import BadRequest, Conflict, NotFound, QuotaReached, 
 from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.reindex import INDEXED, Job
 from search_gateway.tenants import tenant_of
-from search_gateway.uploads import Uploader, read_inputs
+from search_gateway.uploads import Uploader, read_inputs, with_name_notes
 
 
 def _gateway(request: Request) -> Any:
@@ -164,7 +164,7 @@ async def add_images(request: Request) -> Response:
     for model in models:
         await gw.catalog.require(model)
     uploader = Uploader(gw, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
-    results = await uploader.add_all(inputs)
+    results = with_name_notes(inputs, await uploader.add_all(inputs))
     return JSONResponse({"collection": collection.name, "results": results})
 
 
@@ -243,8 +243,10 @@ async def list_images(request: Request) -> Response:
     recs = await records(request)
     collection = await _owned(request, recs)
     limit = _list_limit(request.query_params.get("limit"))
-    cursor = request.query_params.get("cursor") or None
-    if cursor is not None and not _CURSOR.fullmatch(cursor):
+    # An empty cursor= is refused too, not read as "the first page": a client that lost the
+    # previous page's 'next' must not start over silently (the description says uuid).
+    cursor = request.query_params.get("cursor")
+    if cursor is not None and not CURSOR.fullmatch(cursor):
         raise BadRequest("Parameter 'cursor' takes the 'next' value of the previous page, unchanged.")
     page = await recs.images(collection.tenant, collection.name, limit, cursor)
     orphans = await _orphans(request, collection.tenant, page.points)
@@ -257,7 +259,7 @@ async def list_images(request: Request) -> Response:
 
 
 # A cursor is a point id (a UUID), handed out by the previous page.
-_CURSOR = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+CURSOR = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _list_limit(raw: str | None) -> int:

@@ -12,15 +12,17 @@ import re
 from typing import Any
 
 from search_gateway.caption import STYLES, SUBJECTS
-from search_gateway.collection_routes import LIST_DEFAULT, MAX_HASHES
+from search_gateway.collection_routes import CURSOR, LIST_DEFAULT, MAX_HASHES
 from search_gateway.collections import MAX_SEARCHED, NAME, NAME_RULE, PAGE, WEB
 from search_gateway.config import GatewaySettings
 from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
 from search_gateway.search.rerank_stage import RERANK_K_LIMIT
 from search_gateway.uploads import MAX_TAGS as UPLOAD_MAX_TAGS
+from search_gateway.uploads import TEXT_FIELDS
 
 _JSON = "application/json"
-# Errors every admitted request may meet: no key (401), over the rate limit (429).
+# Errors every admitted request may meet: no key (401), over the rate limit (429). With keys
+# configured, every route but the probes may also answer 400 ambiguous_api_key (added below).
 _ACCESS = (401, 429)
 # Errors of the POST routes with a body: malformed (400), over the size limit (413).
 _BODY = (400, 413)
@@ -235,7 +237,11 @@ _SCHEMAS: dict[str, Any] = {
         "collection": {"type": "string"},
         "results": {"type": "array", "description": "One entry per file or url field, in order.", "items": {
             "type": "object", "required": ["input", "status"], "properties": {
-                "input": {"type": "string", "description": "The file name or the URL."},
+                "input": {"type": "string", "description": "The URL, or the file name as stored: control and "
+                                                           "direction characters removed, no '..' or empty path "
+                                                           "parts, at most 255 characters."},
+                "note": {"type": "string", "description": "When the stored file name is not the one sent: how "
+                                                          "it was changed."},
                 "status": {"type": "string", "enum": ["added", "duplicate", "rejected"]},
                 "id": {"type": "string", "format": "uuid", "description": "added or duplicate: the image's id."},
                 "thumbnail": {"type": "string", "description": "added: a signed thumbnail link."},
@@ -321,7 +327,8 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
                 {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16,
                                                             "maximum": s.thumbnail_max_side, "default": 256}}],
             "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {}}},
-                          **_errors(400, *_ACCESS, 404, *_IMAGE, 502)},
+                          # 503: an uploaded original's storage does not answer now.
+                          **_errors(400, *_ACCESS, 404, *_IMAGE, 502, 503)},
         }},
     }
     if s.gallery == "on":
@@ -331,6 +338,10 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
                                       "description": "Sent by the client when well formed, else generated."}}
     for item in paths.values():
         for operation in item.values():
+            # Any request may carry a body, and BodyLimitMiddleware refuses one over the limit
+            # before the route is reached: a GET with a body too (access.py).
+            operation["responses"].setdefault("413", _error("The request body is over the size limit "
+                                                            "(GATEWAY_UPLOAD_MAX_BYTES)."))
             for response in operation["responses"].values():
                 response["headers"] = request_id
     document: dict[str, Any] = {
@@ -349,6 +360,8 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
             if path not in ("/health", "/ready", "/metrics"):
                 for operation in item.values():
                     operation["security"] = [{"apiKey": []}, {"bearer": []}]
+                    # Two different keys (X-API-Key twice, or with another Bearer): access.caller_key.
+                    operation["responses"].setdefault("400", {**_error(), "headers": request_id})
     return document
 
 
@@ -393,8 +406,11 @@ def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
             "parameters": [name,
                            {"name": "limit", "in": "query", "schema": {
                                "type": "integer", "minimum": 1, "maximum": PAGE, "default": LIST_DEFAULT}},
-                           {"name": "cursor", "in": "query", "schema": {"type": "string", "format": "uuid"},
-                            "description": "The 'next' of the previous page, unchanged."}],
+                           # The pattern, not just the format: an empty cursor= is refused (400).
+                           {"name": "cursor", "in": "query", "schema": {
+                               "type": "string", "format": "uuid", "pattern": f"^{CURSOR.pattern}$"},
+                            "description": "The 'next' of the previous page, unchanged; leave it out for the first "
+                                           "page (an empty one is 400)."}],
             "responses": {"200": _json_body("ImagePage", "One page of images"),
                           **_errors(*_ACCESS, 400, 404, 503)}}, "post": {
             "summary": f"Add images: any number of file and url fields (at most {max_files} in all); one entry "
@@ -402,7 +418,10 @@ def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
             "parameters": [name],
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": upload}}},
             "responses": {"200": _json_body("UploadResults", "One result per input"),
-                          **_errors(*_BODY, *_ACCESS, 404, 503)}}},
+                          **_errors(*_BODY, *_ACCESS, 404, 503),
+                          "413": _error(f"Over a limit, which the sentence names: more than {max_files} file and url "
+                                        f"fields together (GATEWAY_COLLECTION_MAX_FILES), more than {max_files + TEXT_FIELDS} "
+                                        "text fields, or a body over GATEWAY_COLLECTION_MAX_BYTES.")}}},
         "/collections/{name}/hashes": {"post": {
             "summary": "Which of these SHA-256 content hashes (of the uploaded file's bytes) the collection holds: "
                        "the bulk importer skips those files without uploading them.",

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from search_gateway.collection_deletion import remove_images
 from search_gateway.collections import Collection, CollectionRecords
 from search_gateway.config import GatewaySettings
 from search_gateway.errors import BadRequest, GatewayError, UploadTooLarge, storage_error
+from search_gateway.filenames import MAX_NAME, clean_name
 from search_gateway.gallery.base import GalleryError, GalleryPoint, GalleryUnavailable, VectorSpace
 from search_gateway.images import PreparedImage, prepare_in_thread
 from search_gateway.quota import Reservation
@@ -35,6 +37,8 @@ class _CollectionDeleted(Exception):
     """The collection was deleted while an upload into it was under way."""
 
 MAX_TAGS = 16
+# Text fields (url, tags, embedding_model) allowed beyond GATEWAY_COLLECTION_MAX_FILES.
+TEXT_FIELDS = 32
 # A rejection's machine-readable code where a client acts on it: the importer stops sending.
 QUOTA_REACHED = "quota_reached"
 _T = TypeVar("_T")
@@ -44,24 +48,52 @@ _T = TypeVar("_T")
 class Input:
     """One image to add: an uploaded file (``data``) or a URL to fetch."""
 
-    label: str
+    label: str  # the file name as stored (filenames.py), or the URL
     data: bytes | None = None
     url: str | None = None
     content_type: str = "application/octet-stream"
+    # Why the stored name differs from the one sent; said in the input's result.
+    note: str | None = None
+
+
+def _parse_failure(exc: BaseException) -> str:
+    """The multipart parser's own words under Starlette's generic "Invalid multipart data."."""
+    deeper = exc.__cause__ or exc.__context__
+    while deeper is not None:
+        exc, deeper = deeper, deeper.__cause__ or deeper.__context__
+    return str(exc)
+
+
+def _form_refusal(detail: str, cause: BaseException, s: GatewaySettings, max_fields: int) -> GatewayError:
+    """Name the limit that tripped: files, text fields, a part's header (a long file name)."""
+    if detail.startswith("Too many files"):
+        return UploadTooLarge(f"At most {s.collection_max_files} images per request "
+                              "(GATEWAY_COLLECTION_MAX_FILES); send the rest in another request.")
+    if detail.startswith("Too many fields"):
+        return UploadTooLarge(f"At most {max_fields} text fields per request (url, tags and embedding_model; "
+                              f"the url fields count among the {s.collection_max_files} images of "
+                              "GATEWAY_COLLECTION_MAX_FILES); send fewer fields.")
+    parser = _parse_failure(cause)
+    if "header size" in parser:
+        # python-multipart's limit on one header line: with a plain name, a file name of
+        # about 4,150 characters. Shorter names over MAX_NAME are cut, not refused.
+        return BadRequest(f"A part's header is over {DEFAULT_MAX_HEADER_SIZE} bytes: send file names of at most "
+                          f"{MAX_NAME} characters (a longer one is cut to {MAX_NAME}).")
+    if "header count" in parser:
+        return BadRequest(f"A part has more than {DEFAULT_MAX_HEADER_COUNT} header lines; send "
+                          "Content-Disposition and Content-Type only.")
+    return BadRequest(f"The multipart body could not be read: {detail}")
 
 
 async def read_inputs(request: Request, s: GatewaySettings) -> tuple[list[Input], tuple[str, ...], tuple[str, ...]]:
     """The inputs in order, the tags and the models asked; 413 naming the limit that was passed."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("Send the images as multipart/form-data: 'file' fields and/or 'url' fields.")
+    max_fields = s.collection_max_files + TEXT_FIELDS
     try:
-        form = await request.form(max_files=s.collection_max_files, max_fields=s.collection_max_files + 32,
-                                  max_part_size=64 * 1024)
+        form = await request.form(max_files=s.collection_max_files, max_fields=max_fields, max_part_size=64 * 1024)
     except HTTPException as exc:
-        if "Too many" in str(exc.detail):
-            raise UploadTooLarge(f"At most {s.collection_max_files} images per request "
-                                 "(GATEWAY_COLLECTION_MAX_FILES); send the rest in another request.") from None
-        raise BadRequest(f"The multipart body could not be read: {exc.detail}") from None
+        raise _form_refusal(str(exc.detail), exc, s, max_fields) from None
     try:
         inputs: list[Input] = []
         tags: list[str] = []
@@ -70,7 +102,8 @@ async def read_inputs(request: Request, s: GatewaySettings) -> tuple[list[Input]
             if key == "file":
                 if not isinstance(value, UploadFile):
                     raise BadRequest("A 'file' field must be a file upload, not a text value.")
-                inputs.append(Input(value.filename or f"file {len(inputs) + 1}", data=await value.read(),
+                name = clean_name(value.filename or "", f"file {len(inputs) + 1}")
+                inputs.append(Input(name.name, data=await value.read(), note=name.note,
                                     content_type=value.content_type or "application/octet-stream"))
             elif key == "url" and isinstance(value, str):
                 inputs.append(Input(value[:200], url=value.strip()))
@@ -89,6 +122,15 @@ async def read_inputs(request: Request, s: GatewaySettings) -> tuple[list[Input]
     if len(set(tags)) > MAX_TAGS or any(len(t) > 64 for t in tags):
         raise BadRequest(f"At most {MAX_TAGS} tags of at most 64 characters each.")
     return inputs, tuple(dict.fromkeys(tags)), tuple(dict.fromkeys(models))
+
+
+def with_name_notes(inputs: Sequence[Input], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each result of an input whose file name was changed says so (``note``): its ``input``
+    is the name as stored, which the client may not recognise otherwise."""
+    for item, result in zip(inputs, results, strict=True):
+        if item.note:
+            result["note"] = item.note
+    return results
 
 
 @dataclass

@@ -6,8 +6,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
-from search_gateway.access import ClientIdentity
+from search_gateway.access import AmbiguousKey, ClientIdentity, caller_key
 from search_gateway.config import ConfigError, GatewaySettings
 from tests.search_gateway.conftest import gateway_settings
 from tests.search_gateway.gateway_support import run_gateway
@@ -99,3 +100,49 @@ def test_trusted_proxies_setting_is_checked() -> None:
         "10.0.0.1", "172.16.0.0/12", "::1")
     with pytest.raises(ConfigError, match="GATEWAY_TRUSTED_PROXIES"):
         GatewaySettings.from_env({"GATEWAY_TRUSTED_PROXIES": "proxy.internal"})
+
+
+# Issue 19, item 9: one function decides the caller's key, for the key check and the rate limiter.
+AMBIGUOUS = [
+    [("X-API-Key", "k1"), ("X-API-Key", "k2")],  # two lines: the first used to win
+    [("X-API-Key", "k1, k2")],  # the same, folded into one line by a proxy
+    [("X-API-Key", "k1"), ("Authorization", "Bearer k2")],  # the header used to win
+    [("Authorization", "Bearer k2"), ("X-API-Key", "k1")],
+    [("X-API-Key", "nobody"), ("X-API-Key", "k1")],  # an invented key before a real one
+]
+SAME_KEY_TWICE = [
+    [("X-API-Key", "k1"), ("X-API-Key", "k1")],
+    [("X-API-Key", "k1"), ("Authorization", "Bearer k1")],
+    [("X-API-Key", ""), ("Authorization", "bearer k1")],  # an empty header names no key
+]
+
+
+@pytest.mark.parametrize("headers", AMBIGUOUS)
+def test_two_different_keys_are_no_key_for_the_rate_limiter_either(headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(AmbiguousKey):
+        caller_key(_scope("203.0.113.1", headers))
+    # The limiter never counts such a request against either key (the key check refuses it first).
+    assert ClientIdentity(keys=("k1", "k2")).key(_scope("203.0.113.1", headers)) == "ip:203.0.113.1"
+
+
+@pytest.mark.parametrize("headers", SAME_KEY_TWICE)
+def test_the_same_key_given_twice_is_that_key(headers: list[tuple[str, str]]) -> None:
+    assert caller_key(_scope("203.0.113.1", headers)) == "k1"
+    assert ClientIdentity(keys=("k1",)).key(_scope("203.0.113.1", headers)) == "key:k1"
+
+
+async def _answers(url: str, path: str, headers: list[tuple[str, str]]) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}{path}", headers=CIMultiDict(headers)) as resp:
+        return resp.status, await resp.json() if resp.content_type == "application/json" else None
+
+
+async def test_ambiguous_credentials_are_refused_and_one_key_given_twice_is_accepted() -> None:
+    async with run_gateway(gateway_settings("127.0.0.1:1", "127.0.0.1:1", None, api_keys=("a:k1", "b:k2"))) as gw:
+        for headers in AMBIGUOUS:
+            status, body = await _answers(gw.url, "/thumbnails/nothing", headers)
+            assert status == 400, (headers, status, body)
+            assert body["error"] == "ambiguous_api_key" and "one key once" in body["detail"], body
+        for headers in SAME_KEY_TWICE:  # admitted as k1: the route itself answers (404)
+            assert (await _answers(gw.url, "/thumbnails/nothing", headers))[0] == 404, headers
+        # Probes need no key: two keys there are ignored, not refused.
+        assert (await _answers(gw.url, "/health", AMBIGUOUS[0]))[0] == 200

@@ -156,7 +156,7 @@ async def test_the_image_listing_pages_through_every_image_once(
         status, page = await c.call("GET", "/collections/flash/images")
         assert status == 200 and len(page["images"]) == 5 and page["next"] is None, page
 
-        for params in ({"limit": "0"}, {"limit": "1001"}, {"limit": "two"}, {"cursor": "not-a-cursor"}):
+        for params in ({"limit": "0"}, {"limit": "1001"}, {"limit": "two"}, {"cursor": "not-a-cursor"}, {"cursor": ""}):
             status, body = await c.call("GET", "/collections/flash/images", params=params)
             assert status == 400 and next(iter(params)) in body["detail"], (params, body)
         status, _ = await c.call("GET", "/collections/flash/images", B)
