@@ -176,6 +176,16 @@ function describeModel() {
   if (model.error) el.modelInfo.append(make("span", { className: "hint", text: model.error }));
 }
 
+// Until the person picks one: the default model, unless it runs with random weights and
+// another has real ones (a first search then ranks by similarity, not by chance).
+function preselected(defaultName) {
+  const byName = (name) => state.models.find((m) => m.name === name);
+  const fallback = byName(defaultName);
+  if (!fallback || fallback.weights !== "random") return defaultName;
+  const real = state.models.find((m) => m.weights !== "random" && m.state !== "failed");
+  return real ? real.name : defaultName;
+}
+
 async function loadModels() {
   el.reloadModels.hidden = true;
   el.modelInfo.textContent = "Loading the models…";
@@ -189,7 +199,7 @@ async function loadModels() {
       if (m.supports_text) bits.push("text");
       return make("option", { value: m.name, text: `${m.name} (${bits.join(", ")})` });
     }));
-    const wanted = state.modelPicked && state.models.some((m) => m.name === keep) ? keep : answer.default_model;
+    const wanted = state.modelPicked && state.models.some((m) => m.name === keep) ? keep : preselected(answer.default_model);
     if (state.models.some((m) => m.name === wanted)) el.model.value = wanted;
     describeModel();
   } catch (err) {
