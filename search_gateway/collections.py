@@ -173,3 +173,8 @@ class CollectionRecords:
     async def referenced(self, sha256: str) -> bool:
         """Whether any collection of any tenant still holds this picture."""
         return await self.store.count(META, GalleryFilter(content_hashes=(sha256,))) > 0
+
+    async def names(self, tenant: str) -> set[str]:
+        """Every collection name the tenant has, those being deleted too (tenant_migration.py)."""
+        return {p.content_hash for p in await self._all(GalleryFilter(collections=(_RECORDS,), tenant=tenant))
+                if p.tenant == tenant}
