@@ -155,7 +155,7 @@ class ClientIdentity:
     """
 
     def __init__(self, keys: Iterable[str] = (), trusted_proxies: Iterable[str] = ()) -> None:
-        self.keys = frozenset(parse_api_keys(keys))
+        self.keys = frozenset(parse_api_keys(keys, secret=b""))  # the keys only, not their tenants
         self.proxies = parse_trusted_proxies(trusted_proxies)
 
     def _trusted(self, ip: IPAddress | None) -> bool:
@@ -197,9 +197,9 @@ class ApiKeyMiddleware:
     the caller's tenant is left in the scope for the routes, ``local`` when keys are off.
     """
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], tenant_key: bytes) -> None:
         self.app = app
-        self.keys = tuple((k.encode(), tenant) for k, tenant in parse_api_keys(keys).items())
+        self.keys = tuple((k.encode(), tenant) for k, tenant in parse_api_keys(keys, secret=tenant_key).items())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys:

@@ -6,6 +6,7 @@ pool for downloads, and closes them on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -55,6 +56,7 @@ from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import BatchLimits, EmbedBatches
 from search_gateway.search.gallery_source import GallerySource
 from search_gateway.search.pipeline import SearchLimits, SearchPipeline
+from search_gateway.tenant_migration import migrate_until_done, planned_moves
 from search_gateway.thumbnails import ThumbnailSigner
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
     deleter: CollectionDeleter | None = None
     collector: BlobCollector | None = None
     originals: Originals | None = None
+    migration: asyncio.Task[None] | None = None
     try:
         async with open_gallery(settings, metrics, embed, catalog, captions) as gallery:
             if gallery is not None:
@@ -150,13 +153,18 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
                                     settings.embed_batch_bytes, settings.reindex_heartbeat_s)
                 sweep = PointSweep(gallery.link, served_spaces(catalog, gallery.space_for), metrics,
-                                   grace_s=settings.blobs_gc_grace_s, tenants=configured_tenants(settings.api_keys))
+                                   grace_s=settings.blobs_gc_grace_s,
+                                   tenants=configured_tenants(settings.api_keys, settings.tenant_key))
                 deleter = CollectionDeleter(gallery.link, blobs, gallery.space_for,
                                             release_grace_s=settings.blobs_release_grace_s, forget_jobs=reindex.forget)
                 collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
                                           grace_s=settings.blobs_gc_grace_s, sweep=sweep, deleter=deleter,
                                           reservation_ttl_s=settings.quota_reservation_ttl_s)
                 collector.start()
+                moves = planned_moves(settings.api_keys, settings.tenant_key)
+                if moves:  # plain keys' collections under their former tenant names (tenant_migration.py)
+                    migration = asyncio.create_task(migrate_until_done(
+                        gallery.link, served_spaces(catalog, gallery.space_for), moves, settings.gallery_retry_s))
                 originals = gallery.originals = Originals(blobs, gallery.link, gallery.space_for)
             pipeline = dataclasses.replace(pipeline, gallery=gallery)
             yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
@@ -165,6 +173,10 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                                        settings.tenant_max_collections)),
                           gallery, blobs, reindex, deleter)
     finally:
+        if migration is not None:
+            migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await migration
         if collector is not None:
             await collector.close()
         if originals is not None:
@@ -287,7 +299,7 @@ def create_app(settings: GatewaySettings | None = None, *,
         Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
                    allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
                    expose_headers=["X-Request-ID", "Retry-After"], max_age=600),
-        Middleware(ApiKeyMiddleware, keys=settings.api_keys),
+        Middleware(ApiKeyMiddleware, keys=settings.api_keys, tenant_key=settings.tenant_key),
         Middleware(RateLimitMiddleware, buckets=buckets,
                    identity=ClientIdentity(settings.api_keys, settings.trusted_proxies)),
         Middleware(BodyLimitMiddleware, max_bytes=settings.upload_max_bytes + _FORM_OVERHEAD,

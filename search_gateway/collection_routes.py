@@ -21,6 +21,7 @@ from search_gateway.errors import BadRequest, Conflict, NotFound, QuotaReached, 
 from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.reindex import INDEXED, Job
 from search_gateway.tenants import tenant_of
+from search_gateway.thumbnails import INVALID, blob_parts, blob_url
 from search_gateway.uploads import Uploader, read_inputs, with_name_notes
 
 
@@ -197,10 +198,14 @@ async def present_hashes(request: Request) -> Response:
 
 
 def _thumbnail_path(request: Request) -> Callable[[str, str], str]:
+    """Links to originals of the collection the request names (every caller is a route
+    under /collections/{name}/, the name already checked to be the caller's): a link
+    stands for that image record, and answers while the tenant holds the picture."""
     signer = _gateway(request).signer
+    collection = request.path_params["name"]
 
     def link(tenant: str, sha256: str) -> str:
-        return str(request.url_for("thumbnail", token=signer.sign(f"blob:{tenant}/{sha256}")).path)
+        return str(request.url_for("thumbnail", token=signer.sign(blob_url(tenant, collection, sha256))).path)
 
     return link
 
@@ -283,13 +288,22 @@ async def _orphans(request: Request, tenant: str, images: list[GalleryPoint]) ->
 
 
 async def blob_thumbnail(request: Request, target: str) -> bytes:
-    """The original of a signed ``blob:<tenant>/<sha256>`` link, for its own tenant only."""
+    """The original a private link (thumbnails.blob_url) stands for, while the caller's
+    tenant holds that picture in a live collection.
+
+    The one check for every private thumbnail. Every refusal is the same 404 with the same
+    sentence: another tenant's link, an image or collection deleted since (its bytes may
+    still be kept for another tenant, or for the collector's grace), or bytes gone, all
+    read like a link that never existed, so a link says nothing about what others hold."""
     gw = _gateway(request)
-    tenant, _, sha256 = target.partition("/")
-    if gw.blobs is None or tenant != tenant_of(request.scope):
-        raise NotFound("This thumbnail link is unknown or has expired; search again.")
+    parts = blob_parts(target)
+    if gw.blobs is None or parts is None or parts[0] != tenant_of(request.scope):
+        raise NotFound(INVALID)
+    tenant, collection, sha256 = parts
+    if not await (await records(request)).holds(tenant, collection, sha256):
+        raise NotFound(INVALID)
     try:
         data: bytes = await gw.blobs.get(sha256)
     except BlobNotFound:
-        raise NotFound("This picture is no longer stored.") from None
+        raise NotFound(INVALID) from None
     return data  # an outage (BlobUnavailable) is a 503 to retry, not a 404 that says it is gone

@@ -254,3 +254,37 @@ class CollectionRecords:
     async def referenced(self, sha256: str) -> bool:
         """Whether any collection of any tenant still holds this picture."""
         return await self.store.count(META, GalleryFilter(content_hashes=(sha256,))) > 0
+
+    async def holds(self, tenant: str, collection: str, sha256: str) -> bool:
+        """Whether the tenant holds a live image with this content: a record of it in a
+        collection that is not being deleted. ``collection`` is asked first (one retrieve
+        of the image record and its collection's record), then the tenant's others: a
+        picture in two collections stays the tenant's while one of them holds it."""
+        image, record = GalleryPoint(sha256, _ONE, collection, tenant).id, self._record_id(tenant, collection)
+        found = {p.id: p for p in await self.store.retrieve(META, [image, record])}
+        held = found.get(image)
+        if (held is not None and (held.tenant, held.collection, held.content_hash) == (tenant, collection, sha256)
+                and record in found and self._live(found[record], tenant)):
+            return True
+        others = GalleryFilter(tenant=tenant, content_hashes=(sha256,))
+        async for page in pages(self.store, META, others, page=PAGE):
+            names = {p.collection for p in page if p.tenant == tenant and p.content_hash == sha256
+                     and p.collection not in (_RECORDS, JOBS, collection)}
+            records = await self.store.retrieve(META, [self._record_id(tenant, n) for n in names]) if names else []
+            if any(self._live(r, tenant) for r in records):
+                return True
+        return False
+
+    @staticmethod
+    def _record_id(tenant: str, name: str) -> str:
+        return GalleryPoint(name, _ONE, _RECORDS, tenant).id
+
+    @staticmethod
+    def _live(record: GalleryPoint, tenant: str) -> bool:
+        # The id names the record; tenant and kind are checked too, as image() does.
+        return record.tenant == tenant and record.collection == _RECORDS and record.platform != _DELETING
+
+    async def names(self, tenant: str) -> set[str]:
+        """Every collection name the tenant has, those being deleted too (tenant_migration.py)."""
+        return {p.content_hash for p in await self._all(GalleryFilter(collections=(_RECORDS,), tenant=tenant))
+                if p.tenant == tenant}

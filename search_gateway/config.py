@@ -33,6 +33,10 @@ KNOWN_MODELS: tuple[str, ...] = model_registry.list_models()
 CaptionMode = Literal["offline", "remote", "none"]
 CAPTION_MODES: tuple[str, ...] = get_args(CaptionMode)
 
+# Names plain keys' tenants when GATEWAY_TENANT_SECRET is unset, which the settings allow
+# only where no name is stored (the gallery off): one per process, never written anywhere.
+_PROCESS_TENANT_KEY = secrets.token_bytes(32)
+
 # The name the gateway's callers catch; every settings failure is this one type.
 ConfigError = SettingsError
 
@@ -125,6 +129,10 @@ class GatewaySettings(ServiceSettings):
     cors_origins: CommaList[str] = ()
     # TENANT:KEY entries (a plain KEY is a tenant of its own): search_gateway/tenants.py.
     api_keys: CommaList[str] = ()
+    # Keys the HMAC that names a plain KEY's tenant. Required with the gallery on and a
+    # plain key (the name is stored with its collections: it must not change on a restart);
+    # otherwise a random per-process one is used (nothing keeps the name).
+    tenant_secret: SecretStr | None = None
     # Addresses or CIDR ranges of reverse proxies whose X-Forwarded-For / Forwarded
     # headers name the client (access.py). Empty: those headers are ignored, and the
     # rate limit counts by the connecting address.
@@ -225,7 +233,7 @@ class GatewaySettings(ServiceSettings):
         from search_gateway.tenants import parse_api_keys
 
         try:
-            parse_api_keys(value)
+            parse_api_keys(value, secret=b"")
         except ValueError as exc:
             raise ValueError(f"is not valid: {exc}") from None
         return value
@@ -247,12 +255,23 @@ class GatewaySettings(ServiceSettings):
                 raise ValueError("GATEWAY_CAPTION_URL must be an http(s) URL when GATEWAY_CAPTION_MODE=remote")
             if not self.caption_remote_model:
                 raise ValueError("GATEWAY_CAPTION_REMOTE_MODEL must name a model when GATEWAY_CAPTION_MODE=remote")
+        from search_gateway.tenants import plain_keys
+
+        if self.gallery == "on" and self.tenant_secret is None and plain_keys(self.api_keys):
+            raise ValueError("GATEWAY_TENANT_SECRET must be set (a long random string, the same on every replica, "
+                             "kept like the keys) when GATEWAY_API_KEYS has a plain KEY entry and the gallery is on: "
+                             "it keys the hash that names the key's tenant, under which its collections are stored")
         if self.max_results > self.max_results_limit:
             raise ValueError(
                 f"GATEWAY_MAX_RESULTS must be at most GATEWAY_MAX_RESULTS_LIMIT"
                 f" (got {self.max_results} > {self.max_results_limit})"
             )
         return self
+
+    @property
+    def tenant_key(self) -> bytes:
+        """The key of plain keys' tenant names: GATEWAY_TENANT_SECRET, else this process's own."""
+        return self.tenant_secret.get_secret_value().encode() if self.tenant_secret is not None else _PROCESS_TENANT_KEY
 
     def _security(self, token: SecretStr | None, variable: str) -> ClientSecurity:
         return ClientSecurity(ca_file=self.grpc_tls_ca_file, cert_file=self.grpc_tls_cert_file,

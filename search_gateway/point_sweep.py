@@ -73,9 +73,9 @@ def served_spaces(catalog: ModelCatalog, space_for: SpaceFor) -> Spaces:
     return spaces
 
 
-def configured_tenants(api_keys: Iterable[str]) -> tuple[str, ...]:
+def configured_tenants(api_keys: Iterable[str], tenant_key: bytes) -> tuple[str, ...]:
     """The tenants the keys name; ``local`` when there are none (every caller is it)."""
-    return tuple(sorted(set(parse_api_keys(api_keys).values()))) or (LOCAL,)
+    return tuple(sorted(set(parse_api_keys(api_keys, secret=tenant_key).values()))) or (LOCAL,)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from search_gateway.replies import PatchMatches
 from search_gateway.search.rerank_stage import RERANK_K_LIMIT
 from search_gateway.search.types import SOURCES, RankedResult, SearchEvent, SearchOutcome, SearchQuery
 from search_gateway.tenants import tenant_of
+from search_gateway.thumbnails import BLOB, blob_url
 
 if TYPE_CHECKING:  # app.py imports this module
     from search_gateway.app import Gateway
@@ -231,7 +232,7 @@ def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:
 
     def thumbnail_link(result: RankedResult) -> str:
         if result.tenant is not None:  # a private collection's original, from the blob store
-            token = signer.sign(f"blob:{result.tenant}/{result.sha256}")
+            token = signer.sign(blob_url(result.tenant, result.collection, result.sha256))
         else:
             token = signer.sign(result.candidate.url, dict(result.candidate.headers))
         return str(request.url_for("thumbnail", token=token).path)
@@ -420,10 +421,10 @@ async def thumbnail(request: Request) -> Response:
     s = gw.settings
     url, headers = gw.signer.verify(request.path_params["token"])
     size = _int(request, None, "size", 256, 16, s.thumbnail_max_side)
-    if url.startswith("blob:"):  # an uploaded original: signed by us, for its tenant only
+    if url.startswith(BLOB):  # an uploaded original: for its tenant, while it holds the picture
         from search_gateway.collection_routes import blob_thumbnail
 
-        raw = await blob_thumbnail(request, url[len("blob:"):])
+        raw = await blob_thumbnail(request, url)
     else:
         raw = await gw.downloader.fetch(url, headers, timeout=s.download_timeout_s)
     jpeg = await asyncio.to_thread(make_thumbnail, raw, max_pixels=s.max_pixels, max_side=size)

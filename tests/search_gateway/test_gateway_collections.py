@@ -35,14 +35,14 @@ def _files(*items: tuple[str, bytes | str]) -> aiohttp.FormData:
 
 
 def test_api_keys_name_tenants_and_plain_keys_stay_their_own() -> None:
-    keys = parse_api_keys(["studio-a:k1", "studio-a:k2", "plain-key"])
+    keys = parse_api_keys(["studio-a:k1", "studio-a:k2", "plain-key"], secret=b"tenant secret")
     assert keys["k1"] == keys["k2"] == "studio-a"
     assert keys["plain-key"].startswith("key-") and "plain" not in keys["plain-key"]
     with pytest.raises(ConfigError, match="GATEWAY_API_KEYS"):
         GatewaySettings(api_keys=("Bad Tenant:k",))
     # A start-up error names the entry by its position, never by any of its (secret) text.
     with pytest.raises(ValueError, match="entry 2 ") as refused:
-        parse_api_keys(["studio-a:k1", "Secr+t:key"])
+        parse_api_keys(["studio-a:k1", "Secr+t:key"], secret=b"tenant secret")
     assert "Secr" not in str(refused.value)
 
 

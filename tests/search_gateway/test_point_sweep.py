@@ -166,9 +166,9 @@ async def test_replicas_sweeping_at_once_delete_each_point_once_and_fail_nothing
 
 
 def test_the_swept_tenants_are_those_the_keys_name_or_local_without_keys() -> None:
-    named = configured_tenants(["studio-a:k1", "studio-a:k2", "plain-key"])
+    named = configured_tenants(["studio-a:k1", "studio-a:k2", "plain-key"], b"tenant secret")
     assert named[1] == "studio-a" and named[0].startswith("key-") and len(named) == 2
-    assert configured_tenants([]) == ("local",)
+    assert configured_tenants([], b"tenant secret") == ("local",)
 
 
 # --- through a real gateway
