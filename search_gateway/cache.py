@@ -5,6 +5,21 @@ new URL is downloaded but not embedded. Entries expire after ``ttl_s`` (the URL 
 matters most: what a URL serves can change; 0 keeps them until evicted) and the least
 recently used go first. Each vector keeps the provenance of the reply that computed
 it, so a search answered from the cache still says which weights ranked it.
+
+Vectors are keyed by the weights that computed them too (the fingerprint every embed
+reply carries), and a lookup serves only vectors of the fingerprint the cache holds
+as the model's current one: the last one an embed reply named for that model
+(``put``, ``observe``). When the embed server comes back with other weights (another
+seed, pretrained in place of random), its first reply moves the model to the new
+fingerprint and the old vectors are never served again: they are of another space,
+where the query's vector and the candidates' would not compare. A restart is noticed
+before any reply: the gateway's channel to the embed server leaving or regaining
+READY (``weights_watch.py``) makes every model's fingerprint unknown (``unverify``),
+and a model with no known fingerprint is a miss until a reply names one. Left open:
+with several replicas behind one channel, a rolling restart to other weights keeps
+the channel READY, so until the first reply from a new replica, lookups still serve
+the old weights' vectors (as the replicas themselves answer in two spaces meanwhile).
+The URL -> content hash side does not depend on the weights and is kept.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from cachetools import Cache, LRUCache, TTLCache
 
 from search_gateway.replies import Provenance
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 
@@ -34,7 +50,7 @@ class CachedVector:
     provenance: Provenance | None
 
 
-def _bounded(max_entries: int, ttl_s: float, timer: Callable[[], float]) -> Cache[tuple[str, str], V]:
+def _bounded(max_entries: int, ttl_s: float, timer: Callable[[], float]) -> Cache[K, V]:
     # TTLCache evicts the least recently used entry when full, like LRUCache.
     if ttl_s > 0:
         return TTLCache(maxsize=max_entries, ttl=ttl_s, timer=timer)
@@ -51,13 +67,21 @@ class EmbeddingCache:
         clock: Callable[[], float] = time.monotonic,
         on_lookup: Callable[[bool], None] | None = None,
     ) -> None:
-        self._vectors: Cache[tuple[str, str], CachedVector] = _bounded(max_entries, ttl_s, clock)
+        # (model, weights fingerprint, content hash) -> vector
+        self._vectors: Cache[tuple[str, str, str], CachedVector] = _bounded(max_entries, ttl_s, clock)
         self._urls: Cache[tuple[str, str], str] = _bounded(max_entries, ttl_s, clock)
+        # model -> the fingerprint of its last reply ("" when the server names none);
+        # a model missing here has no known weights, and every lookup for it misses.
+        self._current: dict[str, str] = {}
         self.stats = CacheStats()
         self._on_lookup = on_lookup
 
+    def _get(self, model: str, sha256: str) -> CachedVector | None:
+        fingerprint = self._current.get(model)
+        return None if fingerprint is None else self._vectors.get((model, fingerprint, sha256))
+
     def by_hash(self, model: str, sha256: str) -> CachedVector | None:
-        cached = self._vectors.get((model, sha256))
+        cached = self._get(model, sha256)
         self._count(cached)
         return cached
 
@@ -67,17 +91,33 @@ class EmbeddingCache:
         if sha is None:
             self._count(None)
             return None
-        cached = self._vectors.get((model, sha))
+        cached = self._get(model, sha)
         self._count(cached)
         return None if cached is None else (sha, cached)
 
     def put(self, model: str, sha256: str, vector: np.ndarray, url: str | None = None,
             provenance: Provenance | None = None) -> None:
+        """Keep a vector from an embed reply; its provenance names the weights, which
+        become the model's current ones (``observe``)."""
+        fingerprint = provenance.weights_fingerprint if provenance is not None else ""
+        self.observe(model, fingerprint)
         vector = np.asarray(vector, dtype=np.float32)
         vector.setflags(write=False)  # shared between searches: nobody may edit it in place
-        self._vectors[(model, sha256)] = CachedVector(vector, provenance)
+        self._vectors[(model, fingerprint, sha256)] = CachedVector(vector, provenance)
         if url:
             self._urls[(model, url)] = sha256
+
+    def observe(self, model: str, fingerprint: str) -> None:
+        """An embed reply for ``model`` named these weights: from now on lookups serve
+        only vectors they computed. Another fingerprint's vectors stay until evicted
+        (never served while it is not current), so a replica set answering with the
+        old weights again finds them."""
+        self._current[model] = fingerprint
+
+    def unverify(self) -> None:
+        """The embed server may have restarted with other weights: serve nothing until
+        a reply says which weights answer now."""
+        self._current.clear()
 
     def remember_url(self, model: str, url: str, sha256: str) -> None:
         self._urls[(model, url)] = sha256
