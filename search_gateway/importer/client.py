@@ -121,7 +121,7 @@ class GatewayClient:
         left = self._down_since + self.retry.give_up_s - time.monotonic()
         if left <= 0:
             if self.gone is None:
-                self.gone = (f"Not sent: the gateway at {self.base} could not be reached for "
+                self.gone = (f"Not sent or not confirmed: the gateway at {self.base} could not be reached for "
                              f"{self.retry.give_up_s:g} s (last: {last}); run again to send these.")
             raise Unreachable(self.gone)
         return left
