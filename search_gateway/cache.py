@@ -1,4 +1,4 @@
-"""Bounded embedding cache: (model, image content hash) -> vector, plus (model, URL) -> hash.
+"""Bounded embedding cache: (model, weights fingerprint, image content hash) -> vector, plus (model, URL) -> hash.
 
 A candidate URL seen again is neither downloaded nor embedded; the same picture at a
 new URL is downloaded but not embedded. Entries expire after ``ttl_s`` (the URL side
@@ -9,17 +9,23 @@ it, so a search answered from the cache still says which weights ranked it.
 Vectors are keyed by the weights that computed them too (the fingerprint every embed
 reply carries), and a lookup serves only vectors of the fingerprint the cache holds
 as the model's current one: the last one an embed reply named for that model
-(``put``, ``observe``). When the embed server comes back with other weights (another
-seed, pretrained in place of random), its first reply moves the model to the new
-fingerprint and the old vectors are never served again: they are of another space,
-where the query's vector and the candidates' would not compare. A restart is noticed
-before any reply: the gateway's channel to the embed server leaving or regaining
-READY (``weights_watch.py``) makes every model's fingerprint unknown (``unverify``),
-and a model with no known fingerprint is a miss until a reply names one. Left open:
-with several replicas behind one channel, a rolling restart to other weights keeps
-the channel READY, so until the first reply from a new replica, lookups still serve
-the old weights' vectors (as the replicas themselves answer in two spaces meanwhile).
-The URL -> content hash side does not depend on the weights and is kept.
+(``put``), or a ListModels reply (``observe``, through ``EmbedClient.weights_listeners``;
+the gateway's model catalog asks before searches once its answer is 5 s old). When the
+embed server comes back with other weights (another seed, pretrained in place of
+random), the first such reply moves the model to the new fingerprint, and the old
+vectors are not served while other weights answer: they are of another space, where the query's vector
+and the candidates' would not compare. A restart is noticed before any reply too: the
+gateway's channel to the embed server leaving or regaining READY (``weights_watch.py``)
+makes every model's fingerprint unknown (``unverify``), and a model with no known
+fingerprint is a miss until a reply names one.
+
+Left open: where the gateway's connection does not see the restart (several replicas
+behind one channel during a rolling restart to other weights, or a proxy that keeps
+the connection and answers health itself), lookups serve the old weights' vectors
+until the first reply from the new weights: at most about 5 s when searches come (the
+catalog's ListModels), or the first Embed reply. The replicas themselves answer in two
+spaces during such a rollout anyway. The URL -> content hash side does not depend on
+the weights and is kept.
 """
 
 from __future__ import annotations

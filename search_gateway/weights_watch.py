@@ -11,8 +11,9 @@ to the new one. Both edges make the cache forget which weights each model has
 The second edge matters as the old server's last replies, drained after it stopped
 taking calls, may land after the first edge and name the old weights once more.
 
-Not covered (cache.py says so too): several replicas behind one channel, where one
-restarting leaves the channel READY.
+Not seen here (cache.py says what covers it, and what is left): several replicas
+behind one channel, where one restarting leaves the channel READY, or a proxy that
+keeps the gateway's connection and answers health itself.
 """
 
 from __future__ import annotations

@@ -75,6 +75,9 @@ class EmbedBatches:
         # the cache must not answer for with its old vectors (weights_watch.py). Kept
         # here, as asyncio keeps only a weak reference to a task.
         self._weights_watch = asyncio.get_running_loop().create_task(unverify_on_reconnect(embed.channel, cache))
+        # ListModels names the weights too (the catalog asks before searches, every few
+        # seconds at most): that covers a restart the channel cannot see, behind a proxy.
+        embed.weights_listeners.append(cache.observe)
 
     async def run(self, model: str, waiting: asyncio.Queue[FetchedImage | None], deadline: Deadline,
                   stopwatch: Stopwatch, report: Report) -> None:

@@ -11,17 +11,21 @@ must differ from them, or the test could not tell the two spaces apart.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2
 
 from search_gateway.cache import EmbeddingCache
 from search_gateway.replies import Provenance
 from tests.search_gateway.conftest import Site, gateway_settings, image_form
 from tests.search_gateway.gateway_support import embed_server, run_gateway, scraper_server, write_catalog
+from tests.search_gateway.test_gateway_provenance import _Forward, proxy
 from tests.search_gateway.test_gateway_resilience import _wait_ready
 from tests.support.images import jpeg
 
@@ -77,6 +81,52 @@ async def test_a_query_searched_before_an_embed_restart_with_other_weights_is_ra
     assert list(after) == list(reference), "ranked with the old weights' cached vectors"
     assert after == pytest.approx(reference, abs=1e-5)
     assert body["stats"]["embedded"] == len(reference)  # every candidate embedded again, by the new weights
+
+
+class _SteadyHealth(_Forward):
+    """A proxy that answers the health watch itself, SERVING for ever, as a proxy that
+    health-checks its backends on its own would: the gateway's channel cannot see the
+    embed server behind it restart."""
+
+    def _stream(self, method: str) -> grpc.RpcMethodHandler:
+        async def serving(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
+            await asyncio.Event().wait()  # until the gateway ends the watch
+
+        return grpc.unary_stream_rpc_method_handler(serving)
+
+
+async def test_behind_a_proxy_that_keeps_the_connection_the_model_list_tells_the_cache_of_new_weights(
+        site: Site, tmp_path: Path) -> None:
+    # The gateway's connection (to the proxy) stays up and READY across the embed
+    # server's restart, so only what the embed server answers can tell. Here ListModels,
+    # which the gateway asks before searches (at most every few seconds) and for /models.
+    old = embed_server(EMBED_SEED="1").start()
+    port = old.port
+    _wait_ready(old.target)
+    with scraper_server(write_catalog(tmp_path / "c.jsonl", site.good_urls(6))) as scraper:
+        async with proxy(old.target, set(), _SteadyHealth) as (target, _), aiohttp.ClientSession() as http:
+            settings = gateway_settings(target, scraper.target, site)
+            async with run_gateway(settings) as gw:
+                status, first = await _search(http, gw.url)
+                assert status == 200, first
+                old.stop()
+                new = embed_server(port=port, EMBED_SEED="2").start()
+                try:
+                    _wait_ready(new.target)
+                    async with http.get(f"{gw.url}/models") as resp:
+                        assert resp.status == 200
+                    status, body = await _search(http, gw.url)
+                    assert status == 200, body
+                    async with run_gateway(settings) as fresh:
+                        status, reference_body = await _search(http, fresh.url)
+                        assert status == 200, reference_body
+                finally:
+                    new.stop()
+    before, after, reference = _scores(first), _scores(body), _scores(reference_body)
+    assert list(before) != list(reference)  # two spaces
+    assert list(after) == list(reference), "ranked with the old weights' cached vectors"
+    assert after == pytest.approx(reference, abs=1e-5)
 
 
 def test_the_cache_serves_only_the_vectors_of_the_weights_its_last_reply_named() -> None:
