@@ -9,7 +9,7 @@ status codes become gateway errors here too, so the rest of the gateway never se
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import MappingProxyType
 
 import grpc
@@ -166,6 +166,9 @@ class EmbedClient(_Client):
         super().__init__(channel, timeout_s=timeout_s)
         # The generated grpc module has no type stubs (only the messages do).
         self._stub = embed_pb2_grpc.EmbedServiceStub(channel)  # type: ignore[no-untyped-call]
+        # Called with (model, weights fingerprint) for every ready model a ListModels reply
+        # lists: the embedding cache follows the weights served (cache.py).
+        self.weights_listeners: list[Callable[[str, str], None]] = []
 
     async def embed(self, model: str, images: Sequence[bytes], *, timeout: float | None = None) -> Embeddings:
         request = embed_pb2.EmbedRequest(model=model, images=list(images))
@@ -229,7 +232,12 @@ class EmbedClient(_Client):
             reply = await self._stub.ListModels(embed_pb2.ListModelsRequest(), timeout=self._timeout(timeout))
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.backend) from None
-        return [_model(m) for m in reply.models]
+        models = [_model(m) for m in reply.models]
+        for m in models:
+            if m.ready and m.weights_fingerprint:
+                for listener in self.weights_listeners:
+                    listener(m.name, m.weights_fingerprint)
+        return models
 
 
 class ScraperClient(_Client):

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import grpc
 
 from service_common.grpc_security import PLAINTEXT, ClientSecurity, aio_channel
+from service_common.keepalive import KEEPALIVE, Keepalive
 
 _MB = 1024 * 1024
 # The largest message either way: Embed batches of full-size images.
@@ -97,10 +98,12 @@ def service_config(services: Sequence[str], *, retries: int, health_service: str
 
 
 def open_channel(target: str, *, services: Sequence[str], retries: int, reconnect_backoff_max_ms: int,
-                 health_service: str | None = None, security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
+                 health_service: str | None = None, security: ClientSecurity = PLAINTEXT,
+                 keepalive: Keepalive = KEEPALIVE) -> grpc.aio.Channel:
     """One channel per backend for the gateway's lifetime, balanced round robin over the
     replicas that are SERVING under ``health_service``, with the retry policy above for
-    ``services``, TLS and a token as ``security`` says."""
+    ``services``, TLS and a token as ``security`` says, and ``keepalive``'s pings, which
+    the servers accept as they are built from the same ``Keepalive`` (only tests pass another)."""
     options: list[tuple[str, str | int]] = [
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.service_config", service_config(services, retries=retries, health_service=health_service)),
@@ -117,8 +120,8 @@ def open_channel(target: str, *, services: Sequence[str], retries: int, reconnec
         ("grpc.initial_reconnect_backoff_ms", min(200, reconnect_backoff_max_ms)),
         ("grpc.min_reconnect_backoff_ms", min(200, reconnect_backoff_max_ms)),
         ("grpc.max_reconnect_backoff_ms", reconnect_backoff_max_ms),
-        # Notice a silently vanished peer (no FIN, e.g. a killed container host).
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        # Notice a silently vanished peer (no FIN, e.g. a killed container host), with
+        # pings the servers allow (service_common/keepalive.py says why each option).
+        *keepalive.client_options(),
     ]
     return aio_channel(target, security, options)

@@ -37,6 +37,7 @@ from prometheus_client import Gauge
 from service_common.grpc_call_metrics import CallStatusInterceptor, requests_counter
 from service_common.grpc_drain import InFlightCalls
 from service_common.grpc_requests import RequestDecodingInterceptor
+from service_common.keepalive import KEEPALIVE, Keepalive
 from service_common.metrics_http import MetricsEndpoint, MetricsExport
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ async def create_server(
     credentials: grpc.ServerCredentials | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     metrics: MetricsExport | None = None,
+    keepalive: Keepalive = KEEPALIVE,
 ) -> tuple[GrpcServer, int]:
     """A started server and the port it listens on.
 
@@ -135,6 +137,8 @@ async def create_server(
     stopped, to release what the servicers hold. `metrics`: the registry to serve on
     its own port (on `host`), where calls are counted by status too. `max_connection_age_s`
     (0: none) closes each client connection gracefully at that age, so clients re-resolve.
+    `keepalive`: the pings the server accepts, the same `Keepalive` the clients ping by
+    (keepalive.py; only tests pass another).
     """
     names = [service.name for service in services]
     calls = InFlightCalls(names)
@@ -142,6 +146,8 @@ async def create_server(
         # grpc enables SO_REUSEPORT by default, which lets a second server start on a busy
         # port and silently take half the traffic; a clear bind error is what an operator needs.
         ("grpc.so_reuseport", 0),
+        # Accept the clients' keepalive pings rather than answer them GOAWAY "too_many_pings".
+        *keepalive.server_options(),
     ]
     if max_receive_bytes is not None:
         options.append(("grpc.max_receive_message_length", max_receive_bytes))

@@ -2,8 +2,10 @@
 
 The API key comes from ``TATTOO_API_KEY`` (sent as ``X-API-Key``), the gateway's URL
 from ``--gateway`` or ``TATTOO_GATEWAY_URL``. Exit status: 0 when every input was
-added, a duplicate, skipped or rejected; 1 when some failed (run again to send them);
-2 when the import could not start (bad arguments, key or collection).
+added, a duplicate, skipped or rejected; 1 when some failed (run again to send them),
+also when the gateway could not be reached for ``--give-up-after`` seconds: then every
+input not yet answered is reported failed and nothing more is sent; 2 when the import
+could not start (bad arguments, key or collection).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import aiohttp
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs shipped
 
-from search_gateway.importer.client import GatewayClient, GaveUp, Refused, Retry
+from search_gateway.importer.client import GatewayClient, GaveUp, Refused, Retry, Unreachable
 from search_gateway.importer.pipeline import Importer, Limits, count
 from search_gateway.importer.report import Report
 
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=8, help="retries of a request on 429/502/503/504 or a lost "
                                                           "connection, with back-off")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    p.add_argument("--give-up-after", type=float, default=60.0, metavar="SECONDS",
+                   help="stop sending once the gateway has not been reached for this long (connection "
+                        "errors, timeouts, 502/503/504), reporting every input left as failed (default: 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -62,9 +67,12 @@ async def _main(args: argparse.Namespace) -> int:
     counting.add_done_callback(lambda t: _set_total(bar, t))
     try:
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-            client = GatewayClient(http, args.gateway, args.collection, Retry(attempts=max(0, args.retries)))
+            retry = Retry(attempts=max(0, args.retries), give_up_s=max(0.0, args.give_up_after))
+            client = GatewayClient(http, args.gateway, args.collection, retry)
             try:
                 await client.ensure_collection(args.create)
+            except Unreachable:
+                pass  # the run goes on without sending, so that every input is reported failed
             except (Refused, GaveUp) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
@@ -75,7 +83,11 @@ async def _main(args: argparse.Namespace) -> int:
         bar.close()
         report.close()
     print(report.summary(), file=sys.stderr)
-    return 1 if report.counts["failed"] else 0
+    if client.gone is not None:
+        print(f"error: stopped sending: the gateway at {args.gateway} could not be reached for "
+              f"{retry.give_up_s:g} s; the {report.counts['failed']} inputs reported failed are the ones "
+              "to send: run the same command again once it is back.", file=sys.stderr)
+    return 1 if report.counts["failed"] or client.gone is not None else 0
 
 
 def _set_total(bar: tqdm, task: asyncio.Task[int]) -> None:

@@ -5,6 +5,13 @@ gateway or its store is busy, restarting or behind a proxy that lost it) and con
 errors (the gateway went away). Never retried: any other 4xx (the request itself is
 wrong: retrying gives the same answer) and 500 (a bug). Re-sending an upload is safe:
 the gateway answers ``duplicate`` for what the lost attempt had already added.
+
+A gateway that is gone is not retried for ever: once no request has got through
+(connection errors, timeouts, 502/503/504) for ``Retry.give_up_s`` seconds, counted
+from the first failure of any request since the last one that got an answer, the
+client gives up for the rest of the run: the request that notices raises
+``Unreachable``, and so does every later one at once, without sending anything. A 429
+is an answer (the gateway is there, asking to slow down): it ends an outage.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,10 @@ class GaveUp(Exception):
     """Still failing after every retry: the inputs are reported failed, to send again later."""
 
 
+class Unreachable(GaveUp):
+    """The gateway has not been reached for ``Retry.give_up_s``: nothing more is sent in this run."""
+
+
 @dataclass(frozen=True)
 class TooLarge(Exception):
     """413: the batch is over a per-request limit; the number it named, when it named one."""
@@ -49,6 +61,8 @@ class Retry:
     attempts: int = 8
     first_s: float = 0.5
     max_s: float = 30.0
+    # How long the gateway may stay unreachable before the run stops sending (--give-up-after).
+    give_up_s: float = 60.0
 
     def wait(self, attempt: int, retry_after: float | None) -> float:
         backoff = min(self.max_s, self.first_s * 2 ** attempt) * random.uniform(0.5, 1.0)
@@ -62,26 +76,55 @@ class GatewayClient:
         self.collection = collection
         self.path = f"/collections/{quote(collection, safe='')}"
         self.retry = retry
+        # When the current outage began (the first failure since the last answer); None: no outage.
+        self._down_since: float | None = None
+        # Set once the outage passed give_up_s: why the run stopped sending.
+        self.gone: str | None = None
 
     async def _call(self, method: str, path: str, body: Callable[[], Any] | None = None,
                     json: Any = None) -> tuple[int, Any]:
         last = ""
         for attempt in range(self.retry.attempts + 1):
+            if self.gone is not None:  # this or another request gave up: send nothing more
+                raise Unreachable(self.gone)
             retry_after: float | None = None
             try:
                 data = body() if body is not None else None
                 async with self.http.request(method, self.base + path, data=data, json=json) as resp:
                     payload = await resp.json() if resp.content_type == "application/json" else await resp.text()
                     if resp.status not in RETRIED:
+                        self._down_since = None
                         return resp.status, payload
                     last = f"HTTP {resp.status}: {_detail(payload)}"
                     header = resp.headers.get("Retry-After", "")
                     retry_after = float(header) if header.replace(".", "", 1).isdigit() else None
+                    self._failed(reached=resp.status == 429)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
+                self._failed(reached=False)
+            left = self._outage_left(last)
             if attempt < self.retry.attempts:
-                await asyncio.sleep(self.retry.wait(attempt, retry_after))
+                await asyncio.sleep(min(self.retry.wait(attempt, retry_after), left))
         raise GaveUp(f"the gateway did not answer after {self.retry.attempts + 1} attempts ({last})")
+
+    def _failed(self, *, reached: bool) -> None:
+        if reached:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def _outage_left(self, last: str) -> float:
+        """Seconds the outage may still last (inf when there is none); raises
+        Unreachable, for this run, once it has lasted give_up_s."""
+        if self._down_since is None:
+            return float("inf")
+        left = self._down_since + self.retry.give_up_s - time.monotonic()
+        if left <= 0:
+            if self.gone is None:
+                self.gone = (f"Not sent or not confirmed: the gateway at {self.base} could not be reached for "
+                             f"{self.retry.give_up_s:g} s (last: {last}); run again to send these.")
+            raise Unreachable(self.gone)
+        return left
 
     async def ensure_collection(self, create: bool) -> None:
         status, payload = await self._call("GET", "/collections")

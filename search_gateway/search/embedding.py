@@ -24,6 +24,7 @@ from search_gateway.replies import Provenance
 from search_gateway.search.budget import Deadline
 from search_gateway.search.tally import Stopwatch
 from search_gateway.search.types import EmbeddedImage, FetchedImage
+from search_gateway.weights_watch import unverify_on_reconnect
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def unit(vector: np.ndarray) -> np.ndarray:
 
 
 class EmbedBatches:
-    """Shared by all searches: the client, the cache and the gateway-wide embed slots."""
+    """Shared by all searches: the client, the cache and the gateway-wide embed slots.
+    Made on the gateway's event loop: it starts the cache's watch on the embed channel."""
 
     def __init__(self, embed: EmbedClient, cache: EmbeddingCache, limits: BatchLimits, metrics: Metrics) -> None:
         self._embed = embed
@@ -69,6 +71,13 @@ class EmbedBatches:
         self._limits = limits
         self._metrics = metrics
         self._slots = asyncio.Semaphore(max(1, limits.concurrency * 2))
+        # For the channel's life: an embed server restart may bring other weights, which
+        # the cache must not answer for with its old vectors (weights_watch.py). Kept
+        # here, as asyncio keeps only a weak reference to a task.
+        self._weights_watch = asyncio.get_running_loop().create_task(unverify_on_reconnect(embed.channel, cache))
+        # ListModels names the weights too (the catalog asks before searches, every few
+        # seconds at most): that covers a restart the channel cannot see, behind a proxy.
+        embed.weights_listeners.append(cache.observe)
 
     async def run(self, model: str, waiting: asyncio.Queue[FetchedImage | None], deadline: Deadline,
                   stopwatch: Stopwatch, report: Report) -> None:

@@ -66,11 +66,12 @@ class _Forward(grpc.GenericRpcHandler):
 
 
 @asynccontextmanager
-async def proxy(upstream_target: str, refused: set[str]) -> AsyncIterator[tuple[str, Counter[str]]]:
+async def proxy(upstream_target: str, refused: set[str],
+                forward: type[_Forward] = _Forward) -> AsyncIterator[tuple[str, Counter[str]]]:
     seen: Counter[str] = Counter()
     upstream = grpc.aio.insecure_channel(upstream_target)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_Forward(upstream, frozenset(refused), seen),))
+    server.add_generic_rpc_handlers((forward(upstream, frozenset(refused), seen),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

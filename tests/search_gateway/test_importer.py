@@ -239,3 +239,65 @@ async def test_killing_the_gateway_half_way_then_running_again_leaves_every_imag
     finally:
         gateway.terminate()
         gateway.wait(10)
+
+
+def _gone(reason: str) -> bool:
+    return "could not be reached" in reason and "run again" in reason
+
+
+async def test_a_gateway_that_refuses_connections_ends_the_run_with_every_input_reported_failed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "flash"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.jpg").write_bytes(jpeg(300 + i, (64, 64)))
+    listing = tmp_path / "urls.txt"
+    listing.write_text("https://example.org/a.jpg\nhttps://example.org/b.jpg\n")
+    report = tmp_path / "report.jsonl"
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there: every connection is refused
+    # The default 8 retries with back-off would take about 69 s per request; the
+    # deadline (short here) ends the whole run instead.
+    code = await _import(str(folder), str(listing), "--collection", "flash", "--gateway", url,
+                         "--give-up-after", "1", "--report", str(report))
+    assert code == 1
+    outcome = _report(report)
+    assert sorted(outcome) == sorted([*(str(p) for p in folder.iterdir()), "https://example.org/a.jpg",
+                                      "https://example.org/b.jpg"])  # every input, once
+    assert all(v["status"] == "failed" and _gone(v["reason"]) for v in outcome.values()), outcome
+    err = capsys.readouterr().err
+    assert "8 failed" in err and f"stopped sending: the gateway at {url} could not be reached for 1 s" in err
+
+
+async def test_a_gateway_gone_mid_run_ends_the_run_and_a_second_run_sends_exactly_the_failed_inputs(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    folder = tmp_path / "portfolio"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i:02d}.jpg").write_bytes(jpeg(400 + i, (64, 64)))
+    first_report, second_report = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    settings = _settings(embed, scraper, site, tmp_path)
+    async with run_gateway(settings) as gw:
+        # Default retries (8, about 69 s of back-off per request); only the deadline is short.
+        first = asyncio.ensure_future(_import(
+            str(folder), "--collection", "portfolio", "--gateway", gw.url, "--create", "--batch-files", "2",
+            "--concurrency", "1", "--give-up-after", "1", "--report", str(first_report)))
+        while not first.done() and (not first_report.exists() or len(first_report.read_text().splitlines()) < 4):
+            await asyncio.sleep(0.01)
+    # The gateway has stopped (its port refuses connections) with the import under way.
+    assert await asyncio.wait_for(first, 60) == 1
+    stopped = _report(first_report)
+    assert sorted(stopped) == sorted(str(p) for p in folder.iterdir())  # every input, once
+    added = {k for k, v in stopped.items() if v["status"] == "added"}
+    failed = {k for k, v in stopped.items() if v["status"] == "failed"}
+    assert added and failed and added | failed == set(stopped)
+    assert all(_gone(stopped[k]["reason"]) for k in failed)
+
+    async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
+        before = await _metric(http, gw.url, UPLOADS)
+        assert await _import(str(folder), "--collection", "portfolio", "--gateway", gw.url,
+                             "--report", str(second_report)) == 0
+        again = _report(second_report)
+        assert {k for k, v in again.items() if v["status"] == "added"} == failed  # exactly those were sent
+        assert {k for k, v in again.items() if v["status"] == "skipped"} == added
+        assert await _images(http, gw.url, "portfolio", KEY) == 40
+        assert await _metric(http, gw.url, UPLOADS) - before == -(-len(failed) // 32)  # batches of 32
