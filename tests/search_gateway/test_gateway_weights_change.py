@@ -48,7 +48,9 @@ async def test_a_query_searched_before_an_embed_restart_with_other_weights_is_ra
     _wait_ready(old.target)
     with scraper_server(write_catalog(tmp_path / "c.jsonl", site.good_urls(6))) as scraper:
         settings = gateway_settings(old.target, scraper.target, site)
-        async with aiohttp.ClientSession() as http:
+        # A new connection per request: the embed restart can outlast the gateway's keep-alive,
+        # and a POST on a connection it closed meanwhile is reset, not retried.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             async with run_gateway(settings) as gw:
                 status, first = await _search(http, gw.url)
                 assert status == 200, first
