@@ -107,7 +107,8 @@ async def test_behind_a_proxy_that_keeps_the_connection_the_model_list_tells_the
     port = old.port
     _wait_ready(old.target)
     with scraper_server(write_catalog(tmp_path / "c.jsonl", site.good_urls(6))) as scraper:
-        async with proxy(old.target, set(), _SteadyHealth) as (target, _), aiohttp.ClientSession() as http:
+        async with proxy(old.target, set(), _SteadyHealth) as (target, _), aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as http:  # as above
             settings = gateway_settings(target, scraper.target, site)
             async with run_gateway(settings) as gw:
                 status, first = await _search(http, gw.url)
