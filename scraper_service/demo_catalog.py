@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import html
+import io
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +219,33 @@ def render(motif: Motif, style: Style, seed: int) -> Image.Image:
     return Image.alpha_composite(canvas, layer).convert("RGB")
 
 
-def write_catalog(directory: Path, base_url: str, *, count: int = 32, seed: int = 0) -> Path:
-    """Draw ``count`` designs into ``directory`` and write the manifest; return its path."""
+# Skin tones a "photographed" design is printed on (light to dark).
+SKIN = ((236, 200, 170), (214, 170, 135), (170, 120, 90), (120, 80, 60))
+
+
+def photograph(design: Image.Image, seed: str) -> Image.Image:
+    """The design as a phone photo of the tattoo might show it: on skin, turned a few
+    degrees, framed a little tighter, lit differently, slightly soft and JPEG-compressed.
+    Near-duplicates of the design: a search with one should find the design and its
+    other photos first (the demo's check by eye that a model ranks by similarity)."""
+    rng = random.Random(seed)
+    skin = Image.new("RGB", design.size, rng.choice(SKIN))
+    # Multiply: paper becomes skin, ink stays ink (as ink under skin looks).
+    inked = ImageChops.multiply(design, skin.point(lambda v: min(255, int(v * 1.08))))
+    turned = inked.rotate(rng.uniform(-9, 9), resample=Image.Resampling.BICUBIC, fillcolor=skin.getpixel((0, 0)))
+    side = design.size[0]
+    margin = int(side * rng.uniform(0.04, 0.1))
+    framed = turned.crop((margin, margin, side - margin, side - margin)).resize(design.size, Image.Resampling.BICUBIC)
+    lit = ImageEnhance.Brightness(framed).enhance(rng.uniform(0.85, 1.1))
+    soft = lit.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0)))
+    buffer = io.BytesIO()
+    soft.save(buffer, "JPEG", quality=rng.randint(55, 80))
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def write_catalog(directory: Path, base_url: str, *, count: int = 32, seed: int = 0, photos: int = 0) -> Path:
+    """Draw ``count`` designs into ``directory`` and write the manifest; return its path.
+    ``photos``: that many photographed near-duplicates of each design besides it."""
     if not 1 <= count <= len(MOTIFS) * len(STYLES) * 4:
         raise ValueError(f"count must be between 1 and {len(MOTIFS) * len(STYLES) * 4}, got {count}")
     base_url = base_url.rstrip("/")
@@ -231,25 +257,29 @@ def write_catalog(directory: Path, base_url: str, *, count: int = 32, seed: int 
         motif = MOTIFS[i % len(MOTIFS)]
         style = STYLES[(i // len(MOTIFS)) % len(STYLES)]
         variant = i // (len(MOTIFS) * len(STYLES))
-        slug = f"{style.name}-{motif.name}-{variant}"
-        render(motif, style, seed + variant).save(images / f"{slug}.png", optimize=False)
+        design = render(motif, style, seed + variant)
         title = f"{style.name.replace('-', ' ').capitalize()} {motif.name} tattoo"
-        (pages / f"{slug}.html").write_text(
-            f"<!doctype html><title>{html.escape(title)}</title>"
-            f'<h1>{html.escape(title)}</h1><img src="../images/{slug}.png" alt="">\n',
-            encoding="utf-8",
-        )
-        entry = {
-            "url": f"{base_url}/images/{slug}.png",
-            "source_url": f"{base_url}/designs/{slug}.html",
-            "platform": PLATFORMS[(i + i // len(MOTIFS)) % len(PLATFORMS)],  # each motif on every platform
-            "title": title,
-            "tags": [motif.name, style.name, *motif.tags, "tattoo"],
-        }
-        lines.append(json.dumps(entry))
-        rows.append(
-            f'<a href="designs/{slug}.html"><img src="images/{slug}.png" width="128" alt="{html.escape(title)}"></a>'
-        )
+        shots = [(f"{style.name}-{motif.name}-{variant}", design, title)]
+        shots += [(f"{style.name}-{motif.name}-{variant}-photo{k}",
+                   photograph(design, f"{seed}:{i}:{k}"), f"{title} (photo)") for k in range(1, photos + 1)]
+        for n, (slug, picture, caption) in enumerate(shots):
+            picture.save(images / f"{slug}.png", optimize=False)
+            (pages / f"{slug}.html").write_text(
+                f"<!doctype html><title>{html.escape(caption)}</title>"
+                f'<h1>{html.escape(caption)}</h1><img src="../images/{slug}.png" alt="">\n',
+                encoding="utf-8",
+            )
+            entry = {
+                "url": f"{base_url}/images/{slug}.png",
+                "source_url": f"{base_url}/designs/{slug}.html",
+                # Each motif on every platform; a design's photos on other platforms than it.
+                "platform": PLATFORMS[(i + i // len(MOTIFS) + n) % len(PLATFORMS)],
+                "title": caption,
+                "tags": [motif.name, style.name, *motif.tags, "tattoo", *(["photo"] if n else [])],
+            }
+            lines.append(json.dumps(entry))
+            rows.append(f'<a href="designs/{slug}.html"><img src="images/{slug}.png" width="128" '
+                        f'alt="{html.escape(caption)}"></a>')
     (directory / "index.html").write_text(
         "<!doctype html><title>Demo tattoo catalog</title>\n" + "\n".join(rows) + "\n", encoding="utf-8"
     )
@@ -282,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765, help="port to serve on; 0 picks a free one (default: 8765)")
     parser.add_argument("--count", type=int, default=32, help="number of designs (default: 32, at most 128)")
     parser.add_argument("--seed", type=int, default=0, help="drawing seed (default: 0)")
+    parser.add_argument("--photos", type=int, default=0,
+                        help="photographed near-duplicates of each design, 0 to 8 (default: 0; make run draws 2)")
     parser.add_argument("--write-only", action="store_true", help="write images and manifest, then exit")
     parser.add_argument("--base-url", help="URL prefix for the manifest (default: http://HOST:PORT)")
     args = parser.parse_args(argv)
@@ -295,10 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = server.server_address[1]
     base_url = args.base_url or f"http://{args.host}:{port}"
     try:
-        manifest = write_catalog(args.dir, base_url, count=args.count, seed=args.seed)
+        if not 0 <= args.photos <= 8:
+            raise ValueError(f"--photos must be between 0 and 8, got {args.photos}")
+        manifest = write_catalog(args.dir, base_url, count=args.count, seed=args.seed, photos=args.photos)
     except ValueError as exc:
         parser.error(str(exc))
-    logger.info("wrote %d designs and %s", args.count, manifest)
+    logger.info("wrote %d designs (%d photos of each) and %s", args.count, args.photos, manifest)
     logger.info("scraper: SCRAPER_ENGINES=catalog SCRAPER_CATALOG=%s python -m scraper_service", manifest)
     if server is None:
         return 0

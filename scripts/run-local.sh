@@ -33,7 +33,8 @@ say() { echo "run-local: $*" >&2; }
 [ "$EMBED_WEIGHTS" = random ] && say "EMBED_WEIGHTS=random: RANDOM weights, a demo of the machinery (rankings mean nothing)"
 
 mkdir -p var
-"$PY" -m scraper_service.demo_catalog --dir var/demo --port "$DEMO_PORT" >var/demo-catalog.log 2>&1 & pids+=($!)
+# Two photos of each design (on skin, turned, reframed): near-duplicates a search with one finds first.
+"$PY" -m scraper_service.demo_catalog --dir var/demo --port "$DEMO_PORT" --photos 2 >var/demo-catalog.log 2>&1 & pids+=($!)
 # The catalog draws and writes its manifest before it serves: once it answers, the
 # manifest the scraper reads is complete.
 for _ in $(seq 1 120); do

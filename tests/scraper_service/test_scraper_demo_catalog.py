@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -87,6 +88,8 @@ def test_cli_write_only(tmp_path: Path) -> None:
 def test_cli_rejects_a_bad_count(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         demo_catalog.main(["--dir", str(tmp_path), "--count", "0", "--write-only"])
+    with pytest.raises(SystemExit):
+        demo_catalog.main(["--dir", str(tmp_path), "--photos", "9", "--write-only"])
 
 
 async def test_rare_words_outrank_common_ones(start_scraper, tmp_path: Path) -> None:
@@ -100,3 +103,23 @@ async def test_rare_words_outrank_common_ones(start_scraper, tmp_path: Path) -> 
     )
 
     assert [c.image_url.rsplit("/", 1)[-1] for c in results] == ["fine-line-mandala-0.png"]
+
+
+def test_photos_are_drawn_beside_each_design_and_repeatably(tmp_path: Path) -> None:
+    """--photos: each design's photos (on skin, turned, reframed, JPEG) come beside it, the
+    same for the same seed. That they are its near-duplicates is for a real model to say
+    (tests/quality): pixels alone do not tell them apart from designs of the same motif."""
+    a = demo_catalog.write_catalog(tmp_path / "a", "http://127.0.0.1:1", count=8, photos=2)
+    b = demo_catalog.write_catalog(tmp_path / "b", "http://127.0.0.1:1", count=8, photos=2)
+    entries = [json.loads(line) for line in a.read_text().splitlines()]
+    assert len(entries) == 24 and sum("photo" in e["tags"] for e in entries) == 16
+    assert a.read_text() == b.read_text()
+    names = sorted(p.name for p in (a.parent / "images").iterdir())
+    assert names == sorted(p.name for p in (b.parent / "images").iterdir())
+    for name in names:
+        assert (a.parent / "images" / name).read_bytes() == (b.parent / "images" / name).read_bytes()
+    for name in (n for n in names if "-photo" not in n):
+        design = np.asarray(Image.open(a.parent / "images" / name), dtype=np.int16)
+        for k in (1, 2):
+            photo = np.asarray(Image.open(a.parent / "images" / name.replace(".png", f"-photo{k}.png")), dtype=np.int16)
+            assert photo.shape == design.shape and np.abs(photo - design).mean() > 10  # another picture
