@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from search_gateway.collections import META, RELEASED, RESERVED, CollectionRecords, new_revision
-from search_gateway.gallery.base import GalleryFilter, GalleryPoint, GalleryStore, pages
+from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, pages
 from search_gateway.gallery.schema import class_bytes, size_class
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,13 @@ class Reservation:
 
     async def release(self) -> None:
         ids, self.ids = self.ids, []
-        if ids and self.store is not None:
+        if not ids or self.store is None:
+            return
+        try:
             await self.store.delete(META, ids)
+        except GalleryError as exc:
+            # Never the request's failure: the entries only err on the safe side until they expire.
+            log.warning("quota: %d reservation entries stay until they expire: %s", len(ids), exc)
 
 
 class Quota:
@@ -119,10 +124,14 @@ class Quota:
 
 
 async def note_released(store: GalleryStore, tenant: str, size: int) -> None:
-    """Count ``size`` bytes of originals the tenant let go but the collector has not taken yet."""
+    """Count ``size`` bytes of originals the tenant let go but the collector has not taken yet.
+    Best effort: the images are deleted already, and a delete that happened must not fail."""
     now = datetime.now(UTC)
-    await store.upsert(META, [GalleryPoint(new_revision(), _ONE, RELEASED, tenant, bytes=size, first_seen=now,
-                                           last_seen=now)])
+    try:
+        await store.upsert(META, [GalleryPoint(new_revision(), _ONE, RELEASED, tenant, bytes=size, first_seen=now,
+                                               last_seen=now)])
+    except GalleryError as exc:
+        log.warning("quota: %d released bytes of %s not counted until collected: %s", size, tenant, exc)
 
 
 async def sweep(store: GalleryStore, *, reservation_ttl_s: float, released_ttl_s: float) -> int:
