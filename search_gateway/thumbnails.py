@@ -1,7 +1,7 @@
 """Sealed links to result images, so browsers can see them through the gateway.
 
 Only URLs the gateway itself returned get a link: the token is the URL, the download
-headers and an expiry time, encrypted and authenticated with AES-256-GCM under a key
+headers and an expiry time, encrypted and authenticated with AES-256-GCM-SIV under a key
 derived from ``GATEWAY_THUMBNAIL_SECRET``. Anything else is refused, so the thumbnail
 route is never an open proxy.
 
@@ -9,21 +9,27 @@ Why encrypted, not only signed: a link travels (browser history, logs, screensho
 what it stands for must not be readable from it. A private original's link names its
 tenant, collection and content hash; a plain API key's tenant name is derived from the
 key, and an earlier, signed-only format let anyone decode it and test guesses of the key
-offline. Now a token is a random nonce and ciphertext: nothing in it decodes to
-anything, and it cannot be forged or altered without the secret.
+offline. Now a token is a nonce and ciphertext: nothing in it decodes to anything, and
+it cannot be forged or altered without the secret.
+
+Why deterministic (the nonce derived from the payload, GCM-SIV rather than GCM): one
+picture's link stays the same for the second its expiry is counted in, as the signed
+links were, so a page that shows a result twice (a progress event, then the final
+answer) shows one URL and the browser fetches it once. GCM-SIV is built for a repeated
+nonce: all it gives away is that two tokens stand for the same payload.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
-import os
 import time
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from search_gateway.errors import NotFound
 
@@ -63,7 +69,8 @@ class ThumbnailSigner:
     def __init__(self, secret: str, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
         # A key of its own (not the secret itself), so that the secret can key other
         # things without two uses ever sharing a key.
-        self._aead = AESGCM(hashlib.sha256(b"thumbnail-links\0" + secret.encode()).digest())
+        self._aead = AESGCMSIV(hashlib.sha256(b"thumbnail-links\0" + secret.encode()).digest())
+        self._nonce_key = hashlib.sha256(b"thumbnail-link-nonces\0" + secret.encode()).digest()
         self._ttl = ttl_s
         self._clock = clock
 
@@ -74,9 +81,8 @@ class ThumbnailSigner:
 
     def seal(self, payload: bytes) -> str:
         """A token carrying ``payload`` (bytes as given: the tests forge malformed ones)."""
-        # A random 96-bit nonce per token: GCM stays safe for far more tokens than one
-        # secret will ever seal (NIST's bound for random nonces is 2^32 per key).
-        nonce = os.urandom(_NONCE)
+        # Synthetic: the same payload gets the same nonce, hence the same token (see the docstring).
+        nonce = hmac.new(self._nonce_key, payload, hashlib.sha256).digest()[:_NONCE]
         return _b64(nonce + self._aead.encrypt(nonce, payload, _CONTEXT))
 
     def verify(self, token: str) -> tuple[str, dict[str, str]]:

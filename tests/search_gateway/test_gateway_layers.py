@@ -8,8 +8,9 @@ from pathlib import Path
 import search_gateway
 
 PACKAGE = Path(search_gateway.__file__).parent
-# The clients, and the channels they run on: the only modules that speak gRPC.
-EDGE = {"backends.py", "channels.py"}
+# The clients, the channels they run on, and the watch on a channel's state (which
+# tells the embedding cache of an embed server restart): the only modules that speak gRPC.
+EDGE = {"backends.py", "channels.py", "weights_watch.py"}
 
 
 def _imports(path: Path) -> set[str]:
