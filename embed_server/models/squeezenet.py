@@ -123,7 +123,16 @@ class SqueezeNetFamily:
 
     def build_random(self, architecture: Architecture) -> Towers:
         # "tiny": the same layers at 1/8 of the channels (13x13 grid kept), for tests.
-        return Towers(image=SqueezeNetImageTower(SqueezeNetFeatures(1.0 if architecture == "full" else 0.125)))
+        features = SqueezeNetFeatures(1.0 if architecture == "full" else 0.125)
+        # torch's default initialisation shrinks activations layer by layer until fire9
+        # holds little but biases, and every image gets the same vector (as DINOv3's
+        # tiny layerscale did). He initialisation without biases keeps images apart.
+        for module in features.modules():
+            if isinstance(module, nn.Conv2d):
+                # generator=None: the seeded builder (seeded.py) hands it this model's generator.
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=None)
+                nn.init.zeros_(module.bias)  # type: ignore[arg-type]
+        return Towers(image=SqueezeNetImageTower(features))
 
     def load_pretrained(self, folder: Path) -> Towers:
         features = SqueezeNetFeatures()
