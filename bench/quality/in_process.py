@@ -66,3 +66,90 @@ def onnx_runner(path: Path, threads: int = 2) -> ImageRunner:
         return np.asarray(g), np.asarray(p)
 
     return run
+
+
+def _variants(model: str, folder: Path) -> dict[str, Path]:
+    """fp32, int8 dynamic and int8 static files of a bundled-weights model, made with the
+    server's own export and quantisation recipes but without its export check (which
+    refuses squeezenet's int8 files: the point here is to measure them)."""
+    from embed_server.models import CARDS, family
+    from embed_server.models.weights import bundled_weights_folder
+    from embed_server.runtimes import calibration, onnx_export, static_int8
+
+    card = CARDS[model]
+    towers = family(model).load_pretrained(bundled_weights_folder(card))
+    files = {"fp32": folder / f"{model}-fp32.onnx", "int8-dynamic": folder / f"{model}-int8-dynamic.onnx",
+             "int8-static": folder / f"{model}-int8-static.onnx"}
+    onnx_export.export_image_tower(towers.image, card.preprocess.image_size, files["fp32"])
+    onnx_export.quantize_int8(files["fp32"], files["int8-dynamic"])
+    static_int8.quantize_image_tower(files["fp32"], files["int8-static"], calibration.calibration_pixels(card))
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.quality.in_process`: fp32 against int8 of a model whose weights
+    ship with a package (squeezenet), in this process, on one benchmark."""
+    import argparse
+    import json
+    import statistics
+    import sys
+    import tempfile
+    import time
+
+    from bench.quality import layouts
+    from embed_server.models import CARDS
+
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.in_process", description=main.__doc__)
+    parser.add_argument("--model", default="squeezenet")
+    parser.add_argument("--layout", required=True, choices=layouts.LAYOUTS)
+    parser.add_argument("--path", required=True, type=Path)
+    parser.add_argument("--limit", type=int, help="idx only: the first N images")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="where to write the figures")
+    args = parser.parse_args(argv)
+    card = CARDS[args.model]
+    if not card.bundled_weights:
+        print(f"in_process: {args.model} has no weights in a package; measure it through a server", file=sys.stderr)
+        return 2
+    (benchmark,) = layouts.read(args.layout, args.path, limit=args.limit)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        files = _variants(args.model, Path(scratch))
+        reference: tuple[np.ndarray, np.ndarray] | None = None
+        for variant, path in files.items():
+            run = onnx_runner(path, args.threads)
+            gallery, gallery_patches = embed_refs(benchmark.gallery, card.preprocess, run)
+            queries, _ = embed_refs([q.image for q in benchmark.queries], card.preprocess, run)
+            measured = evaluate(benchmark, gallery, queries, (1, 5, 10))
+            batch = np.stack([card.preprocess(load_rgb(ref)) for ref in benchmark.gallery[:8]])
+            run(batch)
+            timings = []
+            for _ in range(5):
+                start = time.perf_counter()
+                run(batch)
+                timings.append(time.perf_counter() - start)
+            row: dict[str, object] = {"variant": variant, "img_s_b8": round(len(batch) / statistics.median(timings), 1),
+                                      **{k: measured[k] for k in ("recall@1", "recall@5", "recall@10", "map@r")}}
+            if reference is None:
+                reference = (gallery, gallery_patches[:32])
+            else:
+                g = np.sum(gallery * reference[0], axis=1)
+                p = np.sum(gallery_patches[:32] * reference[1], axis=-1)
+                row["global_cos_min"], row["patch_cos_mean"] = round(float(g.min()), 5), round(float(p.mean()), 5)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{benchmark.name}: {len(benchmark.queries)} queries, {len(benchmark.gallery)} gallery images\n")
+    print("| variant | b8 img/s | R@1 | R@5 | R@10 | mAP@R | global cos min | patch cos mean |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['img_s_b8']} | " + " | ".join(
+            f"{100 * float(row[k]):.2f}" for k in ("recall@1", "recall@5", "recall@10", "map@r")  # type: ignore[arg-type]
+        ) + f" | {row.get('global_cos_min', 1.0)} | {row.get('patch_cos_mean', 1.0)} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
