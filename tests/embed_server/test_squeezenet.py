@@ -217,11 +217,11 @@ def test_onnx_and_torch_give_the_same_vectors(tmp_path: Path) -> None:
     assert _row_cosines(vectors["onnx"], vectors["torch"]).min() >= 0.99999
 
 
-def test_int8_loses_too_much_so_the_server_serves_fp32_with_torch_and_says_why(tmp_path: Path) -> None:
+def test_int8_is_not_worth_it_so_the_server_serves_fp32_onnx_and_says_so(tmp_path: Path) -> None:
     """Measured (docs/benchmarks.md): ONNX Runtime's int8 of SqueezeNet's convolutions is
-    both slower than fp32 here and off by more than the export check allows (least global
-    cosine to fp32 0.985 dynamic, patch tokens 0.82), so the check refuses the file and the
-    model serves torch in fp32, saying why; vectors stay the fp32 ones."""
+    both slower than fp32 on this CPU and off by more than the export check allows (least
+    global cosine to fp32 0.968 dynamic, 0.975 static), so EMBED_PRECISION=int8 serves it
+    in fp32 with ONNX Runtime and ListModels says fp32; vectors are the fp32 ones."""
     images = [_jpeg_free(photo) for photo in photos()[:2]]
     with embed_server(EMBED_MODELS="squeezenet", EMBED_ARCHITECTURE="full", EMBED_RUNTIME="onnx",
                       EMBED_PRECISION="int8", EMBED_ONNX_CACHE_DIR=str(tmp_path)) as server, \
@@ -229,7 +229,7 @@ def test_int8_loses_too_much_so_the_server_serves_fp32_with_torch_and_says_why(t
         wait_for_health(channel)
         stub = embed_pb2_grpc.EmbedServiceStub(channel)
         (info,) = stub.ListModels(embed_pb2.ListModelsRequest(), timeout=60).models
-        assert info.runtime == "torch" and "least cosine" in info.runtime_fallback
+        assert info.runtime == "onnx" and info.precision == "fp32" and not info.runtime_fallback
         response = stub.Embed(embed_pb2.EmbedRequest(model="squeezenet", images=images), timeout=120)
     towers = family("squeezenet").load_pretrained(bundled_weights_folder(CARD))
     pixels = np.stack([CARD.preprocess(Image.open(io.BytesIO(data)).convert("RGB")) for data in images])
