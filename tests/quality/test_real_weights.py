@@ -87,13 +87,11 @@ def reference_pixels(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(bgr.transpose(2, 0, 1))
 
 
-def test_photos() -> list[Image.Image]:
+def sample_photos() -> list[Image.Image]:
     left, right, _ = skimage_data.stereo_motorcycle()
     arrays = [skimage_data.astronaut(), skimage_data.coffee(), skimage_data.chelsea(), skimage_data.rocket(), left, right]
     return [Image.fromarray(np.asarray(a)[:, :, :3]) for a in arrays]
 
-
-test_photos.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +112,7 @@ def reference_vectors() -> np.ndarray:
     layer = network.outputs[0]
     while not (isinstance(layer, Concatenate) and layer.name == "fire9Concat"):
         layer = layer.previous_layers[0]
-    pixels = np.stack([reference_pixels(photo) for photo in test_photos()])
+    pixels = np.stack([reference_pixels(photo) for photo in sample_photos()])
     fmap = Model(network.inputs, [layer]).predict([pixels.transpose(0, 2, 3, 1)])[0]
     pooled: np.ndarray = fmap.mean(axis=(1, 2))
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
@@ -122,7 +120,7 @@ def reference_vectors() -> np.ndarray:
 
 def parity(preprocess: Preprocess, run: ImageRunner, reference: np.ndarray) -> float:
     """Least cosine between the pipeline's vectors of the photos and the reference's."""
-    vectors, _ = run(np.stack([preprocess(photo) for photo in test_photos()]))
+    vectors, _ = run(np.stack([preprocess(photo) for photo in sample_photos()]))
     return float(np.min(np.sum(vectors * reference, axis=1)))
 
 
