@@ -32,9 +32,9 @@ AUTO: dict[str, Int8Mode] = {
 # Models that never serve int8: EMBED_PRECISION=int8 serves them in fp32 with ONNX
 # Runtime (and says so: ListModels reports fp32). Measured on real weights
 # (docs/benchmarks.md, "Real weights: squeezenet"): ONNX Runtime's int8 convolutions
-# ran 2-12x SLOWER than fp32 on this AVX2 CPU and moved the vectors by more than the
-# export check allows (least global cosine 0.968 dynamic, 0.975 static), for equal
-# retrieval figures: no gain to buy with that risk.
+# were never faster than fp32 on this AVX2 CPU (dynamic 5-12x slower, static level to
+# 5x slower) and moved the vectors more than the export check allows (least global
+# cosine 0.968-0.979), for equal retrieval figures: nothing to buy with that risk.
 NO_INT8: dict[str, str] = {
     "squeezenet": "int8 convolutions measured slower than fp32 and off by more than the export check allows",
 }
