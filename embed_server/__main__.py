@@ -29,7 +29,8 @@ async def _run(settings: EmbedSettings) -> int:
         settings.security.describe(),
         ",".join(settings.models),
         settings.weights,
-        " (RANDOM weights: for demos and benchmarks only)" if settings.weights == "random" else "",
+        " (RANDOM weights: for demos and benchmarks only; models whose weights ship with a package,"
+        " squeezenet, stay pretrained)" if settings.weights == "random" else "",
     )
     if server.metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", settings.host, server.metrics_port)

@@ -27,7 +27,7 @@ from embed_server.config import EmbedSettings
 from embed_server.errors import ModelFailed, NoTextTower, UnknownModel
 from embed_server.models import CARDS, ModelCard, Tokenizer, family
 from embed_server.models.tokenizers import load_tokenizer
-from embed_server.models.weights import fingerprint_files, locate_pretrained, random_source
+from embed_server.models.weights import fingerprint_files, locate_pretrained, random_source, weights_kind
 from embed_server.runtimes.base import ModelWeights, Runtime
 from embed_server.runtimes.factory import create_runtime
 
@@ -106,7 +106,9 @@ class ServedModel:
 
     @property
     def weights(self) -> str:
-        return self.loaded.description.weights if self.loaded else self.settings.weights
+        if self.loaded:
+            return self.loaded.description.weights
+        return weights_kind(self.card, self.settings.weights, self.settings.architecture)
 
     async def ready(self) -> LoadedModel:
         """The loaded model, loading it first if needed."""
@@ -131,7 +133,7 @@ class ServedModel:
         self.state = ModelState.LOADING
         self.load_attempts += 1
         self.next_retry_at = None
-        log.info("loading %s (%s, weights=%s)", self.card.name, self.card.architecture, self.settings.weights)
+        log.info("loading %s (%s, weights=%s)", self.card.name, self.card.architecture, self.weights)
         await self._notify()
         try:
             description, runtime = await asyncio.to_thread(self._build)
@@ -196,7 +198,8 @@ class ServedModel:
     def _build(self) -> tuple[ModelDescription, Runtime]:
         settings, card = self.settings, self.card
         folder: Path | None = None
-        if settings.weights == "random":
+        kind = weights_kind(card, settings.weights, settings.architecture)
+        if kind == "random":
             source = random_source(card, settings.architecture, settings.seed)
         else:
             folder = locate_pretrained(card, settings.weights_dir)
@@ -227,7 +230,7 @@ class ServedModel:
             runtime.run_text(tokenizer(["warm up"]))
         description = ModelDescription(
             card=card,
-            weights=settings.weights,
+            weights=kind,
             fingerprint=runtime.weights_fingerprint,
             global_dim=int(global_vecs.shape[-1]),
             patch_dim=int(patches.shape[-1]),

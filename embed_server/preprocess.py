@@ -19,7 +19,11 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,13 @@ class Preprocess:
     # (DINOv3, SigLIP), as their processors do.
     resize: Literal["shortest_side_then_crop", "squash"]
     resize_size: int
-    interpolation: Literal["bicubic", "bilinear"]
+    interpolation: Literal["bicubic", "bilinear", "nearest"]
+    # In the units after `scale`: 0-1 for the ViTs, 0-255 for Caffe-trained weights.
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # Caffe-trained weights (SqueezeNet) take BGR pixels in 0-255 minus a mean, no std.
+    channels: Literal["rgb", "bgr"] = "rgb"
+    scale: float = 1.0 / 255.0
 
     @property
     def draft_size(self) -> int:
@@ -57,6 +65,8 @@ class Preprocess:
             left = int(round((new_w - self.image_size) / 2.0))
             top = int(round((new_h - self.image_size) / 2.0))
             image = image.crop((left, top, left + self.image_size, top + self.image_size))
-        pixels: np.ndarray = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
+        pixels: np.ndarray = np.asarray(image, dtype=np.float32) * np.float32(self.scale)
+        if self.channels == "bgr":
+            pixels = pixels[:, :, ::-1]
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))

@@ -263,6 +263,8 @@ def _model_info(model: ServedModel, settings: EmbedSettings) -> embed_pb2.ModelI
         image_size=card.preprocess.image_size,
         supports_text=card.supports_text,
         weights=_WEIGHTS[model.weights],
+        weights_source=(card.weights_source or card.pretrained_id) if model.weights == "pretrained" else "",
+        weights_licence=card.weights_licence if model.weights == "pretrained" else "",
         state=_STATES[model.state],
         error=model.error,
         runtime=resolve_runtime(settings),

@@ -4,6 +4,7 @@
     python -m bench.quality --layout inshop --path "In-shop Clothes Retrieval Benchmark" --model dinov2
     python -m bench.quality --layout sop --path Stanford_Online_Products --k 100
     python -m bench.quality --layout revisited --path data/datasets/roxford5k --model dinov2
+    python -m bench.quality --layout idx --path /usr/share/datasets/fashion-mnist --limit 2000 --model squeezenet
     python -m bench.quality --layout folder --path var/quality/near-dup --rerank --rerank-k 20,50,100
     TATTOO_API_KEY=... python -m bench.quality --layout folder --path var/quality/near-dup \
         --retrieval gateway --gateway http://127.0.0.1:8000
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="127.0.0.1:50051", help="embed server address (default %(default)s)")
     parser.add_argument("--model", default="clip")
     parser.add_argument("--k", type=int, default=100, help="the K of Recall@K besides 1, 5 and 10 (default %(default)s)")
+    parser.add_argument("--limit", type=int, help="idx only: the first N images (default: all)")
     parser.add_argument("--protocol", default="medium,hard", help="revisited only: medium, hard or both (default)")
     parser.add_argument("--json", type=Path,
                         help="where to write the figures (default var/quality/<layout>-<model>-<precision>.json)")
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         plan = _plan(args) if args.rerank else None
-        benchmarks = layouts.read(args.layout, args.path, protocols)
+        benchmarks = layouts.read(args.layout, args.path, protocols, limit=args.limit,
+                                  scratch=args.cache_dir.parent / "idx")
     except (LayoutError, ValueError, OSError) as exc:
         print(f"quality: {exc}", file=sys.stderr)
         return 2

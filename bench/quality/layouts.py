@@ -20,6 +20,9 @@ Layouts, as their projects publish them:
   `imlist`, `qimlist`, `gnd`: per query `bbx`, `easy`, `hard`, `junk` indices into
   `imlist`), images in `jpg/<name>.jpg`. Queries are cropped to `bbx`. Medium protocol:
   hits easy+hard, junk ignored; hard protocol: hits hard, easy+junk ignored.
+- IDX (MNIST, Fashion-MNIST): `*-images-idx3-ubyte[.gz]` with its
+  `*-labels-idx1-ubyte[.gz]` (`idx`): every image a query against the others, same
+  label a hit, itself ignored; optionally only the first N images.
 - Folder per identity: `<root>/<identity>/<image>`, every image a query against the
   rest (itself ignored); or `<root>/queries/<identity>/...` with
   `<root>/gallery/<identity>/...`, queries against the gallery. Folders whose name
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.quality import idx
 from bench.quality.safe_pickle import load_restricted
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
@@ -178,11 +182,28 @@ def read_folder(path: Path) -> Benchmark:
     return Benchmark("folder", path, gallery, queries)
 
 
-LAYOUTS = ("inshop", "sop", "revisited", "folder")
+def read_idx(path: Path, limit: int | None = None, scratch: Path = Path("var/quality/idx")) -> Benchmark:
+    """An IDX images file (or its folder) as class retrieval over its first `limit` images."""
+    try:
+        images_file = idx.find_images(path)
+        paths, labels = idx.write_pngs(images_file, limit, scratch)
+    except idx.IdxError as exc:
+        raise LayoutError(str(exc)) from exc
+    gallery = tuple(ImageRef(p) for p in paths)
+    _, hits = idx.class_retrieval(paths, labels)
+    queries = tuple(Query(gallery[i], relevant, frozenset({i}), str(labels[i])) for i, relevant in hits)
+    return Benchmark("idx", images_file.parent, gallery, queries)
 
 
-def read(layout: str, path: Path, protocols: Sequence[str] = PROTOCOLS) -> list[Benchmark]:
-    """The benchmarks of one layout: one, or one per protocol for Revisited Oxford/Paris."""
+LAYOUTS = ("inshop", "sop", "revisited", "folder", "idx")
+
+
+def read(
+    layout: str, path: Path, protocols: Sequence[str] = PROTOCOLS, *, limit: int | None = None,
+    scratch: Path = Path("var/quality/idx"),
+) -> list[Benchmark]:
+    """The benchmarks of one layout: one, or one per protocol for Revisited Oxford/Paris.
+    `limit` and `scratch` are the IDX layout's: the first images only, and where their PNGs go."""
     if layout == "inshop":
         return [read_inshop(path)]
     if layout == "sop":
@@ -191,6 +212,8 @@ def read(layout: str, path: Path, protocols: Sequence[str] = PROTOCOLS) -> list[
         return [read_revisited(path, protocol) for protocol in protocols]
     if layout == "folder":
         return [read_folder(path)]
+    if layout == "idx":
+        return [read_idx(path, limit, scratch)]
     raise LayoutError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
 
 

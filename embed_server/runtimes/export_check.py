@@ -114,6 +114,11 @@ def check_export(path: Path, probe: Probe, precision: str, providers: list[str],
 
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosines: np.ndarray = np.sum(a * b, axis=1) / np.maximum(norms, 1e-30)
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cosines: np.ndarray = np.sum(a * b, axis=1) / np.maximum(norm_a * norm_b, 1e-30)
+    # A CNN's patch token is all zeros where ReLU silenced every channel of a cell (its
+    # L2 normalisation keeps it zero): zero in both is agreement, not a cosine of 0.
+    # Zero in one only still counts as 0.
+    both_zero = (norm_a < 1e-6) & (norm_b < 1e-6)
+    cosines[both_zero] = 1.0
     return cosines

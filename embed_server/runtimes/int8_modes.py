@@ -29,6 +29,17 @@ AUTO: dict[str, Int8Mode] = {
 }
 
 
+# Models that never serve int8: EMBED_PRECISION=int8 serves them in fp32 with ONNX
+# Runtime (and says so: ListModels reports fp32). Measured on real weights
+# (docs/benchmarks.md, "Real weights: squeezenet"): ONNX Runtime's int8 convolutions
+# were never faster than fp32 on this AVX2 CPU (dynamic 5-12x slower, static level to
+# 5x slower) and moved the vectors more than the export check allows (least global
+# cosine 0.968-0.979), for equal retrieval figures: nothing to buy with that risk.
+NO_INT8: dict[str, str] = {
+    "squeezenet": "int8 convolutions measured slower than fp32 and off by more than the export check allows",
+}
+
+
 def resolve(model: str, setting: str) -> Int8Mode:
     """The flavour `model` runs for EMBED_INT8_MODE=`setting` (auto, dynamic or static)."""
     if setting == "auto":

@@ -88,6 +88,9 @@ class OnnxRuntime:
             raise RuntimeError("EMBED_PRECISION=fp16 needs a GPU provider; on CPU use fp32 or int8")
         if precision == "int8" and on_gpu:
             raise RuntimeError("EMBED_PRECISION=int8 is the CPU path; on GPU use fp16 or fp32")
+        if precision == "int8" and card.name in int8_modes.NO_INT8:
+            log.warning("%s: EMBED_PRECISION=int8 serves it in fp32 (%s)", card.name, int8_modes.NO_INT8[card.name])
+            precision = "fp32"
         # Static int8 calibrates the image tower only: the text tower has no calibration
         # set, and its short prompts are embedded once and cached, so it stays dynamic.
         self._int8_mode = int8_modes.resolve(card.name, int8_mode) if precision == "int8" else None

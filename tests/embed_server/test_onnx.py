@@ -14,6 +14,7 @@ from embed_server.images import decode_image
 from embed_server.models import CARDS
 from embed_server.models.seeded import build_random
 from embed_server.models.tokenizers import load_tokenizer
+from embed_server.runtimes import int8_modes
 from embed_server.runtimes.base import ModelWeights
 from embed_server.runtimes.onnx_export import ExportCache
 from embed_server.runtimes.onnx_runtime import OnnxRuntime
@@ -72,6 +73,9 @@ def test_onnx_fp32_matches_torch(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_int8_stays_close_to_fp32(name: str, tmp_path: Path) -> None:
     reference, int8 = _runtimes(name, tmp_path, "int8")
+    if name in int8_modes.NO_INT8:  # measured not worth it (squeezenet): fp32 answers, and says so
+        assert int8.precision == "fp32"
+        return
     assert int8.precision in ("int8-dynamic", "int8-static")  # which int8 EMBED_INT8_MODE=auto took
     pixels = _pixels(name, range(200, 208))
     torch_global, torch_patches = reference.run_image(pixels)

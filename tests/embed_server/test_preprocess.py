@@ -23,6 +23,14 @@ def _reference(name: str):
             size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
             do_center_crop=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True,
         )
+    elif name == "squeezenet":
+        # keras-squeezenet's recipe, written out: squash to 227 (bilinear: see cards.py),
+        # BGR, minus DeepScale's Caffe mean in 0-255 units, no std.
+        def caffe(image):  # type: ignore[no-untyped-def]
+            rgb = np.asarray(image.convert("RGB").resize((227, 227), 2), np.float32)
+            return (rgb[:, :, ::-1] - np.array([104.006, 116.669, 122.679], np.float32)).transpose(2, 0, 1)
+
+        return caffe
     elif name == "dinov3":
         processor = DINOv3ViTImageProcessor()
     else:
@@ -35,7 +43,8 @@ def _reference(name: str):
 def test_matches_the_reference_pipeline(name: str, size: tuple[int, int]) -> None:
     image = noise_image(3, size)
     ours = CARDS[name].preprocess(image)
-    assert ours.shape == (3, 224, 224) and ours.dtype == np.float32
+    side = CARDS[name].image_size
+    assert ours.shape == (3, side, side) and ours.dtype == np.float32
     reference = _reference(name)(image)
     # Same resize (Pillow) and statistics; crop offsets may differ by a pixel between
     # torchvision and transformers, so compare the interior strictly and the rest loosely.

@@ -117,8 +117,11 @@ def test_list_models_describes_each_model(stub) -> None:
     assert set(models) == set(MODEL_NAMES)
     for name, info in models.items():
         assert (info.grid_height, info.grid_width) == GRIDS[name]
-        assert info.image_size == 224
-        assert info.patch_size == 224 // GRIDS[name][0]
+        card = get_card(name)
+        assert info.image_size == card.image_size
+        assert info.patch_size == card.patch_size
+        # A ViT's grid is image_size // patch_size; a CNN's card states its own (squeezenet: 13 at 227 px).
+        assert GRIDS[name] == ((card.grid_side,) * 2 if card.grid_side else (224 // card.patch_size,) * 2)
         assert info.supports_text == (name in TEXT_MODELS)
         assert info.state == embed_pb2.MODEL_STATE_READY
         assert info.weights == embed_pb2.WEIGHTS_SOURCE_RANDOM
