@@ -28,7 +28,7 @@ from service_common.grpc_security import ClientSecurity, client_problem
 from service_common.settings import AtLeastOne, CommaList, Lower, ServiceSettings, SettingsError
 
 # The public model names, to check the settings at start; requests are checked against
-# what the embed server says it serves (search_gateway/models.py).
+# what the embed server says it serves (search_gateway/clients/models.py).
 KNOWN_MODELS: tuple[str, ...] = model_registry.list_models()
 CaptionMode = Literal["offline", "remote", "none"]
 CAPTION_MODES: tuple[str, ...] = get_args(CaptionMode)
@@ -208,7 +208,7 @@ class GatewaySettings(ServiceSettings):
     def _allowlist(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         # Imported here to keep config importable on its own; the allowlist grammar
         # lives with the code that enforces it.
-        from search_gateway.netguard import parse_allowlist
+        from search_gateway.fetch.netguard import parse_allowlist
 
         try:
             parse_allowlist(value)
@@ -219,7 +219,7 @@ class GatewaySettings(ServiceSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from search_gateway.access import parse_trusted_proxies
+        from search_gateway.http.access import parse_trusted_proxies
 
         try:
             parse_trusted_proxies(value)

@@ -7,7 +7,7 @@ for DURATION_S seconds while each replica in turn gets SIGTERM, exits, and is st
 again on the same port once the previous one is back. Every search must answer 200 with
 no candidate lost to an embed failure; p50/p95 latency and the count are printed.
 
-What makes it hold (search_gateway/channels.py): a stopping replica turns health
+What makes it hold (search_gateway/clients/channels.py): a stopping replica turns health
 NOT_SERVING at once and the gateway's channel, which watches health (client-side health
 checking), stops picking it; a call that still lands there, or is cut by the exit, is
 retried on another replica (the retry policy); the restarted replica is taken back

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from search_gateway.blobs import (
+from search_gateway.collections.blobs import (
     BlobNotFound,
     BlobRejected,
     BlobStore,

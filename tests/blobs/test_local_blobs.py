@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from search_gateway.blobs import BlobError, BlobStore, open_blob_store
-from search_gateway.blobs.local import LocalBlobStore
+from search_gateway.collections.blobs import BlobError, BlobStore, open_blob_store
+from search_gateway.collections.blobs.local import LocalBlobStore
 from tests.blobs.contract import BlobStoreContract, blob
 
 REPO = Path(__file__).resolve().parents[2]

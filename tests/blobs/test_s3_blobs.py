@@ -16,8 +16,8 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
-from search_gateway.blobs import BlobError, BlobStore, BlobUnavailable, open_blob_store
-from search_gateway.blobs.s3 import S3BlobStore, S3Settings
+from search_gateway.collections.blobs import BlobError, BlobStore, BlobUnavailable, open_blob_store
+from search_gateway.collections.blobs.s3 import S3BlobStore, S3Settings
 from tests.blobs.contract import BlobStoreContract, blob
 from tests.support.moto_s3 import create_bucket, moto_client, moto_endpoint, start_moto
 

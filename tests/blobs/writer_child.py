@@ -8,7 +8,7 @@ import hashlib
 import os
 import sys
 
-from search_gateway.blobs.local import LocalBlobStore
+from search_gateway.collections.blobs.local import LocalBlobStore
 
 
 async def main(folder: str) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from search_gateway.collections import CollectionRecords
-from search_gateway.uploads import Input, Uploader
+from search_gateway.collections.records import CollectionRecords
+from search_gateway.collections.uploads import Input, Uploader
 from tests.search_gateway.collections_support import A, B, CollectionsClient
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site

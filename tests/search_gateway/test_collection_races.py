@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from search_gateway.collections import CollectionRecords
+from search_gateway.collections.records import CollectionRecords
 from tests.search_gateway.collections_support import CollectionsClient
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site

@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from search_gateway.access import AmbiguousKey, ClientIdentity, caller_key
 from search_gateway.config import ConfigError, GatewaySettings
+from search_gateway.http.access import AmbiguousKey, ClientIdentity, caller_key
 from tests.search_gateway.conftest import gateway_settings
 from tests.search_gateway.gateway_support import run_gateway
 

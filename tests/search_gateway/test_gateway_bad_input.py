@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from search_gateway.thumbnails import ThumbnailSigner
+from search_gateway.http.thumbnails import ThumbnailSigner
 from tests.search_gateway.conftest import Stack, image_form
 from tests.support.images import jpeg
 

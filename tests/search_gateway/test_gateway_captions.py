@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 
 import numpy as np
 
-from search_gateway.caption import FALLBACK_CAPTION, CaptionChain
+from search_gateway.search.caption import FALLBACK_CAPTION, CaptionChain
 
 
 class _Impatient:

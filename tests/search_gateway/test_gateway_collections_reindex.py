@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from search_gateway.collections.reindex import Reindexer
 from search_gateway.errors import Conflict
-from search_gateway.reindex import Reindexer
 from tests.search_gateway.collections_support import A, B, CollectionsClient
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site

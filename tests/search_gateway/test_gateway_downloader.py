@@ -8,9 +8,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from search_gateway.downloader import Downloader, DownloadLimits
 from search_gateway.errors import DownloadFailed, DownloadRefused
-from search_gateway.netguard import parse_allowlist
+from search_gateway.fetch.downloader import Downloader, DownloadLimits
+from search_gateway.fetch.netguard import parse_allowlist
 from tests.search_gateway.conftest import Site
 from tests.search_gateway.gateway_support import serve_aiohttp
 from tests.support.images import jpeg

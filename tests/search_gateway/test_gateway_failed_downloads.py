@@ -15,7 +15,7 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
-from search_gateway.failed_downloads import FailedDownloads
+from search_gateway.fetch.failed_downloads import FailedDownloads
 from tests.search_gateway.conftest import gateway_settings, image_form
 from tests.search_gateway.gateway_support import RunningGateway, run_gateway, scraper_server, serve_aiohttp, write_catalog
 from tests.support.background import BackgroundServer

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from search_gateway.app import create_app
-from search_gateway.gallery_wiring import GalleryStartError
+from search_gateway.wiring import GalleryStartError
 from tests.search_gateway.conftest import Site, gateway_settings, image_form
 from tests.search_gateway.gateway_support import (
     CountedScraper,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from search_gateway.images import prepare
+from search_gateway.fetch.images import prepare
 from search_gateway.search import rerank
 from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from search_gateway.backends import (
+from search_gateway.clients.backends import (
     EMBED_SERVICE,
     BackendRejected,
     EmbedClient,
@@ -22,7 +22,7 @@ from search_gateway.backends import (
     embed_channel,
     scraper_channel,
 )
-from search_gateway.channels import MAX_ATTEMPTS_CAP, service_config
+from search_gateway.clients.channels import MAX_ATTEMPTS_CAP, service_config
 from search_gateway.errors import BackendUnavailable
 from service_common.tensors import float_matrix
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc, scraper_pb2, scraper_pb2_grpc

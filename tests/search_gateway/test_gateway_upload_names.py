@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from search_gateway.filenames import MAX_NAME, clean_name
+from search_gateway.http.filenames import MAX_NAME, clean_name
 from tests.search_gateway.collections_support import A, CollectionsClient
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site

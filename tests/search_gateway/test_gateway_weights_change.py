@@ -1,6 +1,6 @@
 """The embedding cache after the embed server comes back with other weights (another
 EMBED_SEED): the same query image, searched again, is ranked in the new weights' space,
-not with the vectors the cache kept from the old ones (search_gateway/cache.py,
+not with the vectors the cache kept from the old ones (search_gateway/search/cache.py,
 weights_watch.py).
 
 Scores are compared with those of a second gateway that starts with an empty cache
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 
-from search_gateway.cache import EmbeddingCache
-from search_gateway.replies import Provenance
+from search_gateway.clients.replies import Provenance
+from search_gateway.search.cache import EmbeddingCache
 from tests.search_gateway.conftest import Site, gateway_settings, image_form
 from tests.search_gateway.gateway_support import embed_server, run_gateway, scraper_server, write_catalog
 from tests.search_gateway.test_gateway_provenance import _Forward, proxy

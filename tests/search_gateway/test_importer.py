@@ -1,4 +1,4 @@
-"""The bulk importer (issue 13): ``python -m search_gateway.importer`` against a real
+"""The bulk importer (issue 13): ``python -m bulk_importer`` against a real
 gateway (embedded gallery store and blobs in tmp, real embed and scraper servers).
 
 The importer is only an HTTP client, so the tests run it as its users do: its ``main``
@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from search_gateway.images import content_hash
-from search_gateway.importer.__main__ import main as importer_main
+from bulk_importer.__main__ import main as importer_main
+from search_gateway.fetch.images import content_hash
 from tests.search_gateway.conftest import Site, gateway_settings
 from tests.search_gateway.gateway_support import run_gateway, start_gateway_process
 from tests.support.background import BackgroundServer
@@ -38,7 +38,7 @@ def _settings(embed: BackgroundServer, scraper: BackgroundServer, site: Site, tm
 
 
 async def _import(*args: str, key: str = "key-a") -> int:
-    """The importer's main, as ``python -m search_gateway.importer`` runs it (its own event loop)."""
+    """The importer's main, as ``python -m bulk_importer`` runs it (its own event loop)."""
     os.environ["TATTOO_API_KEY"] = key
     try:
         return await asyncio.to_thread(importer_main, [*args, "--no-progress"])
@@ -203,7 +203,7 @@ async def test_killing_the_gateway_half_way_then_running_again_leaves_every_imag
            "GATEWAY_GALLERY_PATH": str(tmp_path / "gallery"), "GATEWAY_BLOBS_PATH": str(tmp_path / "blobs"),
            "GATEWAY_API_KEYS": "studio-a:key-a", "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
            "GATEWAY_LOG_LEVEL": "warning"}
-    importer = [sys.executable, "-m", "search_gateway.importer", str(folder), "--collection", "portfolio",
+    importer = [sys.executable, "-m", "bulk_importer", str(folder), "--collection", "portfolio",
                 "--gateway", url, "--create", "--no-progress", "--batch-files", "8", "--concurrency", "2"]
     importer_env = {**os.environ, "TATTOO_API_KEY": "key-a"}
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from search_gateway.collections import META
+from search_gateway.collections.records import META
 from search_gateway.config import ConfigError, GatewaySettings
 from search_gateway.gallery.base import GalleryFilter
 from search_gateway.tenants import parse_api_keys
@@ -120,7 +120,7 @@ async def test_nothing_moves_when_the_new_tenant_name_has_collections_of_its_own
             client = CollectionsClient(http, gw)
             assert (await client.call("POST", "/collections", key, json={"name": "former"}))[0] == 201
             assert (await client.call("POST", "/collections", other, json={"name": "fresh"}))[0] == 201
-        with caplog.at_level(logging.WARNING, logger="search_gateway.tenant_migration"):
+        with caplog.at_level(logging.WARNING, logger="search_gateway.collections.tenant_migration"):
             async with run_gateway(after) as gw:
                 async def refused() -> bool:
                     return "has collections of its own: nothing moved" in caplog.text

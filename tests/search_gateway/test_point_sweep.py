@@ -1,4 +1,4 @@
-"""The sweep of private points no collection record holds (search_gateway/point_sweep.py):
+"""The sweep of private points no collection record holds (search_gateway/collections/point_sweep.py):
 against the real embedded gallery store, and through a real gateway whose scheduled
 collector removes record-less points left in the store it uses."""
 
@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from search_gateway.collections import CollectionRecords
+from search_gateway.collections.point_sweep import PointSweep, configured_tenants
+from search_gateway.collections.records import CollectionRecords
 from search_gateway.gallery import Gallery, GalleryPoint, GalleryStore, VectorSpace, open_store
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.gallery.qdrant import MEMORY
 from search_gateway.metrics import Metrics
-from search_gateway.point_sweep import PointSweep, configured_tenants
 from tests.search_gateway.collections_support import A
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from search_gateway.collections import CollectionRecords
+from search_gateway.collections.quota import Limits, Quota, sweep
+from search_gateway.collections.records import CollectionRecords
 from search_gateway.gallery.base import GalleryPoint
 from search_gateway.gallery.edge import EdgeGalleryStore
-from search_gateway.quota import Limits, Quota, sweep
 from tests.search_gateway.collections_support import B, CollectionsClient
 from tests.search_gateway.collections_support import collection_settings as _settings
 from tests.search_gateway.conftest import Site

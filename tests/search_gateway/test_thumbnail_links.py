@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from search_gateway.http.thumbnails import ThumbnailSigner, blob_url
 from search_gateway.tenants import parse_api_keys
-from search_gateway.thumbnails import ThumbnailSigner, blob_url
 from tests.search_gateway.collections_support import A, B, CollectionsClient, collection_settings
 from tests.search_gateway.conftest import Site
 from tests.search_gateway.gateway_support import run_gateway
