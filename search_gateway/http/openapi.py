@@ -3,7 +3,7 @@
 Exact means: every status a route can answer is listed with the body it carries, every
 limit the route enforces is in the schema, and the model enum is what the embed server
 serves now (so a schema-driven client or fuzzer never learns a model it cannot use).
-tests/search_gateway/test_gateway_openapi_fuzz.py holds the server to it.
+tests/search_gateway/http/test_gateway_openapi_fuzz.py holds the server to it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ collections is one blob, thumbnails can be drawn from it, and a collection can b
 embedded again with another model or other weights without a new upload. Two
 implementations: ``local.py`` (files in a folder, ``var/blobs`` by default) and
 ``s3.py`` (an S3-compatible bucket, for several machines); ``factory.open_blob_store``
-picks one and the contract tests in ``tests/blobs/contract.py`` hold for both.
+picks one and the contract tests in ``tests/search_gateway/collections/blobs/contract.py`` hold for both.
 
 Consistency between the blob store and the gallery (vector points), which cannot be
 written in one transaction:
