@@ -134,7 +134,7 @@ class GatewaySettings(ServiceSettings):
     # otherwise a random per-process one is used (nothing keeps the name).
     tenant_secret: SecretStr | None = None
     # Addresses or CIDR ranges of reverse proxies whose X-Forwarded-For / Forwarded
-    # headers name the client (access.py). Empty: those headers are ignored, and the
+    # headers name the client (http/access.py). Empty: those headers are ignored, and the
     # rate limit counts by the connecting address.
     trusted_proxies: CommaList[str] = ()
     rate_limit_per_minute: NonNegativeInt = 120
@@ -163,7 +163,7 @@ class GatewaySettings(ServiceSettings):
     # First wait before a failed gallery write (doubling, 4 attempts), and between tries
     # to open a store that was unreachable.
     gallery_retry_s: PositiveFloat = 2.0
-    # --- private collections (collections.py): uploaded originals kept once by SHA-256
+    # --- private collections (collections/records.py): uploaded originals kept once by SHA-256
     # in a folder, or an S3-compatible bucket when GATEWAY_BLOBS_URL is set.
     blobs_path: Path = Path("var/blobs")
     blobs_url: str = ""

@@ -18,7 +18,7 @@ renewed the blob's age). Two replicas only repeat a listing; no lock is worth th
 point sweep is safe the same way (its docstring says how).
 
 Each run first finishes emptying deleted collections that a stopped gateway left marked
-``deleting`` (collection_deletion.py), so that their originals are let go in the same run.
+``deleting`` (collections/deletion.py), so that their originals are let go in the same run.
 """
 
 from __future__ import annotations

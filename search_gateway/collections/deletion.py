@@ -6,7 +6,7 @@ a Qdrant server and a bucket that is a few round trips per image, minutes for a 
 archive, longer than any HTTP request (or the proxy in front of it) should wait. So
 ``DELETE /collections/{name}``:
 
-1. marks the collection's record ``deleting`` (collections.py): from then on the
+1. marks the collection's record ``deleting`` (records.py): from then on the
    collection does not exist for its tenant (404 on every route, not listed, not
    searched: a search of "all my collections" asks for the live ones by name), and its
    name cannot be taken again until it is gone (409);

@@ -2,7 +2,7 @@
 schedule (blob_collector.py).
 
 How such a point arises: an upload writes the original's bytes, then the image's points
-in each model's space, then its record in the collections' space (collections.py, same
+in each model's space, then its record in the collections' space (records.py, same
 id); a gateway killed between the points and the record leaves points that no listing
 shows, that no delete of the image or of its collection reaches (both go by the
 records), and that the tenant's searches of all its collections would find. The sweep

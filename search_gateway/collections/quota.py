@@ -25,7 +25,7 @@ never turns its own requests away.
 Entries of an upload whose gateway died are left behind; they count (so the quota errs
 on the safe side) until the collector removes them ``reservation_ttl_s`` after they were
 written (``sweep``). Bytes released when images are deleted but not yet collected
-(``@released``, written by collection_deletion.py) count for the tenant the same way
+(``@released``, written by collections/deletion.py) count for the tenant the same way
 until the collector's grace has passed.
 """
 

@@ -9,7 +9,7 @@ ordinary gallery points, so both engines keep them without a schema of their own
 * a collection: ``collection="@collections"``, ``tenant``, ``content_hash=<name>``,
   ``first_seen``/``last_seen`` = created/updated, ``engine`` = the models indexed,
   ``platform="deleting"`` once deleted and while it is being emptied
-  (collection_deletion.py): it no longer exists for its tenant, and its name is taken;
+  (collections/deletion.py): it no longer exists for its tenant, and its name is taken;
 * an image of a collection: ``collection=<name>``, ``tenant``, ``content_hash=<sha256>``,
   ``engine`` = its models, ``title`` its file name, ``urls`` where it was fetched from.
 

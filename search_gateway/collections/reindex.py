@@ -22,7 +22,7 @@ so the second run overwrites the first's points with the same vectors.
 The collection is read a store page at a time (scroll), so its size is bounded by the
 store, not by this process's memory.
 
-Layout of a job record (ordinary gallery point fields, as collections.py does):
+Layout of a job record (ordinary gallery point fields, as records.py does):
 ``content_hash="<collection>:<model>"``, ``engine=<model>``, ``title=<state>``,
 ``platform=<reason>``, ``first_seen``/``last_seen`` = started/updated,
 ``width``/``height`` = done/total, ``urls=(<weights fingerprint>,)`` once known.

@@ -152,7 +152,7 @@ async def create_collection(request: Request) -> Response:
 
 async def delete_collection(request: Request) -> Response:
     """Gone for the caller at once (searches, listings, every route); emptied in the
-    background (collection_deletion.py)."""
+    background (collections/deletion.py)."""
     recs = await records(request)
     collection = await _owned(request, recs)
     await _gateway(request).deleter.delete(collection)

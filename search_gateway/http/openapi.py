@@ -149,7 +149,7 @@ def _all_search_params(models: list[str], default: str, max_results: int) -> lis
     ]
 
 
-# A collection's name (collections.py NAME) and a search's comma list of them.
+# A collection's name (collections/records.py NAME) and a search's comma list of them.
 _NAME = NAME.pattern
 _NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": f"^{_NAME}$", "not": {"const": WEB},
                                 "description": f"{NAME_RULE}; 'web' is reserved."}

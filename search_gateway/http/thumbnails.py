@@ -33,7 +33,7 @@ _TAG = 16
 # secret, or of a later format, never decrypts as a thumbnail link.
 _CONTEXT = b"tattoo-search thumbnail link v2"
 # A private collection's original: blob:<tenant>/<collection>/<sha256> (tenants.py and
-# collections.py keep '/' out of both names).
+# collections/records.py keep '/' out of both names).
 BLOB = "blob:"
 
 INVALID = "This thumbnail link is unknown or has expired; search again."
