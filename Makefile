@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/tattoo_search/v1/*.proto)
 GENERATED := tattoo_search/.generated
 
-.PHONY: install protos run lint test bench clean
+.PHONY: install protos run lint test test-fast bench clean
 
 install: $(VENV)/.installed protos
 
@@ -37,13 +37,18 @@ run: install
 # Lint and type checks (configured in pyproject.toml), run before every test run.
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy embed_server scraper_service search_gateway service_common
+	$(VENV)/bin/mypy embed_server scraper_service search_gateway service_common bulk_importer
 
 # The browser tests drive Debian's chromium, installed here when missing (never a
 # browser download by a test tool); WEB_TESTS=skip skips them where it cannot be.
 test: install lint
 	./scripts/install-browser.sh || [ "$$WEB_TESTS" = skip ]
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The suite less the tests marked slow (restarts, browsers, fuzzing, kill -9, ONNX
+# exports, race loops, container images): for the edit-test loop. CI runs `make test`.
+test-fast: install lint
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench.embed_throughput

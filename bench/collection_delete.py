@@ -1,5 +1,5 @@
 """Deleting a collection of N images: how long the caller waits, before and after the
-deletion moved to the background (search_gateway/collection_deletion.py).
+deletion moved to the background (search_gateway/collections/deletion.py).
 
 Before, ``DELETE /collections/{name}`` emptied the collection inside the request: page by
 page, each image's points, its record, then its original one at a time (is it referenced
@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.gallery_store import cpu_flags
-from search_gateway.blobs.base import BlobStore
-from search_gateway.blobs.factory import open_blob_store
-from search_gateway.blobs.gc import release
-from search_gateway.collection_deletion import CollectionDeleter
-from search_gateway.collections import META, CollectionRecords
+from search_gateway.collections.blobs.base import BlobStore
+from search_gateway.collections.blobs.factory import open_blob_store
+from search_gateway.collections.blobs.gc import release
+from search_gateway.collections.deletion import CollectionDeleter
+from search_gateway.collections.records import META, CollectionRecords
 from search_gateway.gallery import GalleryPoint, VectorSpace, open_store
 from search_gateway.gallery.link import GalleryLink
 

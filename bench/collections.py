@@ -5,7 +5,7 @@ each in their own process as deployed: the embed server, the scraper on a catalo
 ``sources=gallery`` search never asks it) and the gateway with its gallery and blob
 folders in a temp dir, API keys off (tenant ``local``). N near-duplicate benchmark
 images, upscaled to 640x640 JPEG (a phone photo's order of size), are imported by
-``python -m search_gateway.importer`` as a subprocess: images/s end to end.
+``python -m bulk_importer`` as a subprocess: images/s end to end.
 
 Where the time goes, each stage of an upload measured alone in this process, on the
 same images (the gateway has no per-stage timing for uploads): decode/check
@@ -48,10 +48,10 @@ from bench.gallery_store import cpu_flags, unit_rows
 from bench.quality.embedding import _embed_with_retries, describe_model
 from bench.quality.near_duplicates import Sizes, generate
 from bench.search_latency import _post_search, process
-from search_gateway.blobs.local import LocalBlobStore
-from search_gateway.collections import CollectionRecords
+from search_gateway.collections.blobs.local import LocalBlobStore
+from search_gateway.collections.records import CollectionRecords
+from search_gateway.fetch.images import prepare
 from search_gateway.gallery import Gallery, GalleryPoint, VectorSpace, open_store
-from search_gateway.images import prepare
 from tattoo_search.v1 import embed_pb2_grpc
 
 MODEL = "clip"
@@ -83,7 +83,7 @@ def make_images(folder: Path, n: int) -> list[Path]:
 
 def run_import(base: str, folder: Path, collection: str, report: Path, concurrency: int) -> dict[str, object]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "search_gateway.importer", str(folder), "--collection", collection,
+    done = subprocess.run([sys.executable, "-m", "bulk_importer", str(folder), "--collection", collection,
                            "--gateway", base, "--create", "--no-progress", "--report", str(report),
                            "--concurrency", str(concurrency)], capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started

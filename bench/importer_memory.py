@@ -36,7 +36,7 @@ from bench.common import embed_server_process, free_port
 from bench.gallery import gateway
 from bench.gallery_store import cpu_flags
 from bench.search_latency import process
-from search_gateway.collections import META, CollectionRecords
+from search_gateway.collections.records import META, CollectionRecords
 from search_gateway.gallery import GalleryPoint, open_store
 
 TENANT = "local"  # API keys off: the one tenant of a local install
@@ -49,11 +49,11 @@ _MEASURED = (
     "import runpy, sys\n"
     "def hwm():\n"
     "    return next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
-    "import search_gateway.importer.__main__\n"
+    "import bulk_importer.__main__\n"
     "print('imported_rss_kib', hwm(), file=sys.stderr)\n"
-    "sys.argv = ['search_gateway.importer', *sys.argv[1:]]\n"
+    "sys.argv = ['bulk_importer', *sys.argv[1:]]\n"
     "try:\n"
-    "    runpy.run_module('search_gateway.importer', run_name='__main__')\n"
+    "    runpy.run_module('bulk_importer', run_name='__main__')\n"
     "finally:\n"
     "    print('peak_rss_kib', hwm(), file=sys.stderr)\n"
 )

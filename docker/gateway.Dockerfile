@@ -7,6 +7,8 @@ COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY service_common ./service_common
 COPY search_gateway ./search_gateway
+# The bulk importer (python -m bulk_importer), an HTTP client of the gateway, ships with it.
+COPY bulk_importer ./bulk_importer
 COPY docker/healthcheck.py ./docker/
 RUN pip install grpcio-tools \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/tattoo_search/v1/*.proto \

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,70 +23,47 @@ from starlette.responses import Response
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search_gateway import collection_routes, errors, routes, web
-from search_gateway.access import (
+from search_gateway import errors
+from search_gateway.clients.backends import EmbedClient, ScraperClient, embed_channel, scraper_channel
+from search_gateway.clients.models import ModelCatalog
+from search_gateway.collections.blob_collector import BlobCollector
+from search_gateway.collections.blobs.base import BlobStore
+from search_gateway.collections.blobs.factory import open_blob_store
+from search_gateway.collections.deletion import CollectionDeleter
+from search_gateway.collections.orphans import Originals
+from search_gateway.collections.point_sweep import PointSweep, configured_tenants, served_spaces
+from search_gateway.collections.quota import Limits, Quota
+from search_gateway.collections.reindex import Reindexer
+from search_gateway.collections.tenant_migration import migrate_until_done, planned_moves
+from search_gateway.config import GatewaySettings
+from search_gateway.fetch.downloader import Downloader, DownloadLimits
+from search_gateway.fetch.failed_downloads import FailedDownloads
+from search_gateway.fetch.images import ImageLimits
+from search_gateway.fetch.netguard import parse_allowlist
+from search_gateway.http import collection_routes, routes, web
+from search_gateway.http.access import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     ClientIdentity,
     RateLimitMiddleware,
     TokenBuckets,
 )
-from search_gateway.backends import EmbedClient, ScraperClient, embed_channel, scraper_channel
-from search_gateway.blob_collector import BlobCollector
-from search_gateway.blobs.base import BlobStore
-from search_gateway.blobs.factory import open_blob_store
-from search_gateway.cache import EmbeddingCache
-from search_gateway.caption import CaptionChain, Captioner, RemoteCaptioner, ZeroShotCaptioner
-from search_gateway.collection_deletion import CollectionDeleter
-from search_gateway.config import GatewaySettings
-from search_gateway.downloader import Downloader, DownloadLimits
-from search_gateway.failed_downloads import FailedDownloads
-from search_gateway.gallery_wiring import open_gallery
-from search_gateway.images import ImageLimits
+from search_gateway.http.gateway import Gateway
+from search_gateway.http.request_ids import RequestIdMiddleware
+from search_gateway.http.thumbnails import ThumbnailSigner
 from search_gateway.metrics import Metrics
-from search_gateway.models import ModelCatalog
-from search_gateway.netguard import parse_allowlist
-from search_gateway.orphans import Originals
-from search_gateway.point_sweep import PointSweep, configured_tenants, served_spaces
-from search_gateway.quota import Limits, Quota
-from search_gateway.reindex import Reindexer
-from search_gateway.requestid import RequestIdMiddleware, install_log_stamp
+from search_gateway.requestid import install_log_stamp
+from search_gateway.search.cache import EmbeddingCache
+from search_gateway.search.caption import CaptionChain, Captioner, RemoteCaptioner, ZeroShotCaptioner
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import BatchLimits, EmbedBatches
-from search_gateway.search.gallery_source import GallerySource
 from search_gateway.search.pipeline import SearchLimits, SearchPipeline
-from search_gateway.tenant_migration import migrate_until_done, planned_moves
-from search_gateway.thumbnails import ThumbnailSigner
+from search_gateway.wiring import open_gallery
 
 log = logging.getLogger(__name__)
 
 # Multipart framing around an upload; the body limit allows for it.
 _FORM_OVERHEAD = 64 * 1024
-
-
-@dataclass
-class Gateway:
-    """Everything the routes use, built once by the lifespan."""
-
-    settings: GatewaySettings
-    metrics: Metrics
-    embed: EmbedClient
-    scraper: ScraperClient
-    downloader: Downloader
-    catalog: ModelCatalog
-    pipeline: SearchPipeline
-    signer: ThumbnailSigner
-    captions: CaptionChain
-    image_limits: ImageLimits
-    # A tenant's limits, reserved before the work (images, bytes, collections).
-    quota: Quota
-    gallery: GallerySource | None = None
-    # Uploaded originals of private collections; None when the gallery is off.
-    blobs: BlobStore | None = None
-    # Background re-embedding of collections (POST /collections/{name}/reindex); with the blobs.
-    reindex: Reindexer | None = None
-    # Hides a deleted collection at once and empties it in the background; with the blobs.
-    deleter: CollectionDeleter | None = None
 
 
 def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:

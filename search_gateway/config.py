@@ -28,7 +28,7 @@ from service_common.grpc_security import ClientSecurity, client_problem
 from service_common.settings import AtLeastOne, CommaList, Lower, ServiceSettings, SettingsError
 
 # The public model names, to check the settings at start; requests are checked against
-# what the embed server says it serves (search_gateway/models.py).
+# what the embed server says it serves (search_gateway/clients/models.py).
 KNOWN_MODELS: tuple[str, ...] = model_registry.list_models()
 CaptionMode = Literal["offline", "remote", "none"]
 CAPTION_MODES: tuple[str, ...] = get_args(CaptionMode)
@@ -134,7 +134,7 @@ class GatewaySettings(ServiceSettings):
     # otherwise a random per-process one is used (nothing keeps the name).
     tenant_secret: SecretStr | None = None
     # Addresses or CIDR ranges of reverse proxies whose X-Forwarded-For / Forwarded
-    # headers name the client (access.py). Empty: those headers are ignored, and the
+    # headers name the client (http/access.py). Empty: those headers are ignored, and the
     # rate limit counts by the connecting address.
     trusted_proxies: CommaList[str] = ()
     rate_limit_per_minute: NonNegativeInt = 120
@@ -163,7 +163,7 @@ class GatewaySettings(ServiceSettings):
     # First wait before a failed gallery write (doubling, 4 attempts), and between tries
     # to open a store that was unreachable.
     gallery_retry_s: PositiveFloat = 2.0
-    # --- private collections (collections.py): uploaded originals kept once by SHA-256
+    # --- private collections (collections/records.py): uploaded originals kept once by SHA-256
     # in a folder, or an S3-compatible bucket when GATEWAY_BLOBS_URL is set.
     blobs_path: Path = Path("var/blobs")
     blobs_url: str = ""
@@ -208,7 +208,7 @@ class GatewaySettings(ServiceSettings):
     def _allowlist(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         # Imported here to keep config importable on its own; the allowlist grammar
         # lives with the code that enforces it.
-        from search_gateway.netguard import parse_allowlist
+        from search_gateway.fetch.netguard import parse_allowlist
 
         try:
             parse_allowlist(value)
@@ -219,7 +219,7 @@ class GatewaySettings(ServiceSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from search_gateway.access import parse_trusted_proxies
+        from search_gateway.http.access import parse_trusted_proxies
 
         try:
             parse_trusted_proxies(value)

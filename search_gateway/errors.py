@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from search_gateway import requestid
-from search_gateway.blobs.base import BlobError, BlobUnavailable
+from search_gateway.collections.blobs.base import BlobError, BlobUnavailable
 from search_gateway.gallery.base import GalleryError, GalleryUnavailable
 
 log = logging.getLogger(__name__)

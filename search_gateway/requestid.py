@@ -13,9 +13,6 @@ import logging
 import re
 import secrets
 
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 HEADER = "X-Request-ID"
 # Anything else a client sends is replaced: the id is written into logs and headers,
 # so it must not carry spaces, quotes, control characters or unbounded length.
@@ -27,6 +24,16 @@ _current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", def
 def current() -> str:
     """The id of the request being served, or "-" outside one."""
     return _current.get()
+
+
+def bind(request_id: str) -> contextvars.Token[str]:
+    """Make ``request_id`` the current one until :func:`unbind` (the HTTP middleware,
+    http/request_ids.py, around each request)."""
+    return _current.set(request_id)
+
+
+def unbind(token: contextvars.Token[str]) -> None:
+    _current.reset(token)
 
 
 def new_id() -> str:
@@ -72,45 +79,3 @@ def install_log_stamp() -> None:
 
     logging.setLogRecordFactory(factory)
     _installed = True
-
-
-class RequestIdMiddleware:
-    """Outermost middleware: sets the id and adds it to the reply's headers.
-
-    An exception that escapes everything inside is answered here (a 500 with the
-    id), so even that reply can be traced.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        raw = None
-        for key, value in scope.get("headers", []):
-            if key == b"x-request-id":
-                raw = value.decode("latin-1")
-                break
-        request_id = accept(raw)
-        token = _current.set(request_id)
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                MutableHeaders(scope=message)[HEADER] = request_id
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            if started:
-                raise
-            from search_gateway.errors import to_response  # errors imports this module
-
-            await to_response(exc)(scope, receive, send_with_id)
-        finally:
-            _current.reset(token)

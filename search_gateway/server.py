@@ -34,8 +34,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from search_gateway.access import parse_trusted_proxies
 from search_gateway.config import GatewaySettings
+from search_gateway.http.access import parse_trusted_proxies
 
 log = logging.getLogger(__name__)
 

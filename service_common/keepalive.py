@@ -8,7 +8,7 @@ strikes it closes the connection with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" 
 calls on it fail, the channel reconnects). gRPC's server defaults allow one ping
 every 5 minutes while calls are open and one every 2 hours on a connection without
 calls, far less often than a client pinging every 30 s. So the clients' options
-(`Keepalive.client_options`, search_gateway/channels.py) and the servers' options
+(`Keepalive.client_options`, search_gateway/clients/channels.py) and the servers' options
 (`Keepalive.server_options`, service_common/grpc_server.py, i.e. the embed server
 and the scraper) are derived from the same `Keepalive`, and the servers always allow
 what the clients do.

@@ -29,6 +29,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+# Slow: each image's files laid out and its imports and protoc run (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = PurePosixPath("/app")
 SERVICE_PACKAGES = ("embed_server", "scraper_service", "search_gateway")

@@ -7,7 +7,7 @@ for DURATION_S seconds while each replica in turn gets SIGTERM, exits, and is st
 again on the same port once the previous one is back. Every search must answer 200 with
 no candidate lost to an embed failure; p50/p95 latency and the count are printed.
 
-What makes it hold (search_gateway/channels.py): a stopping replica turns health
+What makes it hold (search_gateway/clients/channels.py): a stopping replica turns health
 NOT_SERVING at once and the gateway's channel, which watches health (client-side health
 checking), stops picking it; a call that still lands there, or is cut by the exit, is
 retried on another replica (the retry policy); the restarted replica is taken back
@@ -31,13 +31,15 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 
 from embed_server.server import model_health_name
 from service_common.grpc_server import GrpcServer
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
-from tests.search_gateway.conftest import gateway_settings, image_form
-from tests.search_gateway.gateway_support import (
+from tests.support.background import wait_for_health
+from tests.support.gateway_stack import gateway_settings, image_form
+from tests.support.gateway_support import (
     Hits,
     embed_server,
     image_site_app,
@@ -46,8 +48,10 @@ from tests.search_gateway.gateway_support import (
     serve_aiohttp,
     write_catalog,
 )
-from tests.support.background import wait_for_health
 from tests.support.images import jpeg
+
+# Slow: replicas started, stopped and restarted under load (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 DURATION_S = 60.0

@@ -3,7 +3,7 @@
 Two engines implement :class:`GalleryStore` (``edge.py`` in-process, ``qdrant.py``
 for a Qdrant server or cluster); everything above them (``gallery.py``, later the
 search pipeline) sees only what is defined here, so the engines stay swappable and
-the contract tests in ``tests/gallery/contract.py`` hold for both.
+the contract tests in ``tests/search_gateway/gallery/contract.py`` hold for both.
 """
 
 from __future__ import annotations

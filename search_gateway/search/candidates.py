@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from search_gateway.backends import ScraperClient
-from search_gateway.search.types import Candidate
+from search_gateway.clients.backends import ScraperClient
+from search_gateway.clients.replies import Candidate
 
 
 async def unique_candidates(scraper: ScraperClient, caption: str, limit: int, *,

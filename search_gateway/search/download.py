@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search_gateway.downloader import Downloader
+from search_gateway.clients.replies import Candidate
 from search_gateway.errors import DownloadFailed, GatewayError
-from search_gateway.failed_downloads import FailedDownloads
-from search_gateway.images import ImageLimits, prepare_in_thread
+from search_gateway.fetch.downloader import Downloader
+from search_gateway.fetch.failed_downloads import FailedDownloads
+from search_gateway.fetch.images import ImageLimits, prepare_in_thread
 from search_gateway.search.budget import Deadline
-from search_gateway.search.types import Candidate, FetchedImage
+from search_gateway.search.types import FetchedImage
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from search_gateway.backends import BackendRejected, EmbedClient
-from search_gateway.cache import EmbeddingCache
+from search_gateway.clients.backends import BackendRejected, EmbedClient
+from search_gateway.clients.replies import Provenance
+from search_gateway.clients.weights_watch import unverify_on_reconnect
 from search_gateway.errors import BackendUnavailable
 from search_gateway.metrics import Metrics
-from search_gateway.replies import Provenance
 from search_gateway.search.budget import Deadline
+from search_gateway.search.cache import EmbeddingCache
 from search_gateway.search.tally import Stopwatch
 from search_gateway.search.types import EmbeddedImage, FetchedImage
-from search_gateway.weights_watch import unverify_on_reconnect
 
 log = logging.getLogger(__name__)
 

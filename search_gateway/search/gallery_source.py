@@ -11,38 +11,42 @@ the gallery's ``web`` collection, so "more like this" can name it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
-from search_gateway.collections import CollectionRecords
-from search_gateway.gallery.base import GalleryError, GalleryHit, GalleryPoint, VectorSpace, point_id
+from search_gateway.clients.models import ModelCatalog
+from search_gateway.clients.replies import Candidate
+from search_gateway.gallery.base import GalleryError, GalleryHit, GalleryPoint, GalleryStore, VectorSpace
 from search_gateway.gallery.gallery import Gallery
 from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.spaces import WEB
 from search_gateway.gallery.writer import GalleryWriter, Sightings
 from search_gateway.metrics import Metrics
-from search_gateway.models import ModelCatalog
-from search_gateway.replies import Provenance
-from search_gateway.search.types import Candidate, EmbeddedImage, RankedResult
+from search_gateway.search.types import EmbeddedImage, RankedResult
 
-if TYPE_CHECKING:
-    from search_gateway.orphans import Originals
-
-WEB = "web"
 T = TypeVar("T")
 
 
-def result_id(sha256: str) -> str:
-    return point_id(WEB, sha256)
+# What the search needs of the private collections, defined here and implemented in
+# collections/ (wiring.py and app.py pass it in), so that search/ never imports collections/.
+class TenantCollections(Protocol):
+    """The names of a tenant's live collections (collections/records.py ``live_names``):
+    what "search all my collections" searches."""
+
+    def __call__(self, store: GalleryStore, tenant: str, /) -> Awaitable[Sequence[str]]: ...
 
 
-def space_of(model: str, provenance: Provenance | None, dimension: int) -> VectorSpace | None:
-    """Where vectors from this reply live; None when the embed server did not say which weights."""
-    if provenance is None or not provenance.weights_fingerprint:
-        return None
-    return VectorSpace(model, provenance.weights_fingerprint, dimension)
+class MissingOriginals(Protocol):
+    """Which private images have lost their original, and their removal in the background
+    (collections/orphans.py ``Originals``)."""
+
+    async def missing(self, hashes: Iterable[str]) -> set[str]: ...
+
+    def remove_later(self, tenant: str, hashes: Iterable[str],
+                     seen: Sequence[tuple[str, VectorSpace, str]] = ()) -> None: ...
 
 
 def ranked(hit: GalleryHit, source: str = "gallery") -> RankedResult:
@@ -76,13 +80,15 @@ def sighting(image: EmbeddedImage) -> GalleryPoint:
 class GallerySource:
     """Shared by all searches of one gateway."""
 
-    def __init__(self, link: GalleryLink, writer: GalleryWriter, catalog: ModelCatalog, metrics: Metrics) -> None:
+    def __init__(self, link: GalleryLink, writer: GalleryWriter, catalog: ModelCatalog, metrics: Metrics,
+                 live_collections: TenantCollections) -> None:
         self.link = link
         self.writer = writer
         self._catalog = catalog
         self._metrics = metrics
+        self._live_collections = live_collections
         # Set with the blob store: private results whose original is missing are hidden.
-        self.originals: Originals | None = None
+        self.originals: MissingOriginals | None = None
 
     async def find(self, space: VectorSpace, vector: np.ndarray, *, tenant: str, limit: int,
                    collections: Sequence[str] | None = None, tags: Sequence[str] = (),
@@ -94,7 +100,7 @@ class GallerySource:
         if collections is None:
             # "All of the tenant's" means its live collections, by name: never the points
             # of one being deleted, nor any an interrupted write left without a collection.
-            private = tuple(c.name for c in await self._ask(lambda g: CollectionRecords(g.store).of_tenant(tenant)))
+            private = tuple(await self._ask(lambda g: self._live_collections(g.store, tenant)))
         else:
             private = tuple(c for c in collections if c != WEB)
         # Two store queries, never one filter for both: web points have no tenant, and a

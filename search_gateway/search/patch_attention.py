@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from search_gateway.backends import EmbedClient
+from search_gateway.clients.backends import EmbedClient
 from search_gateway.errors import BackendUnavailable, GatewayError
 from search_gateway.search.budget import Deadline
 from search_gateway.search.download import CandidateDownloads

@@ -26,25 +26,25 @@ from typing import Any
 import numpy as np
 
 from search_gateway import requestid
-from search_gateway.backends import EmbedClient, ScraperClient
-from search_gateway.cache import EmbeddingCache
-from search_gateway.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, CaptionChain, compose_query
+from search_gateway.clients.backends import EmbedClient, ScraperClient
+from search_gateway.clients.replies import Candidate, Provenance
 from search_gateway.errors import BackendUnavailable, NotFound, storage_error
 from search_gateway.gallery.base import GalleryError, VectorSpace
+from search_gateway.gallery.spaces import result_id, space_of
 from search_gateway.metrics import Metrics
-from search_gateway.replies import Provenance
 from search_gateway.search.budget import Deadline
+from search_gateway.search.cache import EmbeddingCache
 from search_gateway.search.candidates import unique_candidates
+from search_gateway.search.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, CaptionChain, compose_query
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import EmbedBatches, Embedded, EmbedResult
-from search_gateway.search.gallery_source import GallerySource, result_id, space_of
+from search_gateway.search.gallery_source import GallerySource
 from search_gateway.search.patch_attention import attach_attention
 from search_gateway.search.query_vectors import QueryVectors
 from search_gateway.search.ranking import Ranking
 from search_gateway.search.rerank_stage import rerank_results
 from search_gateway.search.tally import Stopwatch, Tally
 from search_gateway.search.types import (
-    Candidate,
     CandidatesFound,
     CaptionReady,
     Downloaded,

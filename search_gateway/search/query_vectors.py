@@ -7,11 +7,11 @@ import asyncio
 
 import numpy as np
 
-from search_gateway.backends import EmbedClient
-from search_gateway.cache import EmbeddingCache
-from search_gateway.images import PreparedImage
-from search_gateway.replies import Provenance
+from search_gateway.clients.backends import EmbedClient
+from search_gateway.clients.replies import Provenance
+from search_gateway.fetch.images import PreparedImage
 from search_gateway.search.budget import Deadline
+from search_gateway.search.cache import EmbeddingCache
 from search_gateway.search.embedding import unit
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from search_gateway.backends import EmbedClient
+from search_gateway.clients.backends import EmbedClient
 from search_gateway.errors import BackendUnavailable, GatewayError
 from search_gateway.search import rerank
 from search_gateway.search.budget import Deadline

@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from search_gateway.backends import EmbedClient
-from search_gateway.caption import Vocabulary, machine_tags
+from search_gateway.clients.backends import EmbedClient
 from search_gateway.gallery.base import GalleryPoint, VectorSpace
+from search_gateway.search.caption import Vocabulary, machine_tags
 
 
 class Tagger:

@@ -4,7 +4,7 @@ A candidate is found (:class:`Candidate`), fetched and checked (:class:`FetchedI
 embedded or found in the cache (:class:`EmbeddedImage`), scored
 (:class:`RankedResult`), and the search ends with a :class:`SearchOutcome`. All are
 frozen: a stage makes a new value rather than editing the one it was given. They
-become JSON in one place, ``search_gateway/search_json.py``.
+become JSON in one place, ``search_gateway/http/search_json.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from search_gateway.images import PreparedImage
-from search_gateway.replies import PatchMatches, Provenance
+from search_gateway.clients.replies import Candidate, PatchMatches, Provenance
+from search_gateway.fetch.images import PreparedImage
 
 SOURCES: tuple[str, ...] = ("gallery", "web")
 
@@ -46,19 +46,6 @@ class SearchQuery:
     # Two-stage search: the best this many results are re-ranked by patch tokens
     # (search/rerank_stage.py); 0: off (the default, docs/benchmarks.md says why).
     rerank_k: int = 0
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An image URL the scraper found, with what it knows about it."""
-
-    url: str
-    source_url: str
-    platform: str
-    title: str
-    engine: str
-    # Headers to send when downloading ``url`` (e.g. the platform's Referer).
-    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from bench.quality.gateway import GatewayClient, GatewayError, GatewayGallery
 from bench.quality.layouts import read_folder
 from tattoo_search.v1 import embed_pb2_grpc
 from tests.quality.files import image
-from tests.search_gateway.conftest import gateway_settings
-from tests.search_gateway.gateway_support import embed_server, run_gateway, scraper_server, write_catalog
 from tests.support.background import BackgroundServer, wait_for_health
+from tests.support.gateway_stack import gateway_settings
+from tests.support.gateway_support import embed_server, run_gateway, scraper_server, write_catalog
 
 KEY = "key-q"
 

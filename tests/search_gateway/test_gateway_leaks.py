@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.search_gateway.conftest import Site, gateway_settings, image_form
-from tests.search_gateway.gateway_support import run_gateway, scraper_server, write_catalog
 from tests.support.background import BackgroundServer
+from tests.support.gateway_stack import Site, gateway_settings, image_form
+from tests.support.gateway_support import run_gateway, scraper_server, write_catalog
 from tests.support.images import jpeg
 
 # Exception class names (AioRpcError, ConnectionRefusedError, InvalidUrlClientError ...)

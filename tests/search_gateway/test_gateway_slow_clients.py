@@ -23,8 +23,8 @@ import pytest_asyncio
 
 from search_gateway.config import GatewaySettings
 from search_gateway.server import ClientLimits, ConnectionCounts, uvicorn_config
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway
-from tests.search_gateway.serving import protocol_of
+from tests.support.gateway_support import RunningGateway, run_gateway
+from tests.support.serving import protocol_of
 
 GUARD = 15.0  # seconds before a test gives up waiting for the server to act
 ROOT = Path(__file__).resolve().parents[2]

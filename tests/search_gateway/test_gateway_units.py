@@ -7,13 +7,13 @@ import ipaddress
 import numpy as np
 import pytest
 
-from search_gateway.access import TokenBuckets
-from search_gateway.cache import EmbeddingCache
-from search_gateway.caption import compose_query, parse_remote_answer
 from search_gateway.config import ConfigError, GatewaySettings
 from search_gateway.errors import NotFound
-from search_gateway.netguard import is_public_address, parse_allowlist, permitted
-from search_gateway.thumbnails import ThumbnailSigner
+from search_gateway.fetch.netguard import is_public_address, parse_allowlist, permitted
+from search_gateway.http.access import TokenBuckets
+from search_gateway.http.thumbnails import ThumbnailSigner
+from search_gateway.search.cache import EmbeddingCache
+from search_gateway.search.caption import compose_query, parse_remote_answer
 
 
 def test_settings_from_env_parse_and_name_the_bad_key() -> None:
@@ -126,7 +126,7 @@ def test_embedding_cache_is_bounded_and_keyed_by_model_hash_and_url() -> None:
 
 
 def test_embedding_cache_keeps_each_vectors_provenance_and_ttl_0_never_expires() -> None:
-    from search_gateway.replies import Provenance
+    from search_gateway.clients.replies import Provenance
 
     now = [0.0]
     cache = EmbeddingCache(max_entries=4, ttl_s=0, clock=lambda: now[0])
@@ -141,7 +141,7 @@ def test_embedding_cache_keeps_each_vectors_provenance_and_ttl_0_never_expires()
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP"])
 def test_candidates_pass_through_unless_cut_short(fmt: str) -> None:
     from search_gateway.errors import TruncatedImage
-    from search_gateway.images import prepare
+    from search_gateway.fetch.images import prepare
     from tests.support.images import encode, noise_image
 
     data = encode(noise_image(5, (120, 90)), fmt)
@@ -158,14 +158,14 @@ def test_candidates_pass_through_unless_cut_short(fmt: str) -> None:
     ("[::1]", "::1"), ("1.2.3.4.5", "0.0.0.0"), ("1.2.3.256", "0.0.0.0"), ("1.09.0.1", "0.0.0.0"),
 ])
 def test_hosts_are_read_the_way_inet_aton_and_browsers_read_them(host: str, address: str) -> None:
-    from search_gateway.netguard import parse_ip
+    from search_gateway.fetch.netguard import parse_ip
 
     assert str(parse_ip(host)) == address
 
 
 @pytest.mark.parametrize("host", ["example.com", "1.example", "example.com.", "cafe", "0x.example"])
 def test_names_are_not_addresses(host: str) -> None:
-    from search_gateway.netguard import is_canonical_ip, parse_ip
+    from search_gateway.fetch.netguard import is_canonical_ip, parse_ip
 
     assert parse_ip(host) is None and is_canonical_ip(host)
 

@@ -32,8 +32,9 @@ from service_common.grpc_security import (
     sync_channel,
 )
 from tattoo_search.v1 import scraper_pb2, scraper_pb2_grpc
-from tests.search_gateway.conftest import gateway_settings, image_form
-from tests.search_gateway.gateway_support import (
+from tests.support.background import BackgroundServer, wait_for_health
+from tests.support.gateway_stack import gateway_settings, image_form
+from tests.support.gateway_support import (
     Hits,
     embed_server,
     image_site_app,
@@ -42,7 +43,6 @@ from tests.search_gateway.gateway_support import (
     serve_aiohttp,
     write_catalog,
 )
-from tests.support.background import BackgroundServer, wait_for_health
 from tests.support.images import jpeg
 
 TOKEN = "s3cret-token-for-tests_0123456789"

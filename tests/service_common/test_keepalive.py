@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # grpc-stubs 1.53 predates it
 
-from search_gateway.channels import open_channel
+from search_gateway.clients.channels import open_channel
 from service_common.keepalive import Keepalive
 from tests.service_common.test_grpc_server import SCRAPER, Gated, _start
 

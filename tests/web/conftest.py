@@ -21,9 +21,9 @@ import pytest_asyncio
 from aiohttp import web
 
 from scraper_service.demo_catalog import write_catalog
-from tests.search_gateway.conftest import embed, gateway_settings  # noqa: F401 - embed is a fixture used here
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway, scraper_server, serve_aiohttp
 from tests.support.background import BackgroundServer
+from tests.support.gateway_stack import embed, gateway_settings  # noqa: F401 - embed is a fixture used here
+from tests.support.gateway_support import RunningGateway, run_gateway, scraper_server, serve_aiohttp
 from tests.support.images import jpeg
 
 CHROMIUM = os.environ.get("WEB_CHROMIUM", "/usr/bin/chromium")

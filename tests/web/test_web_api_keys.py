@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.search_gateway.conftest import gateway_settings
-from tests.search_gateway.gateway_support import run_gateway, scraper_server
+import pytest
+
 from tests.support.background import BackgroundServer
+from tests.support.gateway_stack import gateway_settings
+from tests.support.gateway_support import run_gateway, scraper_server
 from tests.web.conftest import DesignSite
+
+# Slow: a real browser (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
 
 KEY = "right-key-7f3a"
 STORE = "tattoo-search.api-key"

@@ -13,14 +13,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import pytest
 
 from tests.support.images import jpeg
+from tests.support.web_support import CARD_IDS, IMAGE_LOADED, SCREENSHOTS, _open_page
 from tests.web.conftest import WebStack
-from tests.web.test_web_gallery import _open_page
-from tests.web.test_web_page import IMAGE_LOADED, SCREENSHOTS
+
+# Slow: a real browser (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
 
 NAME = "studio-flash"
-CARD_IDS = "() => [...document.querySelectorAll('#images .image-card')].map((c) => c.dataset.id)"
 RESULT_IDS = "() => [...document.querySelectorAll('#results .card')].map((c) => c.dataset.id)"
 
 

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.support.images import encode, jpeg, noise_image
+from tests.support.web_support import CARD_IDS, _open_page
 from tests.web.conftest import WebStack
-from tests.web.test_web_collections import CARD_IDS
-from tests.web.test_web_gallery import _open_page
+
+# Slow: a real browser (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
 
 STATUS = "#upload-status"
 # The relative paths the folder input offered, read before the page's own listener empties it.

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from tests.search_gateway.conftest import gateway_settings
-from tests.search_gateway.gateway_support import CountedScraper, RunningGateway, run_gateway
 from tests.support.background import BackgroundServer
+from tests.support.gateway_stack import gateway_settings
+from tests.support.gateway_support import CountedScraper, run_gateway
+from tests.support.web_support import IMAGE_LOADED, SCREENSHOTS, _open_page
 from tests.web.conftest import DesignSite, WebStack
-from tests.web.test_web_page import IMAGE_LOADED, SCREENSHOTS, TIMEOUT_MS
+
+# Slow: a real browser (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
 
 WRITTEN = re.compile(r'^gateway_gallery_points_total\{result="written"\} (\S+)$', re.MULTILINE)
 # Every card's source and gallery id, in the order shown.
@@ -37,17 +41,6 @@ RECORD_FIRST_CARDS = """() => {
 
 
 
-async def _open_page(browser: Any, stack: WebStack | RunningGateway, **context: Any) -> tuple[Any, list[str]]:
-    page = await browser.new_page(**context)
-    page.set_default_timeout(TIMEOUT_MS)
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
-    page.on("console", lambda msg: problems.append(f"console: {msg.text}")
-            if "Content Security Policy" in msg.text else None)
-    await page.goto(f"{stack.url}/")
-    # The page has read the models and whether this gateway has a gallery.
-    await page.locator("#search-form[data-gallery]").wait_for(state="attached")
-    return page, problems
 
 
 async def _pick(page: Any, radio: str) -> None:
@@ -227,7 +220,7 @@ async def test_no_gallery_hides_the_switch(browser: Any, web_stack: WebStack) ->
 
 async def test_an_unreachable_gallery_is_said_and_the_web_answers(
         browser: Any, embed: BackgroundServer, design_site: DesignSite, tmp_path: Path) -> None:
-    from tests.search_gateway.gateway_support import scraper_server
+    from tests.support.gateway_support import scraper_server
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]

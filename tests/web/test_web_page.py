@@ -6,28 +6,22 @@ UPDATE_SCREENSHOTS=1).
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from tests.search_gateway.conftest import gateway_settings
-from tests.search_gateway.gateway_support import RunningGateway, run_gateway
 from tests.support.background import BackgroundServer
+from tests.support.gateway_stack import gateway_settings
+from tests.support.gateway_support import RunningGateway, run_gateway
 from tests.support.images import jpeg
+from tests.support.web_support import IMAGE_LOADED, SCREENSHOTS, TIMEOUT_MS
 from tests.web.conftest import DesignSite, WebStack
 
-# The committed screenshots in docs/screenshots are refreshed with UPDATE_SCREENSHOTS=1;
-# otherwise they go to a temporary folder, so a test run leaves the tree clean.
-SCREENSHOTS = (
-    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1"
-    else Path(tempfile.mkdtemp(prefix="web-screenshots-"))
-)
-TIMEOUT_MS = 20_000
+# Slow: a real browser (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
 
 # Records every value the progress bar takes, from before the search starts.
 RECORD_PROGRESS = """() => {
@@ -37,7 +31,6 @@ RECORD_PROGRESS = """() => {
     .observe(bar, { attributes: true, attributeFilter: ["value"] });
 }"""
 
-IMAGE_LOADED = "(img) => img.complete && img.naturalWidth > 0"
 
 
 async def _open_page(browser: Any, stack: WebStack | RunningGateway, **context: Any) -> tuple[Any, list[str]]:

@@ -1,0 +1,369 @@
+"""Re-embedding a private collection with another model (or new weights), in the background.
+
+``POST /collections/{name}/reindex?embedding_model=...`` answers 202 at once; the job
+reads each original from the blob store, embeds them in batches through the embed
+client and writes the points with the image record's payload. Vectors land in the
+space of the embed reply's model and weights fingerprint, so a model never indexed and
+a model whose weights changed are the same job.
+
+Progress lives in the store, not in this process: a job record per (tenant, collection,
+model) in the collections' payload-only space (``collection="@reindex"``), so every
+replica lists it and a ``kill -9`` leaves it behind. The gateway running a job rewrites
+its record every ``GATEWAY_REINDEX_HEARTBEAT_S`` while it waits or runs; a record still
+saying ``queued`` or ``reindexing`` that nobody rewrote for ``STALE_HEARTBEATS`` beats
+belongs to a gateway that died (or was cut off from the store): every replica lists it
+as ``interrupted``, and the job may be asked again, on any replica. (The replicas' clocks
+must agree to well within those six beats: NTP does.) Judging by the
+heartbeat and not by when a process started keeps a replica started after the job from
+calling a live job on another replica interrupted (and running it twice at once).
+Running a job twice is harmless all the same: point ids are (tenant, collection, hash),
+so the second run overwrites the first's points with the same vectors.
+
+The collection is read a store page at a time (scroll), so its size is bounded by the
+store, not by this process's memory.
+
+Layout of a job record (ordinary gallery point fields, as records.py does):
+``content_hash="<collection>:<model>"``, ``engine=<model>``, ``title=<state>``,
+``platform=<reason>``, ``first_seen``/``last_seen`` = started/updated,
+``width``/``height`` = done/total, ``urls=(<weights fingerprint>,)`` once known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from search_gateway.clients.backends import EmbedClient
+from search_gateway.collections.blobs.base import BlobError, BlobNotFound, BlobStore
+from search_gateway.collections.records import JOBS as _JOBS
+from search_gateway.collections.records import META, Collection, CollectionRecords
+from search_gateway.errors import BackendUnavailable, Conflict, GatewayError, RateLimited, storage_error
+from search_gateway.fetch.images import ImageLimits, prepare_in_thread
+from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, pages
+from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.spaces import space_of
+
+log = logging.getLogger(__name__)
+
+_ONE = (1.0,)
+QUEUED, RUNNING, INDEXED, FAILED, INTERRUPTED = "queued", "reindexing", "indexed", "failed", "interrupted"
+# Jobs accepted but waiting for the one running slot; past it a request is shed (429).
+MAX_WAITING = 8
+# One job embeds at a time per gateway: a reindex must not starve the searches of the embed server.
+_RUNNING_AT_ONCE = 1
+# A job record not rewritten for this many heartbeats belongs to a gateway that is gone.
+STALE_HEARTBEATS = 6
+# Image records read from the store per page while a job walks its collection.
+_PAGE = 256
+
+
+@dataclass(frozen=True)
+class Job:
+    tenant: str
+    collection: str
+    model: str
+    state: str
+    started: datetime
+    updated: datetime
+    done: int = 0
+    total: int = 0
+    skipped: int = 0
+    reason: str = ""
+
+    def point(self) -> GalleryPoint:
+        return GalleryPoint(f"{self.collection}:{self.model}", _ONE, _JOBS, self.tenant, engine=self.model,
+                            title=self.state, platform=self.reason, first_seen=self.started, last_seen=self.updated,
+                            width=self.done, height=self.total, source_pages=(str(self.skipped),))
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state, "started": self.started.isoformat(),
+                               "updated": self.updated.isoformat(), "done": self.done, "total": self.total}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def _job(point: GalleryPoint) -> Job:
+    name, _, model = point.content_hash.partition(":")
+    now = datetime.now(UTC)
+    skipped = int(point.source_pages[0]) if point.source_pages and point.source_pages[0].isdigit() else 0
+    return Job(point.tenant or "", name, model, point.title, point.first_seen or now, point.last_seen or now,
+               point.width or 0, point.height or 0, skipped, point.platform)
+
+
+class Reindexer:
+    """The reindex jobs of one gateway: at most one embeds at a time, a few wait."""
+
+    def __init__(self, link: GalleryLink, blobs: BlobStore, embed: EmbedClient, limits: ImageLimits,
+                 batch_images: int, batch_bytes: int, heartbeat_s: float = 10.0) -> None:
+        self.link = link
+        self.blobs = blobs
+        self.embed = embed
+        self.limits = limits
+        self.batch_images = batch_images
+        self.batch_bytes = batch_bytes
+        self.heartbeat_s = heartbeat_s
+        self.stale_after = timedelta(seconds=heartbeat_s * STALE_HEARTBEATS)
+        self._slot = asyncio.Semaphore(_RUNNING_AT_ONCE)
+        self._tasks: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        # The latest state of each job running here, and one lock per job around its record's
+        # writes: the heartbeat must never write "reindexing" over the final "indexed".
+        self._current: dict[tuple[str, str, str], Job] = {}
+        self._record_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    # --- records
+    async def _store(self) -> GalleryStore:
+        return (await self.link.gallery()).store
+
+    async def _save(self, job: Job) -> None:
+        await (await self._store()).upsert(META, [job.point()])
+
+    async def _advance(self, job: Job) -> Job:
+        """Record the job's new state (stamped now) as the one its heartbeat repeats."""
+        key = _key(job)
+        job = replace(job, updated=datetime.now(UTC))
+        async with self._record_locks.setdefault(key, asyncio.Lock()):
+            self._current[key] = job
+            await self._save(job)
+        return job
+
+    async def _beat(self, key: tuple[str, str, str]) -> None:
+        """Rewrite the job's record every heartbeat while it waits or runs. A beat the store
+        refuses is only logged: the next may pass, and a silent record reads as interrupted."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            async with self._record_locks.setdefault(key, asyncio.Lock()):
+                job = self._current.get(key)
+                if job is None or job.state not in (QUEUED, RUNNING):
+                    return
+                job = self._current[key] = replace(job, updated=datetime.now(UTC))
+                try:
+                    await self._save(job)
+                except (GalleryError, BlobError) as exc:
+                    log.warning("reindex of %s/%s with %s: heartbeat not recorded: %s",
+                                job.tenant, job.collection, job.model, exc)
+
+    async def jobs_of(self, tenant: str) -> dict[str, list[Job]]:
+        """The tenant's job records by collection name, as a person should read them."""
+        store = await self._store()
+        found: dict[str, list[Job]] = {}
+        async for page in pages(store, META, GalleryFilter(collections=(_JOBS,), tenant=tenant), page=_PAGE):
+            for point in page:
+                if point.tenant == tenant:
+                    job = self._seen_here(_job(point))
+                    found.setdefault(job.collection, []).append(job)
+        return found
+
+    def _seen_here(self, job: Job) -> Job:
+        silent = datetime.now(UTC) - job.updated
+        if job.state in (QUEUED, RUNNING) and not self._running(job) and silent > self.stale_after:
+            return replace(job, state=INTERRUPTED,
+                           reason=f"The gateway running this reindex stopped (no word from it for "
+                                  f"{int(silent.total_seconds())} s) before it finished; ask for it again.")
+        return job
+
+    def _running(self, job: Job) -> bool:
+        task = self._tasks.get(_key(job))
+        return task is not None and not task.done()
+
+    async def forget(self, tenant: str, name: str) -> None:
+        """Stop a deleted collection's jobs here (queued or running) and drop their records.
+        (A job on another replica stops at its next batch, which checks the collection.)"""
+        for key, task in list(self._tasks.items()):
+            if key[:2] == (tenant, name):
+                self._current.pop(key, None)  # no heartbeat writes the record back
+                task.cancel()
+        store = await self._store()
+        jobs = (await self.jobs_of(tenant)).get(name, [])
+        if jobs:
+            await store.delete(META, [j.point().id for j in jobs])
+
+    # --- running
+    async def start(self, tenant: str, name: str, model: str, total: int) -> Job:
+        """Queue a job; 409 while the same one waits or runs, here or on another live replica."""
+        now = datetime.now(UTC)
+        job = Job(tenant, name, model, QUEUED, now, now, total=total)
+        if self._running(job):
+            raise Conflict(f"A reindex of {name!r} with {model} is already running; see GET /collections.")
+        stored = await (await self._store()).retrieve(META, [job.point().id])
+        if stored:
+            earlier = self._seen_here(_job(stored[0]))
+            if earlier.state in (QUEUED, RUNNING):
+                raise Conflict(f"A reindex of {name!r} with {model} is already running (started "
+                               f"{earlier.started.isoformat()}); see GET /collections.")
+        if sum(1 for t in self._tasks.values() if not t.done()) > MAX_WAITING:
+            raise RateLimited("Too many reindex jobs are waiting on this gateway; ask again in a minute.",
+                              retry_after=60)
+        job = await self._advance(job)
+        key = _key(job)
+        task = asyncio.ensure_future(self._run(job))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._ended(key, task))
+        return job
+
+    def _ended(self, key: tuple[str, str, str], task: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is task:
+            self._tasks.pop(key, None)
+            self._current.pop(key, None)
+            self._record_locks.pop(key, None)
+
+    async def close(self) -> None:
+        """Stop every job; their records keep saying running, which the next process shows as interrupted."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, job: Job) -> None:
+        heartbeat = asyncio.ensure_future(self._beat(_key(job)))
+        try:
+            async with self._slot:
+                await self._reindex(job)
+        except asyncio.CancelledError:
+            raise
+        except (GatewayError, GalleryError, BlobError) as exc:
+            # The tenant reads the reason: a storage error's own text (an address, a bucket, a key) is logged only.
+            reason = (exc if isinstance(exc, GatewayError) else storage_error(exc)).message
+            log.warning("reindex of %s/%s with %s failed: %s", job.tenant, job.collection, job.model, exc)
+            await self._fail(job, reason)
+        except Exception:
+            log.exception("reindex of %s/%s with %s failed", job.tenant, job.collection, job.model)
+            await self._fail(job, "The reindex failed unexpectedly; the error was logged.")
+        finally:
+            heartbeat.cancel()
+
+    async def _fail(self, job: Job, reason: str) -> None:
+        try:
+            await self._advance(replace(self._current.get(_key(job), job), state=FAILED, reason=reason))
+        except (GalleryError, BlobError) as exc:  # the store is down: the record stops beating, shown interrupted later
+            log.warning("reindex of %s/%s: its failure could not be recorded: %s", job.tenant, job.collection, exc)
+
+    async def _reindex(self, job: Job) -> None:
+        gallery = await self.link.gallery()
+        recs = CollectionRecords(gallery.store)
+        total = await recs.count(job.tenant, job.collection)
+        collection = await recs.get(job.tenant, job.collection)
+        if collection is None:
+            await self._abandon(job)
+            return
+        job = await self._advance(replace(job, state=RUNNING, total=total))
+        start: str | None = None
+        while True:
+            page = await recs.images(job.tenant, job.collection, _PAGE, start)
+            for batch in _batches(page.points, self.batch_images):
+                written, skipped = await self._batch(gallery, recs, collection, job, batch)
+                if written < 0:
+                    await self._abandon(job)  # deleted meanwhile: nothing to finish, no record to keep
+                    return
+                done = job.done + len(batch)
+                # Images added while it runs are walked too (uploads embed with every model anyway).
+                job = await self._advance(replace(job, done=done, total=max(job.total, done),
+                                                  skipped=job.skipped + skipped))
+            if page.next is None:
+                break
+            start = page.next
+        # Listed as indexed only once every image has a point in the model's space; touch
+        # writes nothing for a collection deleted meanwhile (it would bring it back).
+        if not await recs.touch(collection, [job.model]):
+            await self._abandon(job)
+            return
+        await self._advance(replace(job, state=INDEXED))
+
+    async def _abandon(self, job: Job) -> None:
+        """Stop beating and drop the record of a job whose collection was deleted under it."""
+        key = _key(job)
+        async with self._record_locks.setdefault(key, asyncio.Lock()):
+            self._current.pop(key, None)
+            await (await self._store()).delete(META, [job.point().id])
+
+    async def _batch(self, gallery: Any, recs: CollectionRecords, collection: Collection, job: Job,
+                     batch: Sequence[GalleryPoint]) -> tuple[int, int]:
+        """Embed and write one batch; (written, skipped: original missing or unreadable).
+        written is -1 when the collection was deleted (or deleted and created again) meanwhile."""
+        if not await recs.alive(collection):
+            return -1, 0
+        current = await self._current_records(gallery, job, batch)
+        skipped = len(batch) - len(current)
+        ready: list[tuple[GalleryPoint, bytes]] = []
+        for record in current:
+            try:
+                data = await self.blobs.get(record.content_hash)
+                image = await prepare_in_thread(data, self.limits, record.title or "original", full_check=False)
+            except BlobNotFound:
+                skipped += 1  # an orphan record: the search and listings hide it (collection_routes)
+                continue
+            except GatewayError as exc:
+                if exc.status >= 500:
+                    raise
+                skipped += 1
+                continue
+            ready.append((record, image.embed_bytes))
+        written = 0
+        for part in _by_bytes(ready, self.batch_bytes):
+            embedded = await self.embed.embed(job.model, [data for _, data in part])
+            space = space_of(job.model, embedded.provenance, int(embedded.vectors.shape[1]))
+            if space is None:
+                raise BackendUnavailable(f"The embed server did not say which weights {job.model} runs; "
+                                         "nothing more was stored.", backend="embed")
+            # Read again right before writing (the embed call took seconds): an image or the
+            # collection deleted since must not come back.
+            if not await recs.alive(collection):
+                return -1, skipped
+            still = {r.id for r in await self._current_records(gallery, job, [r for r, _ in part])}
+            part = [(r, data) for r, data in part if r.id in still]
+            # The record names the model before the point exists, so deleting the image
+            # (collection_deletion.remove_images, by the record's models) never leaves
+            # this point behind.
+            await gallery.store.upsert(META, [replace(r, engine=_merged(r.engine, job.model)) for r, _ in part])
+            await gallery.remember(space, [
+                GalleryPoint(r.content_hash, tuple(embedded.vectors[i].tolist()), job.collection, job.tenant,
+                             urls=r.urls, title=r.title, platform=r.platform, width=r.width, height=r.height,
+                             tags=r.tags, first_seen=r.first_seen)
+                for i, (r, _) in enumerate(part)])
+            if not await recs.alive(collection):
+                # Deleted while this wrote: its emptying may have passed these images already.
+                # Their other models' points went with it; these records and points are this
+                # job's to take back (their bytes, held by nothing now, are the collector's).
+                ids = [r.id for r, _ in part]
+                await gallery.store.delete(space, ids)
+                await gallery.store.delete(META, ids)
+                return -1, skipped
+            written += len(part)
+        return written, skipped
+
+    @staticmethod
+    async def _current_records(gallery: Any, job: Job, batch: Sequence[GalleryPoint]) -> list[GalleryPoint]:
+        """The batch's image records as stored now: one deleted since it was listed is left out."""
+        return [p for p in await gallery.store.retrieve(META, [p.id for p in batch])
+                if p.tenant == job.tenant and p.collection == job.collection]
+
+
+def _key(job: Job) -> tuple[str, str, str]:
+    return (job.tenant, job.collection, job.model)
+
+
+def _merged(engine: str, model: str) -> str:
+    return ",".join(dict.fromkeys([m for m in engine.split(",") if m] + [model]))
+
+
+def _batches(items: Sequence[GalleryPoint], size: int) -> list[Sequence[GalleryPoint]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _by_bytes(items: list[tuple[GalleryPoint, bytes]], limit: int) -> list[list[tuple[GalleryPoint, bytes]]]:
+    """Split so that each Embed call stays under the byte limit (one image alone may pass it)."""
+    parts: list[list[tuple[GalleryPoint, bytes]]] = []
+    size = 0
+    for item in items:
+        if not parts or (size + len(item[1]) > limit and parts[-1]):
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += len(item[1])
+    return parts

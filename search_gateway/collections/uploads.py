@@ -1,0 +1,228 @@
+"""Adding images to a private collection: the inputs read from the request
+(http/upload_form.py), then each input on its own (one bad input never fails the others): fetch or take the bytes,
+check them as an image, embed them with every model asked (the request's images a few
+per call), keep the original in the blob store and only then write the points
+(blobs/writes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from search_gateway.collections.blobs.base import BlobError, BlobUnavailable
+from search_gateway.collections.blobs.writes import put_then_index
+from search_gateway.collections.deletion import remove_images
+from search_gateway.collections.quota import Reservation
+from search_gateway.collections.records import Collection, CollectionRecords
+from search_gateway.errors import GatewayError, UploadTooLarge, storage_error
+from search_gateway.fetch.images import PreparedImage, prepare_in_thread
+from search_gateway.gallery.base import GalleryError, GalleryPoint, GalleryUnavailable, VectorSpace
+from search_gateway.gallery.spaces import space_of
+
+log = logging.getLogger(__name__)
+
+
+class _CollectionDeleted(Exception):
+    """The collection was deleted while an upload into it was under way."""
+
+# A rejection's machine-readable code where a client acts on it: the importer stops sending.
+QUOTA_REACHED = "quota_reached"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Input:
+    """One image to add: an uploaded file (``data``) or a URL to fetch."""
+
+    label: str  # the file name as stored (filenames.py), or the URL
+    data: bytes | None = None
+    url: str | None = None
+    content_type: str = "application/octet-stream"
+    # Why the stored name differs from the one sent; said in the input's result.
+    note: str | None = None
+
+
+@dataclass
+class _Checked:
+    """An input that decoded as an image and is not yet in the collection: on its way in."""
+
+    item: Input
+    data: bytes
+    image: PreparedImage
+    points: list[tuple[VectorSpace, GalleryPoint]] = field(default_factory=list)
+    failed: dict[str, Any] | None = None
+
+
+class Uploader:
+    """Adds inputs to one collection, for one request.
+
+    The request's images are embedded together, a few per Embed call (the search's
+    GATEWAY_EMBED_BATCH and GATEWAY_EMBED_BATCH_BYTES): one call per image left the embed
+    server's batcher with batches of one per request in flight, and embedding is most of
+    an upload's time (docs/benchmarks.md, "Collections").
+    """
+
+    def __init__(self, gw: Any, recs: CollectionRecords, collection: Collection, models: Sequence[str],
+                 tags: Sequence[str], thumbnail: Callable[[str, str], str]) -> None:
+        self.gw = gw
+        self.recs = recs
+        self.collection = collection
+        self.models = tuple(models)
+        self.tags = tuple(tags)
+        self.thumbnail = thumbnail
+        self.touched = False
+
+    async def add_all(self, items: Sequence[Input]) -> list[dict[str, Any]]:
+        """One result per input, in order; one bad input never fails the others."""
+        # Fetching and decoding run concurrently (threads, the downloader's own bounds).
+        checked = await asyncio.gather(*(self._guarded(item, self._check(item)) for item in items))
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        first_of: dict[str, int] = {}
+        repeats: list[tuple[int, int]] = []
+        pending: list[tuple[int, _Checked]] = []
+        for i, found in enumerate(checked):
+            if isinstance(found, dict):
+                results[i] = found
+            elif found.image.sha256 in first_of:  # the same picture twice in one request
+                repeats.append((i, first_of[found.image.sha256]))
+            else:
+                known = await self._guarded(found.item, self.recs.image_by_hash(self.collection.tenant,
+                                                                                 self.collection.name,
+                                                                                 found.image.sha256))
+                if isinstance(known, dict):
+                    results[i] = known
+                elif known is not None:
+                    results[i] = {"input": found.item.label, "status": "duplicate", "id": known.id}
+                else:
+                    first_of[found.image.sha256] = i
+                    pending.append((i, found))
+        pending, reservation = await self._within_quota(pending, results)
+        try:
+            for model in self.models:
+                await self._embed(model, [c for _, c in pending if c.failed is None])
+            for i, c in pending:
+                results[i] = c.failed or await self._guarded(c.item, self._write(c))
+        finally:
+            # The records written count from now on; the rest of the room goes back. (An
+            # outage here leaves the entries to expire: they only ever err on the safe side.)
+            await reservation.release()
+        for i, first in repeats:
+            earlier = results[first]
+            assert earlier is not None
+            results[i] = ({"input": items[i].label, "status": "duplicate", "id": earlier["id"]}
+                          if earlier["status"] == "added" else {**earlier, "input": items[i].label})
+        return [r for r in results if r is not None]
+
+    async def _within_quota(self, pending: list[tuple[int, _Checked]],
+                            results: list[dict[str, Any] | None]) -> tuple[list[tuple[int, _Checked]], Reservation]:
+        """The new images the tenant still has room for (reserved: quota.py, so requests at
+        once never share the last room); the rest rejected with the reason. Images of a
+        collection being deleted count until it is emptied."""
+        quota = self.gw.quota
+        reservation = await quota.reserve(self.recs, self.collection.tenant, [len(c.data) for _, c in pending])
+        limits = quota.limits
+        reason = (f"Your collections hold the most images this service keeps for one customer ({limits.images}); "
+                  "delete some to add others." if reservation.full == "images" else
+                  f"Your collections hold the most bytes this service keeps for one customer ({limits.bytes}); "
+                  "delete some to add others.")
+        for i, c in pending[reservation.granted:]:
+            results[i] = {"input": c.item.label, "status": "rejected", "code": QUOTA_REACHED, "reason": reason}
+        return pending[:reservation.granted], reservation
+
+    async def _guarded(self, item: Input, work: Awaitable[_T]) -> _T | dict[str, Any]:
+        try:
+            return await work
+        except (GalleryUnavailable, BlobUnavailable):
+            raise  # an outage fails the request (503, retryable; a re-sent upload answers duplicate)
+        except (GalleryError, BlobError) as exc:
+            failed = storage_error(exc)
+            log.warning("upload of %s: %s", item.label[:80], failed.log_detail)
+            return {"input": item.label, "status": "rejected", "reason": failed.message}
+        except GatewayError as exc:
+            return {"input": item.label, "status": "rejected", "reason": exc.message}
+
+    async def _check(self, item: Input) -> _Checked:
+        gw = self.gw
+        data = item.data
+        if data is None:
+            assert item.url is not None
+            data = await gw.downloader.fetch(item.url, timeout=gw.settings.download_timeout_s)
+        if len(data) > gw.settings.upload_max_bytes:
+            raise UploadTooLarge(f"The image is over the {gw.settings.upload_max_bytes}-byte limit per image.")
+        return _Checked(item, data, await prepare_in_thread(data, gw.image_limits, "image"))
+
+    async def _embed(self, model: str, todo: list[_Checked]) -> None:
+        s = self.gw.settings
+        lo = 0
+        while lo < len(todo):
+            hi, size = lo + 1, len(todo[lo].image.embed_bytes)
+            while hi < len(todo) and hi - lo < s.embed_batch and size + len(todo[hi].image.embed_bytes) <= s.embed_batch_bytes:
+                size += len(todo[hi].image.embed_bytes)
+                hi += 1
+            await self._embed_batch(model, todo[lo:hi])
+            lo = hi
+
+    async def _embed_batch(self, model: str, batch: list[_Checked]) -> None:
+        try:
+            embedded = await self.gw.embed.embed(model, [c.image.embed_bytes for c in batch])
+        except GatewayError as exc:
+            if len(batch) > 1:  # one image the embed server refuses must not take the others with it
+                for c in batch:
+                    await self._embed_batch(model, [c])
+                return
+            batch[0].failed = {"input": batch[0].item.label, "status": "rejected", "reason": exc.message}
+            return
+        space = space_of(model, embedded.provenance, int(embedded.vectors.shape[1]))
+        for c, vector in zip(batch, embedded.vectors, strict=True):
+            if space is None:
+                c.failed = {"input": c.item.label, "status": "rejected",
+                            "reason": f"The embed server did not say which weights {model} runs; nothing was stored."}
+            else:
+                c.points.append((space, replace(self._record(c), vector=tuple(vector.tolist()), engine="")))
+
+    def _record(self, c: _Checked) -> GalleryPoint:
+        item, image, col = c.item, c.image, self.collection
+        return GalleryPoint(image.sha256, None, col.name, col.tenant, urls=(item.url,) if item.url else (),
+                            title=item.label if item.data is not None else "", platform="upload",
+                            width=image.width, height=image.height, engine=",".join(self.models),
+                            tags=dict.fromkeys(self.tags, 1.0), bytes=len(c.data))
+
+    async def _write(self, c: _Checked) -> dict[str, Any]:
+        gw, col = self.gw, self.collection
+        record = self._record(c)
+        added = False
+
+        async def write_points() -> None:
+            nonlocal added
+            # A request embeds for seconds after its collection was found: the collection may
+            # have been deleted since, and writing into it would bring its images back.
+            if not await self.recs.alive(col):
+                raise _CollectionDeleted
+            gallery = await gw.gallery.link.gallery()
+            for space, point in c.points:
+                await gallery.remember(space, [point])
+            # Of uploads of one picture at once, one record wins: the others are duplicates
+            # (their points were the same points, written again).
+            added = await self.recs.add_image(record)
+            if not self.touched:
+                self.touched = True
+                await self.recs.touch(col, self.models)
+            if not await self.recs.alive(col):  # deleted while this wrote: its emptying may have passed it
+                await remove_images(self.recs.store, gw.gallery.space_for, self.recs, gw.blobs, [record],
+                                    release_grace_s=gw.settings.blobs_release_grace_s)
+                raise _CollectionDeleted
+
+        try:
+            await put_then_index(gw.blobs, c.image.sha256, c.data, c.item.content_type, write_points)
+        except _CollectionDeleted:
+            # Its bytes, if nothing else holds them, are the collector's after the grace.
+            return {"input": c.item.label, "status": "rejected",
+                    "reason": "The collection was deleted while this upload ran; the image was not kept."}
+        if not added:
+            return {"input": c.item.label, "status": "duplicate", "id": record.id}
+        return {"input": c.item.label, "status": "added", "id": record.id,
+                "thumbnail": self.thumbnail(col.tenant, c.image.sha256)}

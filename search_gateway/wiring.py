@@ -1,0 +1,67 @@
+"""The gallery as the gateway runs it: the store the settings name, opened at start
+(a corrupt or incompatible store stops the gateway with the store's message), the
+background writer with machine tagging, and an orderly close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from search_gateway.clients.backends import EmbedClient
+from search_gateway.clients.models import ModelCatalog
+from search_gateway.collections.records import live_names
+from search_gateway.config import GatewaySettings
+from search_gateway.gallery.base import GalleryCorrupt, GalleryStore
+from search_gateway.gallery.factory import open_store
+from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.writer import GalleryWriter
+from search_gateway.metrics import Metrics
+from search_gateway.search.caption import CaptionChain, Vocabulary, ZeroShotCaptioner
+from search_gateway.search.gallery_source import GallerySource
+from search_gateway.search.tagging import Tagger
+from service_common.model_registry import text_models
+
+log = logging.getLogger(__name__)
+
+# Time given to the writer at shutdown to store what searches handed it.
+_CLOSE_GRACE_S = 5.0
+
+
+class GalleryStartError(RuntimeError):
+    """The gallery store cannot be read: the gateway must not start (the message says why and what to do)."""
+
+
+@contextlib.asynccontextmanager
+async def open_gallery(settings: GatewaySettings, metrics: Metrics, embed: EmbedClient, catalog: ModelCatalog,
+                       captions: CaptionChain) -> AsyncIterator[GallerySource | None]:
+    if settings.gallery == "off":
+        yield None
+        return
+    url = settings.gallery_url or None
+    key = settings.gallery_api_key.get_secret_value() if settings.gallery_api_key else None
+
+    async def opener() -> GalleryStore:
+        return await open_store(path=None if url else settings.gallery_path, url=url, api_key=key,
+                                hnsw_ef=settings.gallery_hnsw_ef, exact=settings.gallery_exact)
+
+    where = url or str(settings.gallery_path.absolute())
+    link = GalleryLink(opener, where, retry_s=settings.gallery_retry_s)
+    try:
+        await link.start()
+    except GalleryCorrupt as exc:
+        raise GalleryStartError(f"The gateway cannot start: {exc} (GATEWAY_GALLERY_PATH / GATEWAY_GALLERY_URL; "
+                                "GATEWAY_GALLERY=off runs without the gallery.)") from exc
+    # The offline captioner's prompt vectors are the tagger's for the same model.
+    shared = {c.vocabulary.model: c.vocabulary for _, c in captions.captioners if isinstance(c, ZeroShotCaptioner)}
+    vocabularies: dict[str, Vocabulary] = dict(shared)
+    tagger = Tagger(embed, text_models(), timeout_s=settings.embed_timeout_s, shared=vocabularies)
+    writer = GalleryWriter(link, metrics, max_pending=settings.gallery_write_queue, retry_s=settings.gallery_retry_s,
+                           tagger=tagger)
+    writer.start()
+    try:
+        yield GallerySource(link, writer, catalog, metrics, live_names)
+    finally:
+        await writer.close(_CLOSE_GRACE_S)
+        await link.close()
