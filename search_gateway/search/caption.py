@@ -61,6 +61,8 @@ class Vocabulary:
         self.model = model
         self._prompts: tuple[np.ndarray, np.ndarray, str] | None = None
         self._lock = asyncio.Lock()
+        # The kind of weights the prompt vectors came from ("random": every caption is a guess).
+        self.weights = ""
 
     async def vectors(self, timeout: float, fingerprint: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(styles x dim, subjects x dim), unit rows. Asked again when ``fingerprint``
@@ -73,6 +75,7 @@ class Vocabulary:
                     self.model, [f"a tattoo of a {s}" for s in SUBJECTS], timeout=timeout)
                 self._prompts = (_normalise(styles.vectors), _normalise(subjects.vectors),
                                  styles.provenance.weights_fingerprint)
+                self.weights = styles.provenance.weights
             return self._prompts[0], self._prompts[1]
 
 
@@ -101,6 +104,12 @@ class ZeroShotCaptioner:
         style = STYLES[int(np.argmax(styles @ vector))]
         subject = SUBJECTS[int(np.argmax(subjects @ vector))]
         return compose_query(style, subject)
+
+
+def _guessing(captioner: Captioner) -> bool:
+    """Whether the captioner's words come from a text tower with random weights (known once
+    it has read its vocabulary, which its first caption does)."""
+    return isinstance(captioner, ZeroShotCaptioner) and captioner.vocabulary.weights == "random"
 
 
 def compose_query(style: str, subject: str) -> str:
@@ -203,7 +212,9 @@ class CaptionChain:
             view = _view(image_vector if captioner.vector_model is not None else None)
             try:
                 async with asyncio.timeout(remaining):
-                    return await captioner.caption(image, view, timeout=remaining), name
+                    words = await captioner.caption(image, view, timeout=remaining)
+                # A text tower with random weights words a guess: the reply says so ("offline-random").
+                return words, f"{name}-random" if _guessing(captioner) else name
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure falls through to the next captioner

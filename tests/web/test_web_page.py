@@ -68,6 +68,8 @@ async def test_image_search_shows_progress_results_and_the_analysis(browser: Any
     shown = await cards.count()
     assert shown == ranked == downloaded == found - 1 and shown >= 6, counts.groups()
     assert "Looked for:" in await page.locator("#caption").inner_text()
+    # The tiny caption model runs random weights: its caption is shown as the guess it is.
+    assert "(a guess: the caption model runs random weights)" in await page.locator("#caption").inner_text()
 
     # The bar moved through intermediate values before it reached 100.
     values: list[float] = await page.evaluate("() => window.__progress")

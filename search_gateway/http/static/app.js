@@ -292,7 +292,7 @@ function progressTracker(onGallery) {
         break;
       case "caption":
         p.caption = true;
-        el.caption.textContent = `Looking for: “${event.caption}”`;
+        el.caption.textContent = `Looking for: ${captionWords(event)}`;
         break;
       case "candidates":
         p.found = event.found;
@@ -321,9 +321,15 @@ function progressTracker(onGallery) {
 }
 
 /** What the search looked for, as "for …" or "like …" (a gallery-only search has no caption). */
+// A caption worded by a text tower with random weights is a guess: say so next to it.
+function captionWords(body) {
+  return body.caption_source === "offline-random"
+    ? `“${body.caption}” (a guess: the caption model runs random weights)` : `“${body.caption}”`;
+}
+
 function lookedFor(body, query) {
-  if (query.like) return `like “${query.like.title}”` + (body.caption ? ` (on the web: “${body.caption}”)` : "");
-  if (body.caption) return `for “${body.caption}”`;
+  if (query.like) return `like “${query.like.title}”` + (body.caption ? ` (on the web: ${captionWords(body)})` : "");
+  if (body.caption) return `for ${captionWords(body)}`;
   return query.text && !query.file ? `for “${query.text}”` : "like your image";
 }
 

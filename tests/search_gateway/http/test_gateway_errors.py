@@ -121,8 +121,10 @@ async def _vlm(answer: str, seen: list[dict[str, Any]]) -> web.Application:
 
 @pytest.mark.parametrize(("answer", "caption_source"), [
     ('```json\n{"query": "fine line peony tattoo"}\n```', "remote"),
-    ("A lovely peony! Query: peony tattoo", "offline"),  # not strict JSON: falls back
-    ('{"query": "x", "extra": 1}', "offline"),
+    # Not strict JSON: falls back to the offline captioner, whose tiny text tower runs random
+    # weights here, so its caption is named a guess.
+    ("A lovely peony! Query: peony tattoo", "offline-random"),
+    ('{"query": "x", "extra": 1}', "offline-random"),
 ])
 async def test_remote_captioner_and_its_fallback(embed: BackgroundServer, site: Site, tmp_path: Path,
                                                  answer: str, caption_source: str) -> None:
