@@ -33,6 +33,11 @@ class GalleryLink:
         self._opening = asyncio.Lock()
         # The last failure's sentence while the store is failing; None when it answers.
         self.error: str | None = None
+        # Set by close: never opened again. A background task still running at shutdown (a
+        # reindex heartbeat, the collector) would otherwise reopen the store after it was
+        # closed and keep its lock, and the next process (or a restart in the same one)
+        # could not open it.
+        self._closed = False
 
     async def start(self) -> None:
         """Open the store; raises GalleryCorrupt (stop the gateway), never GalleryUnavailable."""
@@ -45,6 +50,8 @@ class GalleryLink:
 
     async def _open(self) -> Gallery:
         async with self._opening:
+            if self._closed:
+                raise GalleryUnavailable(f"The gallery store at {self.where} is closed: the gateway is stopping.")
             if self._gallery is None:
                 self._tried_at = self._clock()
                 try:
@@ -79,6 +86,8 @@ class GalleryLink:
         return self._gallery is not None and self.error is None
 
     async def close(self) -> None:
-        gallery, self._gallery = self._gallery, None
+        async with self._opening:  # after an open under way, and before any later one
+            self._closed = True
+            gallery, self._gallery = self._gallery, None
         if gallery is not None:
             await gallery.store.close()
