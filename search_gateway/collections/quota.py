@@ -27,6 +27,11 @@ on the safe side) until the collector removes them ``reservation_ttl_s`` after t
 written (``sweep``). Bytes released when images are deleted but not yet collected
 (``@released``, written by collections/deletion.py) count for the tenant the same way
 until the collector's grace has passed.
+
+An entry is a record (records.py): ``bytes`` (top level: the usage facet counts it by
+size class, as an image's), record ``{"kind": "quota-reserved" | "quota-released",
+"written"}``. Version 1 kept ``written`` in ``first_seen``/``last_seen``; ``sweep`` reads
+both (entries are short-lived: a store of version 1 holds none past their ttl).
 """
 
 from __future__ import annotations
@@ -37,13 +42,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from search_gateway.collections.records import META, RELEASED, RESERVED, CollectionRecords, new_revision
+from search_gateway.collections.records import META, RELEASED, RESERVED, CollectionRecords, moment, new_revision, stamp
 from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, pages
 from search_gateway.gallery.schema import class_bytes, size_class
 
 log = logging.getLogger(__name__)
 
 _ONE = (1.0,)
+_KINDS = {RESERVED: "quota-reserved", RELEASED: "quota-released"}
+
+
+def entry(kind: str, tenant: str, size: int, now: datetime) -> GalleryPoint:
+    """A quota entry of ``kind`` (RESERVED or RELEASED) for ``size`` bytes, written ``now``."""
+    return GalleryPoint(new_revision(), _ONE, kind, tenant, bytes=size,
+                        record={"kind": _KINDS[kind], "written": stamp(now)})
+
+
+def written(point: GalleryPoint) -> datetime | None:
+    """When a quota entry was written (version 1 kept it in ``last_seen``)."""
+    return moment(point.record.get("written")) if point.record else point.last_seen
 
 
 @dataclass(frozen=True)
@@ -102,8 +119,7 @@ class Quota:
             return Reservation(None, len(sizes))
         async with self.turn(tenant):
             now = datetime.now(UTC)
-            entries = [GalleryPoint(new_revision(), _ONE, RESERVED, tenant, bytes=size, first_seen=now, last_seen=now)
-                       for size in sizes]
+            entries = [entry(RESERVED, tenant, size, now) for size in sizes]
             await recs.store.upsert(META, entries)
             try:
                 usage = await recs.usage(tenant)
@@ -128,8 +144,7 @@ async def note_released(store: GalleryStore, tenant: str, size: int) -> None:
     Best effort: the images are deleted already, and a delete that happened must not fail."""
     now = datetime.now(UTC)
     try:
-        await store.upsert(META, [GalleryPoint(new_revision(), _ONE, RELEASED, tenant, bytes=size, first_seen=now,
-                                               last_seen=now)])
+        await store.upsert(META, [entry(RELEASED, tenant, size, now)])
     except GalleryError as exc:
         log.warning("quota: %d released bytes of %s not counted until collected: %s", size, tenant, exc)
 
@@ -142,7 +157,7 @@ async def sweep(store: GalleryStore, *, reservation_ttl_s: float, released_ttl_s
               RELEASED: now - timedelta(seconds=released_ttl_s)}
     expired: list[str] = []
     async for page in pages(store, META, GalleryFilter(collections=(RESERVED, RELEASED))):
-        expired += [p.id for p in page if p.last_seen is None or p.last_seen < cutoff[p.collection]]
+        expired += [p.id for p in page if (at := written(p)) is None or at < cutoff[p.collection]]
     if expired:
         await store.delete(META, expired)
         log.info("quota: removed %d expired entries (uploads cut short, released bytes collected)", len(expired))

@@ -3,15 +3,23 @@
 Why in the store (not a JSON file under var/): the store's writes are durable when they
 return (they survive kill -9), and with a Qdrant server every gateway replica sees the
 same records; a file would be one machine's. The records live in a dedicated vector
-space of payload-only points (one-dimensional, every vector ``[1]``), laid out as
-ordinary gallery points, so both engines keep them without a schema of their own:
+space of payload-only points (one-dimensional, every vector ``[1]``): ordinary gallery
+points for what filters and counts use (``collection``, ``tenant``, ``content_hash``,
+``bytes``, ``revision``), with their own fields in ``GalleryPoint.record`` (payload
+version 2, gallery/schema.py):
 
 * a collection: ``collection="@collections"``, ``tenant``, ``content_hash=<name>``,
-  ``first_seen``/``last_seen`` = created/updated, ``engine`` = the models indexed,
-  ``platform="deleting"`` once deleted and while it is being emptied
+  record ``{"kind": "collection", "name", "created", "updated", "models": [...],
+  "deleting": bool}``; ``deleting`` once deleted and while it is being emptied
   (collections/deletion.py): it no longer exists for its tenant, and its name is taken;
 * an image of a collection: ``collection=<name>``, ``tenant``, ``content_hash=<sha256>``,
-  ``engine`` = its models, ``title`` its file name, ``urls`` where it was fetched from.
+  ``engine`` = its models, ``title`` its file name, ``urls`` where it was fetched from
+  (an image: the image layout, no record).
+
+Version 1 wrote a collection's fields into image fields (``first_seen``/``last_seen`` =
+created/updated, ``engine`` = the models, ``platform="deleting"``). Such a record is read
+by those meanings (``_collection``) and written back in the record layout by its next
+write; nothing else needs moving, so a store of version 1 needs no migration step.
 
 An image record has the same id as the image's points in the model spaces, which is
 the id the API shows. Counting records by hash (any tenant) says whether a blob is
@@ -79,7 +87,20 @@ def _models(point: GalleryPoint) -> tuple[str, ...]:
     return tuple(m for m in point.engine.split(",") if m)
 
 
+# Version 1's mark of a collection being deleted, in its ``platform`` field.
 _DELETING = "deleting"
+# The ``kind`` of each record (GalleryPoint.record["kind"]).
+COLLECTION_KIND = "collection"
+
+
+def stamp(moment: datetime) -> str:
+    """A moment as a record stores it (ISO 8601, UTC)."""
+    return moment.astimezone(UTC).isoformat()
+
+
+def moment(raw: object) -> datetime | None:
+    """A record's stored moment; None where it holds none."""
+    return datetime.fromisoformat(raw) if isinstance(raw, str) else None
 
 
 @dataclass(frozen=True)
@@ -110,15 +131,19 @@ def new_revision() -> str:
 
 def _collection(point: GalleryPoint) -> Collection:
     now = datetime.now(UTC)
-    return Collection(point.content_hash, point.tenant or "", point.first_seen or now, point.last_seen or now,
-                      _models(point), point.platform == _DELETING, point.revision)
+    r = point.record
+    if not r:  # payload version 1: the fields of an image, reused
+        return Collection(point.content_hash, point.tenant or "", point.first_seen or now, point.last_seen or now,
+                          _models(point), point.platform == _DELETING, point.revision)
+    return Collection(point.content_hash, point.tenant or "", moment(r.get("created")) or now,
+                      moment(r.get("updated")) or now, tuple(str(m) for m in r.get("models") or ()),
+                      bool(r.get("deleting")), point.revision)
 
 
-def _record(c: Collection, revision: str, **changes: object) -> GalleryPoint:
-    point = GalleryPoint(c.name, _ONE, _RECORDS, c.tenant, engine=",".join(c.models),
-                         platform=_DELETING if c.deleting else "", first_seen=c.created, last_seen=c.updated,
-                         revision=revision)
-    return replace(point, **changes)  # type: ignore[arg-type]
+def _record(c: Collection, revision: str) -> GalleryPoint:
+    return GalleryPoint(c.name, _ONE, _RECORDS, c.tenant, revision=revision, record={
+        "kind": COLLECTION_KIND, "name": c.name, "created": stamp(c.created), "updated": stamp(c.updated),
+        "models": list(c.models), "deleting": c.deleting})
 
 
 class CollectionRecords:
@@ -282,7 +307,7 @@ class CollectionRecords:
     @staticmethod
     def _live(record: GalleryPoint, tenant: str) -> bool:
         # The id names the record; tenant and kind are checked too, as image() does.
-        return record.tenant == tenant and record.collection == _RECORDS and record.platform != _DELETING
+        return record.tenant == tenant and record.collection == _RECORDS and not _collection(record).deleting
 
     async def names(self, tenant: str) -> set[str]:
         """Every collection name the tenant has, those being deleted too (tenant_migration.py)."""

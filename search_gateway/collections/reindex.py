@@ -22,10 +22,13 @@ so the second run overwrites the first's points with the same vectors.
 The collection is read a store page at a time (scroll), so its size is bounded by the
 store, not by this process's memory.
 
-Layout of a job record (ordinary gallery point fields, as records.py does):
-``content_hash="<collection>:<model>"``, ``engine=<model>``, ``title=<state>``,
-``platform=<reason>``, ``first_seen``/``last_seen`` = started/updated,
-``width``/``height`` = done/total, ``urls=(<weights fingerprint>,)`` once known.
+Layout of a job record (a record, as records.py lays them out, payload version 2):
+``content_hash="<collection>:<model>"`` (the id), record ``{"kind": "reindex-job",
+"collection", "model", "state", "reason", "done", "total", "skipped", "started",
+"updated"}``. Version 1 reused image fields (``engine=<model>``, ``title=<state>``,
+``platform=<reason>``, ``first_seen``/``last_seen`` = started/updated, ``width``/``height``
+= done/total, ``source_pages=(<skipped>,)``); ``_job`` reads those too, and the job's
+next write (any heartbeat) is in the new layout.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 from search_gateway.clients.backends import EmbedClient
 from search_gateway.collections.blobs.base import BlobError, BlobNotFound, BlobStore
 from search_gateway.collections.records import JOBS as _JOBS
-from search_gateway.collections.records import META, Collection, CollectionRecords
+from search_gateway.collections.records import META, Collection, CollectionRecords, moment, stamp
 from search_gateway.errors import BackendUnavailable, Conflict, GatewayError, RateLimited, storage_error
 from search_gateway.fetch.images import ImageLimits, prepare_in_thread
 from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, pages
@@ -59,6 +62,8 @@ _RUNNING_AT_ONCE = 1
 STALE_HEARTBEATS = 6
 # Image records read from the store per page while a job walks its collection.
 _PAGE = 256
+# The ``kind`` of a job's record.
+JOB_KIND = "reindex-job"
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,10 @@ class Job:
     reason: str = ""
 
     def point(self) -> GalleryPoint:
-        return GalleryPoint(f"{self.collection}:{self.model}", _ONE, _JOBS, self.tenant, engine=self.model,
-                            title=self.state, platform=self.reason, first_seen=self.started, last_seen=self.updated,
-                            width=self.done, height=self.total, source_pages=(str(self.skipped),))
+        return GalleryPoint(f"{self.collection}:{self.model}", _ONE, _JOBS, self.tenant, record={
+            "kind": JOB_KIND, "collection": self.collection, "model": self.model, "state": self.state,
+            "reason": self.reason, "done": self.done, "total": self.total, "skipped": self.skipped,
+            "started": stamp(self.started), "updated": stamp(self.updated)})
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"state": self.state, "started": self.started.isoformat(),
@@ -92,6 +98,13 @@ class Job:
 def _job(point: GalleryPoint) -> Job:
     name, _, model = point.content_hash.partition(":")
     now = datetime.now(UTC)
+    r = point.record
+    if r:
+        return Job(point.tenant or "", str(r.get("collection") or name), str(r.get("model") or model),
+                   str(r.get("state") or ""), moment(r.get("started")) or now, moment(r.get("updated")) or now,
+                   int(r.get("done") or 0), int(r.get("total") or 0), int(r.get("skipped") or 0),
+                   str(r.get("reason") or ""))
+    # Payload version 1: the fields of an image, reused.
     skipped = int(point.source_pages[0]) if point.source_pages and point.source_pages[0].isdigit() else 0
     return Job(point.tenant or "", name, model, point.title, point.first_seen or now, point.last_seen or now,
                point.width or 0, point.height or 0, skipped, point.platform)

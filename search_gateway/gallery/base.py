@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # The named vector inside each space. Named (not the default unnamed vector) so that
 # a later per-patch multivector can sit next to it in the same points.
@@ -111,6 +111,11 @@ class GalleryPoint:
     # An opaque token that every write of a bookkeeping record renews, so a conditional write
     # (GalleryStore.insert, GalleryStore.replace_if) can tell whose write is stored.
     revision: str = ""
+    # A bookkeeping record's own fields (collections/records.py: a collection, a reindex job, a
+    # quota entry), JSON values under names that say what they hold. Non-empty: the point is a
+    # record, not an image, and is stored in the record layout (schema.to_payload), with none
+    # of the image fields above but its identity, tenant, bytes and revision.
+    record: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:

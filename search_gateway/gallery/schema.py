@@ -17,7 +17,16 @@ from search_gateway.gallery.base import IMAGE_VECTOR, GalleryFilter, GalleryHit,
 
 # Bumped when the payload layout changes incompatibly; stored in every point so a
 # reader can tell old points from new ones.
-PAYLOAD_VERSION = 1
+# 1: every point in the image layout, bookkeeping records included (their fields reused:
+#    a collection's models in ``engine``, a job's state in ``title``...).
+# 2: bookkeeping records in the record layout (RECORD below); images unchanged. This
+#    reader reads both; the collections' code reads a version-1 record by its old
+#    meanings and writes it back in the record layout (collections/records.py). A
+#    version-1 reader (an older gateway) misreads a version-2 record (a collection being
+#    deleted would look alive to it): replicas of both versions must not share a store.
+PAYLOAD_VERSION = 2
+# The payload key holding a record's own fields (GalleryPoint.record).
+RECORD = "record"
 SIZE_CLASS = "size_class"
 
 
@@ -79,6 +88,8 @@ def _moment(raw: Any) -> datetime | None:
 
 
 def to_payload(point: GalleryPoint) -> dict[str, Any]:
+    if point.record:
+        return _record_payload(point)
     return {
         "v": PAYLOAD_VERSION,
         "content_hash": point.content_hash,
@@ -103,7 +114,33 @@ def to_payload(point: GalleryPoint) -> dict[str, Any]:
     }
 
 
+def _record_payload(point: GalleryPoint) -> dict[str, Any]:
+    """A record's layout: what filters, counts and the compare-and-set use (identity, tenant,
+    bytes and their class, revision) where images keep them, and its own fields apart."""
+    return {
+        "v": PAYLOAD_VERSION,
+        "content_hash": point.content_hash,
+        "collection": point.collection,
+        "tenant": point.tenant,
+        "bytes": point.bytes,
+        SIZE_CLASS: size_class(point.bytes) if point.bytes is not None else None,
+        "revision": point.revision or None,
+        RECORD: dict(point.record),
+    }
+
+
 def from_payload(payload: Mapping[str, Any], vector: list[float] | None) -> GalleryPoint:
+    record = payload.get(RECORD)
+    if isinstance(record, Mapping) and record:
+        return GalleryPoint(
+            content_hash=str(payload["content_hash"]),
+            vector=tuple(float(x) for x in vector) if vector is not None else None,
+            collection=str(payload.get("collection", "web")),
+            tenant=payload.get("tenant"),
+            bytes=payload.get("bytes"),
+            revision=payload.get("revision") or "",
+            record=dict(record),
+        )
     return GalleryPoint(
         content_hash=str(payload["content_hash"]),
         vector=tuple(float(x) for x in vector) if vector is not None else None,

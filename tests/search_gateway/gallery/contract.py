@@ -243,6 +243,33 @@ class GalleryStoreContract:
         await store.replace_if(SPACE, sample_point(113, collection="@c", tenant="a", revision="r9"), "")
         assert [p.revision for p in await store.retrieve(SPACE, [legacy.id])] == ["r9"]
 
+    async def test_a_record_keeps_its_own_fields_and_the_conditional_writes(self, store: GalleryStore) -> None:
+        """A bookkeeping record (GalleryPoint.record) reads back with its fields and no image
+        fields, is found by the indexed fields, and a write over an image-layout point of
+        the same id (payload version 1) is still a compare-and-set on its revision."""
+        fields = {"kind": "collection", "name": "flash", "models": ["clip"], "deleting": False, "n": 3}
+        record = GalleryPoint("flash", tuple(unit(120).tolist()), "@c", "a", bytes=5000, revision="r1",
+                              record=fields)
+        await store.upsert(SPACE, [record])
+        [back] = await store.retrieve(SPACE, [record.id])
+        assert back.record == fields and (back.content_hash, back.collection, back.tenant) == ("flash", "@c", "a")
+        assert (back.bytes, back.revision, back.title, back.engine, back.first_seen) == (5000, "r1", "", "", None)
+        assert [p.id for p in (await store.scroll(SPACE, limit=10, filter=GalleryFilter(
+            collections=("@c",), tenant="a", content_hashes=("flash",)))).points] == [record.id]
+        assert await store.facet(SPACE, "size_class", GalleryFilter(tenant="a")) == {90: 1}
+        await store.replace_if(SPACE, GalleryPoint("flash", record.vector, "@c", "a", revision="r3",
+                                                   record={**fields, "n": 4}), "r0")
+        await store.insert(SPACE, [GalleryPoint("flash", record.vector, "@c", "a", revision="r4", record=fields)])
+        assert [p.revision for p in await store.retrieve(SPACE, [record.id])] == ["r1"]
+        old = sample_point(121, collection="@c", tenant="a", revision="v1", engine="clip")  # an image layout
+        await store.upsert(SPACE, [old])
+        await store.replace_if(SPACE, GalleryPoint(old.content_hash, old.vector, "@c", "a", revision="v2",
+                                                   record=fields), "v1")
+        await store.replace_if(SPACE, GalleryPoint(old.content_hash, old.vector, "@c", "a", revision="v3",
+                                                   record=fields), "v1")
+        [moved] = await store.retrieve(SPACE, [old.id])
+        assert (moved.revision, moved.record, moved.engine, moved.urls) == ("v2", fields, "", ())
+
     async def test_facet_counts_points_by_value_under_a_filter(self, store: GalleryStore) -> None:
         await store.upsert(SPACE, [sample_point(n, collection="flash", tenant="a", bytes=1000) for n in range(120, 123)])
         await store.upsert(SPACE, [sample_point(n, collection="other", tenant="a", bytes=5000) for n in range(123, 125)])
