@@ -11,8 +11,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from search_gateway.clients.embed_calls import embed_or_each_alone, pack
+from search_gateway.clients.replies import Embeddings
 from search_gateway.collections.blobs.base import BlobError, BlobUnavailable
 from search_gateway.collections.blobs.writes import put_then_index
 from search_gateway.collections.deletion import remove_images
@@ -157,32 +159,28 @@ class Uploader:
 
     async def _embed(self, model: str, todo: list[_Checked]) -> None:
         s = self.gw.settings
-        lo = 0
-        while lo < len(todo):
-            hi, size = lo + 1, len(todo[lo].image.embed_bytes)
-            while hi < len(todo) and hi - lo < s.embed_batch and size + len(todo[hi].image.embed_bytes) <= s.embed_batch_bytes:
-                size += len(todo[hi].image.embed_bytes)
-                hi += 1
-            await self._embed_batch(model, todo[lo:hi])
-            lo = hi
+        for batch in pack(todo, _embed_size, max_items=s.embed_batch, max_bytes=s.embed_batch_bytes):
+            await self._embed_batch(model, batch)
 
     async def _embed_batch(self, model: str, batch: list[_Checked]) -> None:
-        try:
-            embedded = await self.gw.embed.embed(model, [c.image.embed_bytes for c in batch])
-        except GatewayError as exc:
-            if len(batch) > 1:  # one image the embed server refuses must not take the others with it
-                for c in batch:
-                    await self._embed_batch(model, [c])
-                return
-            batch[0].failed = {"input": batch[0].item.label, "status": "rejected", "reason": exc.message}
-            return
-        space = space_of(model, embedded.provenance, int(embedded.vectors.shape[1]))
-        for c, vector in zip(batch, embedded.vectors, strict=True):
-            if space is None:
-                c.failed = {"input": c.item.label, "status": "rejected",
-                            "reason": f"The embed server did not say which weights {model} runs; nothing was stored."}
-            else:
-                c.points.append((space, replace(self._record(c), vector=tuple(vector.tolist()), engine="")))
+        async def embed(part: Sequence[_Checked]) -> Embeddings:
+            return cast(Embeddings, await self.gw.embed.embed(model, [c.image.embed_bytes for c in part]))
+
+        async def embedded(part: Sequence[_Checked], reply: Embeddings) -> None:
+            space = space_of(model, reply.provenance, int(reply.vectors.shape[1]))
+            for c, vector in zip(part, reply.vectors, strict=True):
+                if space is None:
+                    c.failed = {"input": c.item.label, "status": "rejected",
+                                "reason": f"The embed server did not say which weights {model} runs; nothing was stored."}
+                else:
+                    c.points.append((space, replace(self._record(c), vector=tuple(vector.tolist()), engine="")))
+
+        async def refused(c: _Checked, exc: GatewayError) -> None:
+            c.failed = {"input": c.item.label, "status": "rejected", "reason": exc.message}
+
+        # Any error of the call (an outage too) is the image's own once it is alone: one
+        # image the embed server refuses must not take the others with it.
+        await embed_or_each_alone(batch, embed, embedded, GatewayError, refused)
 
     def _record(self, c: _Checked) -> GalleryPoint:
         item, image, col = c.item, c.image, self.collection
@@ -226,3 +224,7 @@ class Uploader:
             return {"input": c.item.label, "status": "duplicate", "id": record.id}
         return {"input": c.item.label, "status": "added", "id": record.id,
                 "thumbnail": self.thumbnail(col.tenant, c.image.sha256)}
+
+
+def _embed_size(c: _Checked) -> int:
+    return len(c.image.embed_bytes)
