@@ -38,7 +38,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 from pydantic import SecretStr
+
+from service_common.grpc_wrapping import WrappingInterceptor, behaviour_field
 
 log = logging.getLogger(__name__)
 
@@ -251,11 +253,16 @@ class _ReloadingServerCertificate:
             self._initial, self.fetch, require_client_authentication=self._security.client_ca_file is not None)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokenInterceptor(WrappingInterceptor):
     """Refuses a call to an application service UNAUTHENTICATED unless its metadata says
-    `authorization: Bearer <token>`; health and reflection (`OPEN_SERVICES`) pass."""
+    `authorization: Bearer <token>`; health and reflection (`OPEN_SERVICES`) pass.
+
+    The check runs on each call's metadata before the handler is chosen (`wraps_call`), so
+    a refused call gets the refusing handler, which never decodes the request: a caller
+    without the token learns nothing about the message."""
 
     def __init__(self, token: SecretStr, variable: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self._digest = hashlib.sha256(token.get_secret_value().encode()).digest()
         self._variable = variable
         self._open = tuple(f"/{name}/" for name in OPEN_SERVICES)
@@ -278,19 +285,24 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return f"the bearer token was not accepted: it does not match the server's {self._variable}"
         return None
 
-    async def intercept_service(  # type: ignore[override]  # grpc returns None for a method nobody serves; grpc-stubs says never
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.startswith(self._open):
-            return handler
-        problem = self.accepts(handler_call_details.invocation_metadata)
-        if problem is None:
-            return handler
-        return _refusing(handler, problem, lambda peer: self._note_refusal(method, peer))
+    def wraps(self, method: str, handler: grpc.RpcMethodHandler) -> bool:
+        return not method.startswith(self._open)
+
+    def wraps_call(self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler) -> bool:
+        # Only a refused call is wrapped: one with the token runs its handler untouched.
+        return self.wraps(details.method, handler) and self.accepts(details.invocation_metadata) is not None
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` of the same kind whose behaviour only aborts UNAUTHENTICATED, saying why
+        (read again from the call's metadata: this handler serves every refused call of `method`)."""
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            self._note_refusal(method, context.peer())
+            problem = self.accepts(tuple(context.invocation_metadata() or ()))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem or "the bearer token was not accepted")
+
+        kind = behaviour_field(handler)
+        return handler._replace(request_deserializer=None, **{kind: refuse})  # type: ignore[attr-defined,no-any-return]
 
     def _note_refusal(self, method: str, peer: str) -> None:
         self._refused_since_log += 1
@@ -300,23 +312,6 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
                         self._refused_since_log, method, peer)
             self._refused_since_log = 0
             self._last_log = now
-
-
-def _refusing(handler: grpc.RpcMethodHandler, details: str, note: Callable[[str], None]) -> grpc.RpcMethodHandler:
-    """`handler` of the same kind whose behaviour only aborts UNAUTHENTICATED. The request
-    is not decoded: a caller without the token learns nothing about the message."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        note(context.peer())
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
-
-    kind = {
-        (False, False): "unary_unary",
-        (False, True): "unary_stream",
-        (True, False): "stream_unary",
-        (True, True): "stream_stream",
-    }[(handler.request_streaming, handler.response_streaming)]
-    return handler._replace(request_deserializer=None, **{kind: refuse})  # type: ignore[attr-defined,no-any-return]
 
 
 # --- the client side

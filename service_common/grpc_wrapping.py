@@ -4,8 +4,9 @@ Counting calls in flight (grpc_drain) and counting final statuses (grpc_call_met
 both run code around each call to the application services, streaming or not. This
 module holds what they share: which methods are wrapped (not health or reflection,
 whose watch streams never end by themselves), wrapping each handler once rather than
-once per call (the request decoder too), and running an async context manager around
-the handler's behaviour.
+once per call (the request decoder and the bearer token check too, which picks the
+calls it refuses by their metadata), and running an async context manager around the
+handler's behaviour.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ Around = Callable[[grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextMana
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Returns each handler that :meth:`wraps` picks through :meth:`wrap`, wrapped once
-    per handler (handlers are looked up on every call)."""
+    per handler (handlers are looked up on every call). :meth:`wraps_call` may pick some
+    calls of such a method only, by what the call says (its metadata)."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -35,6 +37,11 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         raise NotImplementedError
 
+    def wraps_call(self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler) -> bool:
+        """Whether this call gets the wrapped handler: by default every call of a method
+        that :meth:`wraps` picks."""
+        return self.wraps(details.method, handler)
+
     async def intercept_service(  # type: ignore[override]  # grpc returns None for a method nobody serves; grpc-stubs says never
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
@@ -42,7 +49,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not self.wraps(method, handler):
+        if handler is None or not self.wraps_call(handler_call_details, handler):
             return handler
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:

@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from search_gateway.clients.backends import EmbedClient
+from search_gateway.clients.embed_calls import pack
 from search_gateway.collections.blobs.base import BlobError, BlobNotFound, BlobStore
 from search_gateway.collections.records import JOBS as _JOBS
 from search_gateway.collections.records import META, Collection, CollectionRecords, moment, stamp
@@ -269,7 +270,8 @@ class Reindexer:
         start: str | None = None
         while True:
             page = await recs.images(job.tenant, job.collection, _PAGE, start)
-            for batch in _batches(page.points, self.batch_images):
+            # Progress is recorded after each batch; a batch goes in Embed calls of at most batch_bytes.
+            for batch in pack(page.points, max_items=self.batch_images):
                 written, skipped = await self._batch(gallery, recs, collection, job, batch)
                 if written < 0:
                     await self._abandon(job)  # deleted meanwhile: nothing to finish, no record to keep
@@ -318,7 +320,8 @@ class Reindexer:
                 continue
             ready.append((record, image.embed_bytes))
         written = 0
-        for part in _by_bytes(ready, self.batch_bytes):
+        # One image alone may pass the byte limit: it goes in a call of its own.
+        for part in pack(ready, _data_size, max_bytes=self.batch_bytes):
             embedded = await self.embed.embed(job.model, [data for _, data in part])
             space = space_of(job.model, embedded.provenance, int(embedded.vectors.shape[1]))
             if space is None:
@@ -365,18 +368,5 @@ def _merged(engine: str, model: str) -> str:
     return ",".join(dict.fromkeys([m for m in engine.split(",") if m] + [model]))
 
 
-def _batches(items: Sequence[GalleryPoint], size: int) -> list[Sequence[GalleryPoint]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def _by_bytes(items: list[tuple[GalleryPoint, bytes]], limit: int) -> list[list[tuple[GalleryPoint, bytes]]]:
-    """Split so that each Embed call stays under the byte limit (one image alone may pass it)."""
-    parts: list[list[tuple[GalleryPoint, bytes]]] = []
-    size = 0
-    for item in items:
-        if not parts or (size + len(item[1]) > limit and parts[-1]):
-            parts.append([])
-            size = 0
-        parts[-1].append(item)
-        size += len(item[1])
-    return parts
+def _data_size(item: tuple[GalleryPoint, bytes]) -> int:
+    return len(item[1])

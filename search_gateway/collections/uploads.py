@@ -11,8 +11,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
+from search_gateway.clients.embed_calls import embed_or_each_alone, pack
+from search_gateway.clients.replies import Embeddings
 from search_gateway.collections.blobs.base import BlobError, BlobUnavailable
 from search_gateway.collections.blobs.writes import put_then_index
 from search_gateway.collections.deletion import remove_images
@@ -46,6 +48,49 @@ class Input:
     note: str | None = None
 
 
+@dataclass(frozen=True)
+class UploadResult:
+    """What became of one input, as the reply says it (``json``): added, duplicate or rejected."""
+
+    input: str  # the input's label
+    status: Literal["added", "duplicate", "rejected"]
+    id: str | None = None  # the image's id: added, or a duplicate of which one
+    thumbnail: str | None = None  # added
+    code: str | None = None  # rejected, where a client acts on it (QUOTA_REACHED)
+    reason: str | None = None  # rejected: a sentence for the person
+    note: str | None = None  # the input's note: why its stored name differs from the one sent
+
+    @classmethod
+    def added(cls, item: Input, id: str, thumbnail: str) -> UploadResult:
+        return cls(item.label, "added", id=id, thumbnail=thumbnail, note=item.note)
+
+    @classmethod
+    def duplicate(cls, item: Input, id: str) -> UploadResult:
+        return cls(item.label, "duplicate", id=id, note=item.note)
+
+    @classmethod
+    def rejected(cls, item: Input, reason: str, code: str | None = None) -> UploadResult:
+        return cls(item.label, "rejected", code=code, reason=reason, note=item.note)
+
+    def repeated_as(self, item: Input) -> UploadResult:
+        """The result of ``item``, the same picture as this result's input sent again in the
+        same request: a duplicate of it once added, else the same fate."""
+        if self.status == "added":
+            assert self.id is not None
+            return UploadResult.duplicate(item, self.id)
+        return replace(self, input=item.label, note=item.note)
+
+    def json(self) -> dict[str, Any]:
+        """The reply's object, its keys in this order (clients and the importer read them):
+        input, status, then those set of id, thumbnail, code, reason, note."""
+        out: dict[str, Any] = {"input": self.input, "status": self.status}
+        for key, value in (("id", self.id), ("thumbnail", self.thumbnail), ("code", self.code),
+                           ("reason", self.reason), ("note", self.note)):
+            if value is not None:
+                out[key] = value
+        return out
+
+
 @dataclass
 class _Checked:
     """An input that decoded as an image and is not yet in the collection: on its way in."""
@@ -54,7 +99,7 @@ class _Checked:
     data: bytes
     image: PreparedImage
     points: list[tuple[VectorSpace, GalleryPoint]] = field(default_factory=list)
-    failed: dict[str, Any] | None = None
+    failed: UploadResult | None = None
 
 
 class Uploader:
@@ -77,15 +122,19 @@ class Uploader:
         self.touched = False
 
     async def add_all(self, items: Sequence[Input]) -> list[dict[str, Any]]:
+        """One result per input, in order, as the reply's JSON; one bad input never fails the others."""
+        return [result.json() for result in await self.add(items)]
+
+    async def add(self, items: Sequence[Input]) -> list[UploadResult]:
         """One result per input, in order; one bad input never fails the others."""
         # Fetching and decoding run concurrently (threads, the downloader's own bounds).
         checked = await asyncio.gather(*(self._guarded(item, self._check(item)) for item in items))
-        results: list[dict[str, Any] | None] = [None] * len(items)
+        results: list[UploadResult | None] = [None] * len(items)
         first_of: dict[str, int] = {}
         repeats: list[tuple[int, int]] = []
         pending: list[tuple[int, _Checked]] = []
         for i, found in enumerate(checked):
-            if isinstance(found, dict):
+            if isinstance(found, UploadResult):
                 results[i] = found
             elif found.image.sha256 in first_of:  # the same picture twice in one request
                 repeats.append((i, first_of[found.image.sha256]))
@@ -93,10 +142,10 @@ class Uploader:
                 known = await self._guarded(found.item, self.recs.image_by_hash(self.collection.tenant,
                                                                                  self.collection.name,
                                                                                  found.image.sha256))
-                if isinstance(known, dict):
+                if isinstance(known, UploadResult):
                     results[i] = known
                 elif known is not None:
-                    results[i] = {"input": found.item.label, "status": "duplicate", "id": known.id}
+                    results[i] = UploadResult.duplicate(found.item, known.id)
                 else:
                     first_of[found.image.sha256] = i
                     pending.append((i, found))
@@ -113,12 +162,11 @@ class Uploader:
         for i, first in repeats:
             earlier = results[first]
             assert earlier is not None
-            results[i] = ({"input": items[i].label, "status": "duplicate", "id": earlier["id"]}
-                          if earlier["status"] == "added" else {**earlier, "input": items[i].label})
+            results[i] = earlier.repeated_as(items[i])
         return [r for r in results if r is not None]
 
     async def _within_quota(self, pending: list[tuple[int, _Checked]],
-                            results: list[dict[str, Any] | None]) -> tuple[list[tuple[int, _Checked]], Reservation]:
+                            results: list[UploadResult | None]) -> tuple[list[tuple[int, _Checked]], Reservation]:
         """The new images the tenant still has room for (reserved: quota.py, so requests at
         once never share the last room); the rest rejected with the reason. Images of a
         collection being deleted count until it is emptied."""
@@ -130,10 +178,10 @@ class Uploader:
                   f"Your collections hold the most bytes this service keeps for one customer ({limits.bytes}); "
                   "delete some to add others.")
         for i, c in pending[reservation.granted:]:
-            results[i] = {"input": c.item.label, "status": "rejected", "code": QUOTA_REACHED, "reason": reason}
+            results[i] = UploadResult.rejected(c.item, reason, code=QUOTA_REACHED)
         return pending[:reservation.granted], reservation
 
-    async def _guarded(self, item: Input, work: Awaitable[_T]) -> _T | dict[str, Any]:
+    async def _guarded(self, item: Input, work: Awaitable[_T]) -> _T | UploadResult:
         try:
             return await work
         except (GalleryUnavailable, BlobUnavailable):
@@ -141,9 +189,9 @@ class Uploader:
         except (GalleryError, BlobError) as exc:
             failed = storage_error(exc)
             log.warning("upload of %s: %s", item.label[:80], failed.log_detail)
-            return {"input": item.label, "status": "rejected", "reason": failed.message}
+            return UploadResult.rejected(item, failed.message)
         except GatewayError as exc:
-            return {"input": item.label, "status": "rejected", "reason": exc.message}
+            return UploadResult.rejected(item, exc.message)
 
     async def _check(self, item: Input) -> _Checked:
         gw = self.gw
@@ -157,32 +205,28 @@ class Uploader:
 
     async def _embed(self, model: str, todo: list[_Checked]) -> None:
         s = self.gw.settings
-        lo = 0
-        while lo < len(todo):
-            hi, size = lo + 1, len(todo[lo].image.embed_bytes)
-            while hi < len(todo) and hi - lo < s.embed_batch and size + len(todo[hi].image.embed_bytes) <= s.embed_batch_bytes:
-                size += len(todo[hi].image.embed_bytes)
-                hi += 1
-            await self._embed_batch(model, todo[lo:hi])
-            lo = hi
+        for batch in pack(todo, _embed_size, max_items=s.embed_batch, max_bytes=s.embed_batch_bytes):
+            await self._embed_batch(model, batch)
 
     async def _embed_batch(self, model: str, batch: list[_Checked]) -> None:
-        try:
-            embedded = await self.gw.embed.embed(model, [c.image.embed_bytes for c in batch])
-        except GatewayError as exc:
-            if len(batch) > 1:  # one image the embed server refuses must not take the others with it
-                for c in batch:
-                    await self._embed_batch(model, [c])
-                return
-            batch[0].failed = {"input": batch[0].item.label, "status": "rejected", "reason": exc.message}
-            return
-        space = space_of(model, embedded.provenance, int(embedded.vectors.shape[1]))
-        for c, vector in zip(batch, embedded.vectors, strict=True):
-            if space is None:
-                c.failed = {"input": c.item.label, "status": "rejected",
-                            "reason": f"The embed server did not say which weights {model} runs; nothing was stored."}
-            else:
-                c.points.append((space, replace(self._record(c), vector=tuple(vector.tolist()), engine="")))
+        async def embed(part: Sequence[_Checked]) -> Embeddings:
+            return cast(Embeddings, await self.gw.embed.embed(model, [c.image.embed_bytes for c in part]))
+
+        async def embedded(part: Sequence[_Checked], reply: Embeddings) -> None:
+            space = space_of(model, reply.provenance, int(reply.vectors.shape[1]))
+            for c, vector in zip(part, reply.vectors, strict=True):
+                if space is None:
+                    c.failed = UploadResult.rejected(
+                        c.item, f"The embed server did not say which weights {model} runs; nothing was stored.")
+                else:
+                    c.points.append((space, replace(self._record(c), vector=tuple(vector.tolist()), engine="")))
+
+        async def refused(c: _Checked, exc: GatewayError) -> None:
+            c.failed = UploadResult.rejected(c.item, exc.message)
+
+        # Any error of the call (an outage too) is the image's own once it is alone: one
+        # image the embed server refuses must not take the others with it.
+        await embed_or_each_alone(batch, embed, embedded, GatewayError, refused)
 
     def _record(self, c: _Checked) -> GalleryPoint:
         item, image, col = c.item, c.image, self.collection
@@ -191,7 +235,7 @@ class Uploader:
                             width=image.width, height=image.height, engine=",".join(self.models),
                             tags=dict.fromkeys(self.tags, 1.0), bytes=len(c.data))
 
-    async def _write(self, c: _Checked) -> dict[str, Any]:
+    async def _write(self, c: _Checked) -> UploadResult:
         gw, col = self.gw, self.collection
         record = self._record(c)
         added = False
@@ -220,9 +264,12 @@ class Uploader:
             await put_then_index(gw.blobs, c.image.sha256, c.data, c.item.content_type, write_points)
         except _CollectionDeleted:
             # Its bytes, if nothing else holds them, are the collector's after the grace.
-            return {"input": c.item.label, "status": "rejected",
-                    "reason": "The collection was deleted while this upload ran; the image was not kept."}
+            return UploadResult.rejected(
+                c.item, "The collection was deleted while this upload ran; the image was not kept.")
         if not added:
-            return {"input": c.item.label, "status": "duplicate", "id": record.id}
-        return {"input": c.item.label, "status": "added", "id": record.id,
-                "thumbnail": self.thumbnail(col.tenant, c.image.sha256)}
+            return UploadResult.duplicate(c.item, record.id)
+        return UploadResult.added(c.item, record.id, self.thumbnail(col.tenant, c.image.sha256))
+
+
+def _embed_size(c: _Checked) -> int:
+    return len(c.image.embed_bytes)

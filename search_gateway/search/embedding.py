@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from search_gateway.clients.backends import BackendRejected, EmbedClient
-from search_gateway.clients.replies import Provenance
+from search_gateway.clients.embed_calls import embed_or_each_alone
+from search_gateway.clients.replies import Embeddings, Provenance
 from search_gateway.clients.weights_watch import unverify_on_reconnect
 from search_gateway.errors import BackendUnavailable
 from search_gateway.metrics import Metrics
@@ -134,29 +135,32 @@ class EmbedBatches:
 
     async def _embed_batch(self, model: str, batch: list[FetchedImage], deadline: Deadline,
                            stopwatch: Stopwatch, report: Report) -> None:
-        stopwatch.span("embedding")
-        try:
-            async with self._slots:
-                reply = await self._embed.embed(model, [f.image.embed_bytes for f in batch],
-                                                timeout=deadline.timeout(0.01))
-        except BackendRejected:
-            # One bad image fails the whole request; find it by sending them one by one.
-            if len(batch) > 1:
-                for fetched in batch:
-                    await self._embed_batch(model, [fetched], deadline, stopwatch, report)
-            else:
-                await report(NotEmbedded(tuple(batch), "rejected_by_embed_server"))
-            return
-        except BackendUnavailable as exc:
-            log.warning("embed batch failed: %s", exc.log_detail or exc.message)
-            self._metrics.backend_errors.labels("embed").inc()
-            await report(NotEmbedded(tuple(batch), "embed_unavailable", exc.message))
-            return
-        stopwatch.span("embedding")
-        embedded = []
-        for fetched, vector in zip(batch, reply.vectors, strict=True):
-            vector = unit(vector)
-            self._cache.put(model, fetched.sha256, vector, fetched.candidate.url, reply.provenance)
-            embedded.append(EmbeddedImage(fetched.candidate, fetched.sha256, vector, fetched.image.embed_bytes,
-                                          size=(fetched.image.width, fetched.image.height)))
-        await report(Embedded(tuple(embedded), reply.provenance))
+        async def embed(part: Sequence[FetchedImage]) -> Embeddings | BackendUnavailable:
+            stopwatch.span("embedding")
+            try:
+                async with self._slots:
+                    return await self._embed.embed(model, [f.image.embed_bytes for f in part],
+                                                   timeout=deadline.timeout(0.01))
+            except BackendUnavailable as exc:
+                return exc  # reported below, and not retried one by one
+
+        async def embedded(part: Sequence[FetchedImage], reply: Embeddings | BackendUnavailable) -> None:
+            if isinstance(reply, BackendUnavailable):
+                log.warning("embed batch failed: %s", reply.log_detail or reply.message)
+                self._metrics.backend_errors.labels("embed").inc()
+                await report(NotEmbedded(tuple(part), "embed_unavailable", reply.message))
+                return
+            stopwatch.span("embedding")
+            images = []
+            for fetched, vector in zip(part, reply.vectors, strict=True):
+                vector = unit(vector)
+                self._cache.put(model, fetched.sha256, vector, fetched.candidate.url, reply.provenance)
+                images.append(EmbeddedImage(fetched.candidate, fetched.sha256, vector, fetched.image.embed_bytes,
+                                            size=(fetched.image.width, fetched.image.height)))
+            await report(Embedded(tuple(images), reply.provenance))
+
+        async def refused(fetched: FetchedImage, _: BackendRejected) -> None:
+            await report(NotEmbedded((fetched,), "rejected_by_embed_server"))
+
+        # One bad image fails the whole request; the others go again one by one.
+        await embed_or_each_alone(batch, embed, embedded, BackendRejected, refused)
