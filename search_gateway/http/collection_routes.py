@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from search_gateway.collections.blobs.base import BlobNotFound
 from search_gateway.collections.deletion import remove_images
-from search_gateway.collections.records import MAX_SEARCHED, PAGE, Collection, CollectionRecords, bad_name
+from search_gateway.collections.records import PAGE, Collection, CollectionRecords, bad_name
 from search_gateway.collections.reindex import INDEXED, Job
 from search_gateway.collections.uploads import Uploader
 from search_gateway.errors import BadRequest, Conflict, NotFound, QuotaReached, storage_error
@@ -54,14 +54,12 @@ async def _owned(request: Request, recs: CollectionRecords) -> Collection:
     return found
 
 
-async def searched(request: Request, raw: str | None) -> tuple[str, ...] | None:
-    """The ``collections`` a search asked for, each checked to be ``web`` or the caller's;
-    None (not given): web and every collection of the caller. 404 names the first unknown."""
-    if raw is None or not raw.strip():
+async def searched(request: Request, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The ``collections`` a search asked for (search_params.parse: without repeats, at most
+    MAX_SEARCHED), each checked to be ``web`` or the caller's; None (not given): web and
+    every collection of the caller. 404 names the first unknown."""
+    if names is None:
         return None
-    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
-    if len(names) > MAX_SEARCHED:
-        raise BadRequest(f"Parameter 'collections' names at most {MAX_SEARCHED} collections.")
     private = [n for n in names if n != WEB]
     if private:
         if _gateway(request).gallery is None:
