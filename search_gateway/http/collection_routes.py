@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -116,15 +117,37 @@ async def reindex_collection(request: Request) -> Response:
     return JSONResponse({"collection": collection.name, "model": model, **job.describe()}, status_code=202)
 
 
+class NewCollection(BaseModel):
+    """POST /collections: other fields are ignored; the name's rules are bad_name's (its own sentences)."""
+
+    name: StrictStr
+
+
+class Hashes(BaseModel):
+    """POST /collections/{name}/hashes: the count and the form are checked after (their own sentences)."""
+
+    sha256: list[StrictStr]
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _json_body(model: type[Body], raw: bytes, example: str, required: str) -> Body:
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise BadRequest(f"Send a JSON body such as {example}.") from None
+    try:
+        return model.model_validate(payload)
+    except ValidationError:
+        raise BadRequest(f"Send a JSON body such as {example}: {required}.") from None
+
+
 async def create_collection(request: Request) -> Response:
     recs = await records(request)
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError):
-        raise BadRequest('Send a JSON body such as {"name": "flash-2024"}.') from None
-    name = body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str):
-        raise BadRequest('Send a JSON body such as {"name": "flash-2024"}: the field "name" (a string) is required.')
+    example = '{"name": "flash-2024"}'
+    name = _json_body(NewCollection, await request.body(), example,
+                      'the field "name" (a string) is required').name
     problem = bad_name(name)
     if problem:
         raise BadRequest(problem)
@@ -180,13 +203,8 @@ async def present_hashes(request: Request) -> Response:
     recs = await records(request)
     collection = await _owned(request, recs)
     example = '{"sha256": ["<64 hex digits>", ...]}'
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError):
-        raise BadRequest(f"Send a JSON body such as {example}.") from None
-    hashes = body.get("sha256") if isinstance(body, dict) else None
-    if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes):
-        raise BadRequest(f"Send a JSON body such as {example}: the field 'sha256' (a list of strings) is required.")
+    hashes = _json_body(Hashes, await request.body(), example,
+                        "the field 'sha256' (a list of strings) is required").sha256
     if len(hashes) > MAX_HASHES:
         raise BadRequest(f"At most {MAX_HASHES} hashes per request; ask for the rest in another request.")
     wanted = [h.lower() for h in hashes]
