@@ -23,19 +23,14 @@ from search_gateway.collections.uploads import Uploader
 from search_gateway.errors import BadRequest, Conflict, NotFound, QuotaReached, storage_error
 from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.gallery.spaces import WEB
+from search_gateway.http.deps import collection_deps
 from search_gateway.http.thumbnails import INVALID, blob_parts, blob_url
 from search_gateway.http.upload_form import read_inputs, with_name_notes
 from search_gateway.tenants import tenant_of
 
 
-def _gateway(request: Request) -> Any:
-    return request.app.state.gateway
-
-
 async def records(request: Request) -> CollectionRecords:
-    gw = _gateway(request)
-    if gw.gallery is None or gw.blobs is None:
-        raise NotFound("Private collections need the gallery, which is off on this gateway (GATEWAY_GALLERY=off).")
+    gw = collection_deps(request)  # the gallery off: 404, said once, there
     try:
         gallery = await gw.gallery.link.gallery()
     except GalleryError as exc:
@@ -63,9 +58,8 @@ async def searched(request: Request, names: tuple[str, ...] | None) -> tuple[str
         return None
     private = [n for n in names if n != WEB]
     if private:
-        if _gateway(request).gallery is None:
-            raise NotFound(f"There is no collection {private[0][:60]!r}: private collections need the gallery, "
-                           "which is off on this gateway (GATEWAY_GALLERY=off).")
+        collection_deps(request, NotFound(f"There is no collection {private[0][:60]!r}: private collections need "
+                                          "the gallery, which is off on this gateway (GATEWAY_GALLERY=off)."))
         recs = await records(request)
         tenant = tenant_of(request.scope)
         for name in private:
@@ -88,12 +82,12 @@ def _describe(c: Collection, images: int, jobs: list[Job] | None = None) -> dict
 async def list_collections(request: Request) -> Response:
     recs = await records(request)
     tenant = tenant_of(request.scope)
-    reindexer = _gateway(request).reindex
-    jobs = await reindexer.jobs_of(tenant) if reindexer is not None else {}
+    gw = collection_deps(request)
+    jobs = await gw.reindex.jobs_of(tenant)
     collections = await recs.of_tenant(tenant)
     counts = await recs.image_counts(tenant, [c.name for c in collections])  # one query, however many
     mine = [_describe(c, counts[c.name], jobs.get(c.name)) for c in collections]
-    limits = _gateway(request).quota.limits
+    limits = gw.quota.limits
     usage = await recs.usage(tenant)
     return JSONResponse({"collections": [{"name": WEB, "shared": True}, *mine],
                          "usage": {"images": usage.images, "max_images": limits.images or None,
@@ -106,7 +100,7 @@ async def reindex_collection(request: Request) -> Response:
     background: 202 at once, progress in GET /collections."""
     recs = await records(request)
     collection = await _owned(request, recs)
-    gw = _gateway(request)
+    gw = collection_deps(request)
     model = (request.query_params.get("embedding_model") or "").strip()
     if not model:
         names = ", ".join(await gw.catalog.names())
@@ -152,7 +146,7 @@ async def create_collection(request: Request) -> Response:
     if problem:
         raise BadRequest(problem)
     tenant = tenant_of(request.scope)
-    quota = _gateway(request).quota
+    quota = collection_deps(request).quota
     async with quota.turn(tenant):
         # Created only where no record is (of creates of one name at once, one wins), then
         # counted: past the limit it is taken back, so replicas at once never pass it.
@@ -176,18 +170,18 @@ async def delete_collection(request: Request) -> Response:
     background (collections/deletion.py)."""
     recs = await records(request)
     collection = await _owned(request, recs)
-    await _gateway(request).deleter.delete(collection)
+    await collection_deps(request).deleter.delete(collection)
     return Response(status_code=204)
 
 
 async def add_images(request: Request) -> Response:
     recs = await records(request)
     collection = await _owned(request, recs)
-    gw = _gateway(request)
+    gw = collection_deps(request)
     inputs, tags, models = await read_inputs(request, gw.settings)
     for model in models:
         await gw.catalog.require(model)
-    uploader = Uploader(gw, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
+    uploader = Uploader(gw.uploads, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
     results = with_name_notes(inputs, await uploader.add_all(inputs))
     return JSONResponse({"collection": collection.name, "results": results})
 
@@ -219,7 +213,7 @@ def _thumbnail_path(request: Request) -> Callable[[str, str], str]:
     """Links to originals of the collection the request names (every caller is a route
     under /collections/{name}/, the name already checked to be the caller's): a link
     stands for that image record, and answers while the tenant holds the picture."""
-    signer = _gateway(request).signer
+    signer = collection_deps(request).signer
     collection = request.path_params["name"]
 
     def link(tenant: str, sha256: str) -> str:
@@ -249,7 +243,7 @@ async def delete_image(request: Request) -> Response:
     image = await recs.image(collection.tenant, collection.name, request.path_params["id"])
     if image is None:
         raise NotFound("There is no such image in this collection.")
-    gw = _gateway(request)
+    gw = collection_deps(request)
     await remove_images(recs.store, gw.gallery.space_for, recs, gw.blobs, [image],
                         release_grace_s=gw.settings.blobs_release_grace_s)
     return Response(status_code=204)
@@ -296,8 +290,8 @@ def _list_limit(raw: str | None) -> int:
 async def _orphans(request: Request, tenant: str, images: list[GalleryPoint]) -> set[str]:
     """The hashes of ``images`` whose original is missing (never shown: no thumbnail could
     be drawn), scheduled for removal."""
-    originals = _gateway(request).gallery.originals
-    if originals is None or not images:
+    originals = collection_deps(request).originals
+    if not images:
         return set()
     missing: set[str] = await originals.missing(p.content_hash for p in images)
     if missing:
@@ -313,9 +307,9 @@ async def blob_thumbnail(request: Request, target: str) -> bytes:
     sentence: another tenant's link, an image or collection deleted since (its bytes may
     still be kept for another tenant, or for the collector's grace), or bytes gone, all
     read like a link that never existed, so a link says nothing about what others hold."""
-    gw = _gateway(request)
+    gw = collection_deps(request, NotFound(INVALID))
     parts = blob_parts(target)
-    if gw.blobs is None or parts is None or parts[0] != tenant_of(request.scope):
+    if parts is None or parts[0] != tenant_of(request.scope):
         raise NotFound(INVALID)
     tenant, collection, sha256 = parts
     if not await (await records(request)).holds(tenant, collection, sha256):

@@ -30,7 +30,7 @@ from search_gateway.fetch.images import thumbnail as make_thumbnail
 from search_gateway.http import search_json, search_params
 from search_gateway.http.collection_routes import blob_thumbnail
 from search_gateway.http.collection_routes import searched as searched_collections
-from search_gateway.http.gateway import Gateway
+from search_gateway.http.deps import ops_deps, search_deps
 from search_gateway.http.openapi import openapi_document
 from search_gateway.http.thumbnails import BLOB, blob_url
 from search_gateway.search import attention
@@ -38,11 +38,6 @@ from search_gateway.search.types import RankedResult, SearchEvent, SearchOutcome
 from search_gateway.tenants import tenant_of
 
 log = logging.getLogger(__name__)
-
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
 
 def _param(request: Request, form: Mapping[str, Any] | None, name: str) -> str | None:
     """Query parameters first, form fields second (/analyze-attention's few parameters)."""
@@ -83,7 +78,7 @@ async def _form(request: Request) -> FormData | None:
 async def _search_query(request: Request) -> SearchQuery:
     """Parse the search (search_params: pure), then what needs a backend, in the order
     these checks have always run: the collections named, the upload, the model."""
-    gw = _gateway(request)
+    gw = search_deps(request)
     s = gw.settings
     form = await _form(request)
     try:
@@ -130,7 +125,7 @@ def _body(request: Request, outcome: SearchOutcome) -> dict[str, Any]:
 
 
 def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:
-    signer = _gateway(request).signer
+    signer = search_deps(request).signer
 
     def thumbnail_link(result: RankedResult) -> str:
         if result.tenant is not None:  # a private collection's original, from the blob store
@@ -144,13 +139,13 @@ def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:
 
 async def search(request: Request) -> Response:
     query = await _search_query(request)
-    outcome = await _gateway(request).pipeline.run(query)
+    outcome = await search_deps(request).pipeline.run(query)
     return JSONResponse(_body(request, outcome))
 
 
 async def search_stream(request: Request) -> Response:
     query = await _search_query(request)  # bad requests still get a plain 4xx, before streaming
-    gw = _gateway(request)
+    gw = search_deps(request)
     events: asyncio.Queue[SearchEvent] = asyncio.Queue(maxsize=1000)
     thumbnail_link = _thumbnail_link(request)
 
@@ -190,7 +185,7 @@ def _line(event: dict[str, Any]) -> bytes:
 
 
 async def analyze_attention(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = search_deps(request)
     s = gw.settings
     form = await _form(request)
     try:
@@ -248,7 +243,7 @@ def _pictures(query: bytes, candidate: bytes, patches: PatchMatches, matches: li
 
 
 async def list_models(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = ops_deps(request)
     described = await gw.catalog.models(refresh=True)
     models = []
     for m in described:
@@ -280,7 +275,7 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = ops_deps(request)
     default = gw.settings.default_model
 
     async def model_ready() -> bool:
@@ -294,15 +289,11 @@ async def ready(request: Request) -> Response:
     checks = {"embed_server": embed_ok, "scraper": scraper_ok, f"model:{default}": model_ok}
     ready = all(checks.values())
     body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
-    if gw.gallery is not None:
-        # Reported, but not required: without it searches still answer from the web
-        # (partial), and every replica shares the store, so failing readiness on it
-        # would take the whole site down instead of a part of each answer.
-        gallery_ok = await gw.gallery.check()
-        checks["gallery"] = gallery_ok
-        if not gallery_ok:
-            # The store's own error names its address: logged by the link, not served here.
-            body["degraded"] = {"gallery": "The gallery store does not answer; searches use the web alone."}
+    for probe in gw.probes:  # reported, not required (app.py says why)
+        ok = await probe.check()
+        checks[probe.name] = ok
+        if not ok:
+            body.setdefault("degraded", {})[probe.name] = probe.degraded
     if ready:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
@@ -314,12 +305,12 @@ async def metrics_text(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = ops_deps(request)
     return JSONResponse(openapi_document(gw.settings, await gw.catalog.names()))
 
 
 async def thumbnail(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = search_deps(request)
     s = gw.settings
     url, headers = gw.signer.verify(request.path_params["token"])
     size = search_params.integer_text(request.query_params.get("size"), "size", 256, 16, s.thumbnail_max_side)
