@@ -95,10 +95,6 @@ def ops_deps(request: Request) -> OpsDeps:
     return deps
 
 
-def gallery_on(request: Request) -> bool:
-    return request.app.state.collections is not None
-
-
 def collection_deps(request: Request, refusal: NotFound | None = None) -> CollectionDeps:
     """The collections' dependencies; with the gallery off, ``refusal`` (by default the
     404 every collection route answers then)."""

@@ -136,7 +136,7 @@ async def test_what_was_under_way_when_a_collection_was_deleted_never_brings_it_
         assert await recs.find("studio-a", "flash") is None
 
         # An upload that found the collection before the delete writes after it.
-        uploader = Uploader(state, recs, before, ["clip"], [], lambda tenant, sha256: "")
+        uploader = Uploader(state.uploads, recs, before, ["clip"], [], lambda tenant, sha256: "")
         (result,) = await uploader.add_all([Input("late.jpg", data=pictures[1])])
         assert result["status"] == "rejected" and "deleted" in result["reason"], result
         assert await recs.find("studio-a", "flash") is None and await recs.count("studio-a", "flash") == 0
