@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,13 +27,13 @@ from search_gateway.clients.backends import EmbedClient, ScraperClient, embed_ch
 from search_gateway.clients.models import ModelCatalog
 from search_gateway.collections.blob_collector import BlobCollector
 from search_gateway.collections.blobs.base import BlobStore
-from search_gateway.collections.blobs.factory import open_blob_store
 from search_gateway.collections.deletion import CollectionDeleter
 from search_gateway.collections.orphans import Originals
 from search_gateway.collections.point_sweep import PointSweep, configured_tenants, served_spaces
 from search_gateway.collections.quota import Limits, Quota
 from search_gateway.collections.reindex import Reindexer
 from search_gateway.collections.tenant_migration import migrate_until_done, planned_moves
+from search_gateway.collections.uploads import UploadDeps
 from search_gateway.config import GatewaySettings
 from search_gateway.fetch.downloader import Downloader, DownloadLimits
 from search_gateway.fetch.failed_downloads import FailedDownloads
@@ -48,7 +47,7 @@ from search_gateway.http.access import (
     RateLimitMiddleware,
     TokenBuckets,
 )
-from search_gateway.http.gateway import Gateway
+from search_gateway.http.deps import CollectionDeps, Deps, OpsDeps, Probe, SearchDeps
 from search_gateway.http.request_ids import RequestIdMiddleware
 from search_gateway.http.thumbnails import ThumbnailSigner
 from search_gateway.metrics import Metrics
@@ -77,7 +76,7 @@ def _captions(settings: GatewaySettings, embed: EmbedClient) -> CaptionChain:
 
 @contextlib.asynccontextmanager
 async def _open(settings: GatewaySettings, metrics: Metrics,
-                failure_timer: Callable[[], float] = time.monotonic) -> AsyncIterator[Gateway]:
+                failure_timer: Callable[[], float] = time.monotonic) -> AsyncIterator[Deps]:
     channel_options = {"retries": settings.rpc_retries, "reconnect_backoff_max_ms": settings.reconnect_backoff_max_ms}
     embed = EmbedClient(embed_channel(settings.embed_target, ready_model=settings.default_model,
                                       security=settings.embed_security, **channel_options),
@@ -101,17 +100,8 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                                on_skip=metrics.failed_download_skipped)
     metrics.watch_failed_downloads(failures.__len__)
     image_limits = ImageLimits(max_pixels=settings.max_pixels, short_side=settings.embed_image_side)
-    pipeline = SearchPipeline(
-        limits=SearchLimits(budget_s=settings.search_budget_s, caption_timeout_s=settings.caption_timeout_s,
-                            max_candidates=settings.max_candidates, attention_top=settings.attention_top),
-        embed=embed, scraper=scraper, captions=captions,
-        downloads=CandidateDownloads(downloader, image_limits, failures),
-        batches=EmbedBatches(embed, cache, BatchLimits(
-            max_images=settings.embed_batch, max_bytes=settings.embed_batch_bytes,
-            straggler_wait_s=settings.embed_batch_wait_ms / 1000, concurrency=settings.embed_concurrency), metrics),
-        cache=cache, metrics=metrics,
-    )
     catalog = ModelCatalog(embed)
+    signer = ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s)
     blobs: BlobStore | None = None
     reindex: Reindexer | None = None
     deleter: CollectionDeleter | None = None
@@ -119,13 +109,11 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
     originals: Originals | None = None
     migration: asyncio.Task[None] | None = None
     try:
-        async with open_gallery(settings, metrics, embed, catalog, captions) as gallery:
-            if gallery is not None:
-                blobs = await open_blob_store(
-                    path=None if settings.blobs_url else settings.blobs_path, url=settings.blobs_url or None,
-                    bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix,
-                    connect_timeout_s=settings.blobs_connect_timeout_s, read_timeout_s=settings.blobs_read_timeout_s,
-                    attempts=settings.blobs_attempts)
+        async with open_gallery(settings, metrics, embed, catalog, captions) as opened:
+            collections: CollectionDeps | None = None
+            probes: tuple[Probe, ...] = ()
+            if opened is not None:
+                gallery, blobs, originals = opened.source, opened.blobs, opened.originals
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
                                     settings.embed_batch_bytes, settings.reindex_heartbeat_s)
                 sweep = PointSweep(gallery.link, served_spaces(catalog, gallery.space_for), metrics,
@@ -141,13 +129,29 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                 if moves:  # plain keys' collections under their former tenant names (tenant_migration.py)
                     migration = asyncio.create_task(migrate_until_done(
                         gallery.link, served_spaces(catalog, gallery.space_for), moves, settings.gallery_retry_s))
-                originals = gallery.originals = Originals(blobs, gallery.link, gallery.space_for)
-            pipeline = dataclasses.replace(pipeline, gallery=gallery)
-            yield Gateway(settings, metrics, embed, scraper, downloader, catalog, pipeline,
-                          ThumbnailSigner(settings.thumbnail_secret, settings.thumbnail_ttl_s), captions, image_limits,
-                          Quota(Limits(settings.tenant_max_images, settings.tenant_max_bytes,
-                                       settings.tenant_max_collections)),
-                          gallery, blobs, reindex, deleter)
+                quota = Quota(Limits(settings.tenant_max_images, settings.tenant_max_bytes,
+                                     settings.tenant_max_collections))
+                collections = CollectionDeps(
+                    settings, catalog, signer, gallery, blobs, reindex, deleter, originals, quota,
+                    UploadDeps(settings, quota, downloader, image_limits, embed, gallery.link, gallery.space_for, blobs))
+                # Reported by /ready, not required: without it searches still answer from the web
+                # (partial), and every replica shares the store, so failing readiness on it would
+                # take the whole site down instead of a part of each answer. (The store's own
+                # error names its address: logged by the link, not served.)
+                probes = (Probe("gallery", gallery.check,
+                                "The gallery store does not answer; searches use the web alone."),)
+            pipeline = SearchPipeline(
+                limits=SearchLimits(budget_s=settings.search_budget_s, caption_timeout_s=settings.caption_timeout_s,
+                                    max_candidates=settings.max_candidates, attention_top=settings.attention_top),
+                embed=embed, scraper=scraper, captions=captions,
+                downloads=CandidateDownloads(downloader, image_limits, failures),
+                batches=EmbedBatches(embed, cache, BatchLimits(
+                    max_images=settings.embed_batch, max_bytes=settings.embed_batch_bytes,
+                    straggler_wait_s=settings.embed_batch_wait_ms / 1000, concurrency=settings.embed_concurrency), metrics),
+                cache=cache, metrics=metrics, gallery=opened.source if opened is not None else None,
+            )
+            yield Deps(SearchDeps(settings, pipeline, catalog, signer, image_limits, downloader, embed),
+                       OpsDeps(settings, catalog, embed, scraper, probes), collections)
     finally:
         if migration is not None:
             migration.cancel()
@@ -237,8 +241,8 @@ def create_app(settings: GatewaySettings | None = None, *,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with _open(settings, metrics, failure_timer) as gateway:
-            app.state.gateway = gateway
+        async with _open(settings, metrics, failure_timer) as deps:
+            deps.install(app.state)
             log.info("gateway: embed=%s (%s) scraper=%s (%s)", settings.embed_target,
                      settings.embed_security.describe(), settings.scraper_target, settings.scraper_security.describe())
             yield

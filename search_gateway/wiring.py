@@ -6,11 +6,16 @@ background writer with machine tagging, and an orderly close.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from search_gateway.clients.backends import EmbedClient
 from search_gateway.clients.models import ModelCatalog
+from search_gateway.collections.blobs.base import BlobStore
+from search_gateway.collections.blobs.factory import open_blob_store
+from search_gateway.collections.orphans import Originals
 from search_gateway.collections.records import live_names
 from search_gateway.config import GatewaySettings
 from search_gateway.gallery.base import GalleryCorrupt, GalleryStore
@@ -19,7 +24,7 @@ from search_gateway.gallery.link import GalleryLink
 from search_gateway.gallery.writer import GalleryWriter
 from search_gateway.metrics import Metrics
 from search_gateway.search.caption import CaptionChain, Vocabulary, ZeroShotCaptioner
-from search_gateway.search.gallery_source import GallerySource
+from search_gateway.search.gallery_source import GallerySource, model_space
 from search_gateway.search.tagging import Tagger
 from service_common.model_registry import text_models
 
@@ -33,9 +38,18 @@ class GalleryStartError(RuntimeError):
     """The gallery store cannot be read: the gateway must not start (the message says why and what to do)."""
 
 
+@dataclass(frozen=True)
+class OpenGallery:
+    """The gallery and what the private collections keep beside it, built in order."""
+
+    source: GallerySource
+    blobs: BlobStore  # uploaded originals; closed by the caller (app.py), after what uses it
+    originals: Originals  # likewise
+
+
 @contextlib.asynccontextmanager
 async def open_gallery(settings: GatewaySettings, metrics: Metrics, embed: EmbedClient, catalog: ModelCatalog,
-                       captions: CaptionChain) -> AsyncIterator[GallerySource | None]:
+                       captions: CaptionChain) -> AsyncIterator[OpenGallery | None]:
     if settings.gallery == "off":
         yield None
         return
@@ -61,7 +75,14 @@ async def open_gallery(settings: GatewaySettings, metrics: Metrics, embed: Embed
                            tagger=tagger)
     writer.start()
     try:
-        yield GallerySource(link, writer, catalog, metrics, live_names)
+        blobs = await open_blob_store(
+            path=None if settings.blobs_url else settings.blobs_path, url=settings.blobs_url or None,
+            bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.blobs_prefix,
+            connect_timeout_s=settings.blobs_connect_timeout_s, read_timeout_s=settings.blobs_read_timeout_s,
+            attempts=settings.blobs_attempts)
+        # Private results whose original is missing are hidden from searches (and removed).
+        originals = Originals(blobs, link, functools.partial(model_space, catalog))
+        yield OpenGallery(GallerySource(link, writer, catalog, metrics, live_names, originals), blobs, originals)
     finally:
         await writer.close(_CLOSE_GRACE_S)
         await link.close()

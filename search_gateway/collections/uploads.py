@@ -11,18 +11,22 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
+from search_gateway.clients.backends import EmbedClient
 from search_gateway.clients.embed_calls import embed_or_each_alone, pack
 from search_gateway.clients.replies import Embeddings
-from search_gateway.collections.blobs.base import BlobError, BlobUnavailable
+from search_gateway.collections.blobs.base import BlobError, BlobStore, BlobUnavailable
 from search_gateway.collections.blobs.writes import put_then_index
-from search_gateway.collections.deletion import remove_images
-from search_gateway.collections.quota import Reservation
+from search_gateway.collections.deletion import SpaceFor, remove_images
+from search_gateway.collections.quota import Quota, Reservation
 from search_gateway.collections.records import Collection, CollectionRecords
+from search_gateway.config import GatewaySettings
 from search_gateway.errors import GatewayError, UploadTooLarge, storage_error
-from search_gateway.fetch.images import PreparedImage, prepare_in_thread
+from search_gateway.fetch.downloader import Downloader
+from search_gateway.fetch.images import ImageLimits, PreparedImage, prepare_in_thread
 from search_gateway.gallery.base import GalleryError, GalleryPoint, GalleryUnavailable, VectorSpace
+from search_gateway.gallery.link import GalleryLink
 from search_gateway.gallery.spaces import space_of
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,20 @@ class _Checked:
     failed: UploadResult | None = None
 
 
+@dataclass(frozen=True)
+class UploadDeps:
+    """What an upload uses, built once at start (app.py) with the gallery on."""
+
+    settings: GatewaySettings
+    quota: Quota
+    downloader: Downloader
+    image_limits: ImageLimits
+    embed: EmbedClient
+    link: GalleryLink
+    space_for: SpaceFor
+    blobs: BlobStore
+
+
 class Uploader:
     """Adds inputs to one collection, for one request.
 
@@ -111,7 +129,7 @@ class Uploader:
     an upload's time (docs/benchmarks.md, "Collections").
     """
 
-    def __init__(self, gw: Any, recs: CollectionRecords, collection: Collection, models: Sequence[str],
+    def __init__(self, gw: UploadDeps, recs: CollectionRecords, collection: Collection, models: Sequence[str],
                  tags: Sequence[str], thumbnail: Callable[[str, str], str]) -> None:
         self.gw = gw
         self.recs = recs
@@ -210,7 +228,7 @@ class Uploader:
 
     async def _embed_batch(self, model: str, batch: list[_Checked]) -> None:
         async def embed(part: Sequence[_Checked]) -> Embeddings:
-            return cast(Embeddings, await self.gw.embed.embed(model, [c.image.embed_bytes for c in part]))
+            return await self.gw.embed.embed(model, [c.image.embed_bytes for c in part])
 
         async def embedded(part: Sequence[_Checked], reply: Embeddings) -> None:
             space = space_of(model, reply.provenance, int(reply.vectors.shape[1]))
@@ -246,7 +264,7 @@ class Uploader:
             # have been deleted since, and writing into it would bring its images back.
             if not await self.recs.alive(col):
                 raise _CollectionDeleted
-            gallery = await gw.gallery.link.gallery()
+            gallery = await gw.link.gallery()
             for space, point in c.points:
                 await gallery.remember(space, [point])
             # Of uploads of one picture at once, one record wins: the others are duplicates
@@ -256,7 +274,7 @@ class Uploader:
                 self.touched = True
                 await self.recs.touch(col, self.models)
             if not await self.recs.alive(col):  # deleted while this wrote: its emptying may have passed it
-                await remove_images(self.recs.store, gw.gallery.space_for, self.recs, gw.blobs, [record],
+                await remove_images(self.recs.store, gw.space_for, self.recs, gw.blobs, [record],
                                     release_grace_s=gw.settings.blobs_release_grace_s)
                 raise _CollectionDeleted
 

@@ -9,32 +9,28 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from search_gateway.collections.blobs.base import BlobNotFound
 from search_gateway.collections.deletion import remove_images
-from search_gateway.collections.records import MAX_SEARCHED, PAGE, Collection, CollectionRecords, bad_name
+from search_gateway.collections.records import PAGE, Collection, CollectionRecords, bad_name
 from search_gateway.collections.reindex import INDEXED, Job
 from search_gateway.collections.uploads import Uploader
 from search_gateway.errors import BadRequest, Conflict, NotFound, QuotaReached, storage_error
 from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.gallery.spaces import WEB
+from search_gateway.http.deps import collection_deps
 from search_gateway.http.thumbnails import INVALID, blob_parts, blob_url
 from search_gateway.http.upload_form import read_inputs, with_name_notes
 from search_gateway.tenants import tenant_of
 
 
-def _gateway(request: Request) -> Any:
-    return request.app.state.gateway
-
-
 async def records(request: Request) -> CollectionRecords:
-    gw = _gateway(request)
-    if gw.gallery is None or gw.blobs is None:
-        raise NotFound("Private collections need the gallery, which is off on this gateway (GATEWAY_GALLERY=off).")
+    gw = collection_deps(request)  # the gallery off: 404, said once, there
     try:
         gallery = await gw.gallery.link.gallery()
     except GalleryError as exc:
@@ -54,19 +50,16 @@ async def _owned(request: Request, recs: CollectionRecords) -> Collection:
     return found
 
 
-async def searched(request: Request, raw: str | None) -> tuple[str, ...] | None:
-    """The ``collections`` a search asked for, each checked to be ``web`` or the caller's;
-    None (not given): web and every collection of the caller. 404 names the first unknown."""
-    if raw is None or not raw.strip():
+async def searched(request: Request, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The ``collections`` a search asked for (search_params.parse: without repeats, at most
+    MAX_SEARCHED), each checked to be ``web`` or the caller's; None (not given): web and
+    every collection of the caller. 404 names the first unknown."""
+    if names is None:
         return None
-    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
-    if len(names) > MAX_SEARCHED:
-        raise BadRequest(f"Parameter 'collections' names at most {MAX_SEARCHED} collections.")
     private = [n for n in names if n != WEB]
     if private:
-        if _gateway(request).gallery is None:
-            raise NotFound(f"There is no collection {private[0][:60]!r}: private collections need the gallery, "
-                           "which is off on this gateway (GATEWAY_GALLERY=off).")
+        collection_deps(request, NotFound(f"There is no collection {private[0][:60]!r}: private collections need "
+                                          "the gallery, which is off on this gateway (GATEWAY_GALLERY=off)."))
         recs = await records(request)
         tenant = tenant_of(request.scope)
         for name in private:
@@ -89,12 +82,12 @@ def _describe(c: Collection, images: int, jobs: list[Job] | None = None) -> dict
 async def list_collections(request: Request) -> Response:
     recs = await records(request)
     tenant = tenant_of(request.scope)
-    reindexer = _gateway(request).reindex
-    jobs = await reindexer.jobs_of(tenant) if reindexer is not None else {}
+    gw = collection_deps(request)
+    jobs = await gw.reindex.jobs_of(tenant)
     collections = await recs.of_tenant(tenant)
     counts = await recs.image_counts(tenant, [c.name for c in collections])  # one query, however many
     mine = [_describe(c, counts[c.name], jobs.get(c.name)) for c in collections]
-    limits = _gateway(request).quota.limits
+    limits = gw.quota.limits
     usage = await recs.usage(tenant)
     return JSONResponse({"collections": [{"name": WEB, "shared": True}, *mine],
                          "usage": {"images": usage.images, "max_images": limits.images or None,
@@ -107,7 +100,7 @@ async def reindex_collection(request: Request) -> Response:
     background: 202 at once, progress in GET /collections."""
     recs = await records(request)
     collection = await _owned(request, recs)
-    gw = _gateway(request)
+    gw = collection_deps(request)
     model = (request.query_params.get("embedding_model") or "").strip()
     if not model:
         names = ", ".join(await gw.catalog.names())
@@ -118,20 +111,42 @@ async def reindex_collection(request: Request) -> Response:
     return JSONResponse({"collection": collection.name, "model": model, **job.describe()}, status_code=202)
 
 
+class NewCollection(BaseModel):
+    """POST /collections: other fields are ignored; the name's rules are bad_name's (its own sentences)."""
+
+    name: StrictStr
+
+
+class Hashes(BaseModel):
+    """POST /collections/{name}/hashes: the count and the form are checked after (their own sentences)."""
+
+    sha256: list[StrictStr]
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _json_body(model: type[Body], raw: bytes, example: str, required: str) -> Body:
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise BadRequest(f"Send a JSON body such as {example}.") from None
+    try:
+        return model.model_validate(payload)
+    except ValidationError:
+        raise BadRequest(f"Send a JSON body such as {example}: {required}.") from None
+
+
 async def create_collection(request: Request) -> Response:
     recs = await records(request)
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError):
-        raise BadRequest('Send a JSON body such as {"name": "flash-2024"}.') from None
-    name = body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str):
-        raise BadRequest('Send a JSON body such as {"name": "flash-2024"}: the field "name" (a string) is required.')
+    example = '{"name": "flash-2024"}'
+    name = _json_body(NewCollection, await request.body(), example,
+                      'the field "name" (a string) is required').name
     problem = bad_name(name)
     if problem:
         raise BadRequest(problem)
     tenant = tenant_of(request.scope)
-    quota = _gateway(request).quota
+    quota = collection_deps(request).quota
     async with quota.turn(tenant):
         # Created only where no record is (of creates of one name at once, one wins), then
         # counted: past the limit it is taken back, so replicas at once never pass it.
@@ -155,18 +170,18 @@ async def delete_collection(request: Request) -> Response:
     background (collections/deletion.py)."""
     recs = await records(request)
     collection = await _owned(request, recs)
-    await _gateway(request).deleter.delete(collection)
+    await collection_deps(request).deleter.delete(collection)
     return Response(status_code=204)
 
 
 async def add_images(request: Request) -> Response:
     recs = await records(request)
     collection = await _owned(request, recs)
-    gw = _gateway(request)
+    gw = collection_deps(request)
     inputs, tags, models = await read_inputs(request, gw.settings)
     for model in models:
         await gw.catalog.require(model)
-    uploader = Uploader(gw, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
+    uploader = Uploader(gw.uploads, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
     results = with_name_notes(inputs, await uploader.add_all(inputs))
     return JSONResponse({"collection": collection.name, "results": results})
 
@@ -182,13 +197,8 @@ async def present_hashes(request: Request) -> Response:
     recs = await records(request)
     collection = await _owned(request, recs)
     example = '{"sha256": ["<64 hex digits>", ...]}'
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError):
-        raise BadRequest(f"Send a JSON body such as {example}.") from None
-    hashes = body.get("sha256") if isinstance(body, dict) else None
-    if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes):
-        raise BadRequest(f"Send a JSON body such as {example}: the field 'sha256' (a list of strings) is required.")
+    hashes = _json_body(Hashes, await request.body(), example,
+                        "the field 'sha256' (a list of strings) is required").sha256
     if len(hashes) > MAX_HASHES:
         raise BadRequest(f"At most {MAX_HASHES} hashes per request; ask for the rest in another request.")
     wanted = [h.lower() for h in hashes]
@@ -203,7 +213,7 @@ def _thumbnail_path(request: Request) -> Callable[[str, str], str]:
     """Links to originals of the collection the request names (every caller is a route
     under /collections/{name}/, the name already checked to be the caller's): a link
     stands for that image record, and answers while the tenant holds the picture."""
-    signer = _gateway(request).signer
+    signer = collection_deps(request).signer
     collection = request.path_params["name"]
 
     def link(tenant: str, sha256: str) -> str:
@@ -233,7 +243,7 @@ async def delete_image(request: Request) -> Response:
     image = await recs.image(collection.tenant, collection.name, request.path_params["id"])
     if image is None:
         raise NotFound("There is no such image in this collection.")
-    gw = _gateway(request)
+    gw = collection_deps(request)
     await remove_images(recs.store, gw.gallery.space_for, recs, gw.blobs, [image],
                         release_grace_s=gw.settings.blobs_release_grace_s)
     return Response(status_code=204)
@@ -280,8 +290,8 @@ def _list_limit(raw: str | None) -> int:
 async def _orphans(request: Request, tenant: str, images: list[GalleryPoint]) -> set[str]:
     """The hashes of ``images`` whose original is missing (never shown: no thumbnail could
     be drawn), scheduled for removal."""
-    originals = _gateway(request).gallery.originals
-    if originals is None or not images:
+    originals = collection_deps(request).originals
+    if not images:
         return set()
     missing: set[str] = await originals.missing(p.content_hash for p in images)
     if missing:
@@ -297,9 +307,9 @@ async def blob_thumbnail(request: Request, target: str) -> bytes:
     sentence: another tenant's link, an image or collection deleted since (its bytes may
     still be kept for another tenant, or for the collector's grace), or bytes gone, all
     read like a link that never existed, so a link says nothing about what others hold."""
-    gw = _gateway(request)
+    gw = collection_deps(request, NotFound(INVALID))
     parts = blob_parts(target)
-    if gw.blobs is None or parts is None or parts[0] != tenant_of(request.scope):
+    if parts is None or parts[0] != tenant_of(request.scope):
         raise NotFound(INVALID)
     tenant, collection, sha256 = parts
     if not await (await records(request)).holds(tenant, collection, sha256):

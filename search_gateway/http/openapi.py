@@ -1,4 +1,6 @@
-"""The OpenAPI description of the HTTP API, written by hand to match routes.py exactly.
+"""The OpenAPI description of the HTTP API, matching the routes exactly: written by hand,
+but for the search parameters, which come from the table routes parse them by
+(search_params.PARAMS).
 
 Exact means: every status a route can answer is listed with the body it carries, every
 limit the route enforces is in the schema, and the model enum is what the embed server
@@ -8,18 +10,16 @@ tests/search_gateway/http/test_gateway_openapi_fuzz.py holds the server to it.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from search_gateway.collections.records import MAX_SEARCHED, NAME, NAME_RULE, PAGE
+from search_gateway.collections.records import NAME, NAME_RULE, PAGE
 from search_gateway.config import GatewaySettings
 from search_gateway.gallery.spaces import WEB
+from search_gateway.http import search_params
 from search_gateway.http.collection_routes import CURSOR, LIST_DEFAULT, MAX_HASHES
 from search_gateway.http.upload_form import MAX_TAGS as UPLOAD_MAX_TAGS
 from search_gateway.http.upload_form import TEXT_FIELDS
 from search_gateway.requestid import HEADER as REQUEST_ID_HEADER
-from search_gateway.search.caption import STYLES, SUBJECTS
-from search_gateway.search.rerank_stage import RERANK_K_LIMIT
 
 _JSON = "application/json"
 # Errors every admitted request may meet: no key (401), over the rate limit (429). With keys
@@ -39,22 +39,10 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _error() for code in codes}
 
 
-def _model_param(models: list[str], default: str) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string", "enum": models}
-    if default in models:
-        schema["default"] = default
-    return {"name": "embedding_model", "in": "query", "schema": schema,
-            "description": "A model the embed server serves (GET /models)."}
-
-
-def _search_body(params: list[dict[str, Any]]) -> dict[str, Any]:
-    # Spaces are collapsed before the length is checked, so the query needs a visible character.
-    text = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"\S",
-            "description": "A text query, for a model with a text tower (supports_text in GET /models); "
-                           "at most 300 characters."}
-    # Every query parameter may come as a form field too (routes._param; the query string wins).
-    as_fields = {p["name"]: {**p["schema"], **({"description": p["description"]} if "description" in p else {})}
-                 for p in params}
+def _search_body(setup: search_params.Setup) -> dict[str, Any]:
+    # Every query parameter may come as a form field too (search_params.parse; the query string wins).
+    as_fields = search_params.form_fields(setup)
+    text = search_params.text_field()
     return {
         # Required but for like=<id>, which the description cannot say; a like search
         # without a body is answered too (an image or text sent with it is not used).
@@ -64,7 +52,7 @@ def _search_body(params: list[dict[str, Any]]) -> dict[str, Any]:
                 "type": "object",
                 "properties": {
                     "file": {"type": "string", "format": "binary", "description": "The query image."},
-                    "text": {**text, "description": "Instead of file: a text query."},
+                    "text": search_params.text_field("Instead of file: a text query."),
                     **as_fields,
                 },
                 "anyOf": [{"required": ["file"]}, {"required": ["text"]}],
@@ -74,86 +62,15 @@ def _search_body(params: list[dict[str, Any]]) -> dict[str, Any]:
             "application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["text"],
                                                              "properties": {"text": text, **as_fields},
                                                              "additionalProperties": False}},
-            _JSON: {"schema": _search_json(text, params)},
+            _JSON: {"schema": search_params.json_body(setup)},
         },
     }
-
-
-def _search_json(text: dict[str, Any], params: list[dict[str, Any]]) -> dict[str, Any]:
-    """The JSON body (search_body.py): text, and each query parameter with its query schema;
-    a comma list may also be a JSON array of its items."""
-    properties: dict[str, Any] = {"text": text}
-    for param in params:
-        properties[param["name"]] = {**param["schema"], **({"description": param["description"]}
-                                                            if "description" in param else {})}
-    sources = sorted({name for listed in properties["sources"]["enum"] for name in listed.split(",")})
-    items = {"sources": ({"type": "string", "enum": sources}, None),
-             "tags": ({"type": "string", "enum": [*STYLES, *SUBJECTS]}, _MAX_TAGS),
-             "collections": ({"type": "string", "pattern": f"^{_NAME}$"}, MAX_SEARCHED)}
-    for name, (item, most) in items.items():
-        if name in properties:  # collections: not with the gallery off
-            query = properties[name]
-            as_string = {k: v for k, v in query.items() if k not in ("description", "default")}
-            as_array = {"type": "array", "items": item, **({"maxItems": most} if most else {})}
-            properties[name] = {"oneOf": [as_string, as_array],
-                                **{k: v for k, v in query.items() if k in ("description", "default")}}
-    body: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
-    if "like" in properties:  # like=<id> is the query when given: text is then not needed (nor used)
-        body["anyOf"] = [{"required": ["text"]}, {"required": ["like"]}]
-    else:
-        body["required"] = ["text"]
-    return body
-
-
-# Empty, or 1 to 8 vocabulary tags separated by commas (routes.py checks the same).
-_MAX_TAGS = 8  # routes.MAX_TAGS (routes.py imports this module)
-_TAG = "(" + "|".join(re.escape(t) for t in (*STYLES, *SUBJECTS)) + ")"
-_TAGS_PATTERN = f"^$|^{_TAG}(,{_TAG}){{0,{_MAX_TAGS - 1}}}$"
-
-
-def _search_params(models: list[str], default: str, max_results: int, gallery: bool) -> list[dict[str, Any]]:
-    params = _all_search_params(models, default, max_results)
-    if not gallery:  # GATEWAY_GALLERY=off: web only, no gallery ids or collections to name
-        params = [p for p in params if p["name"] not in ("like", "collections")]
-        sources = next(p for p in params if p["name"] == "sources")
-        sources["schema"] = {"type": "string", "enum": ["web"], "default": "web"}
-    return params
-
-
-def _all_search_params(models: list[str], default: str, max_results: int) -> list[dict[str, Any]]:
-    return [
-        _model_param(models, default),
-        {"name": "include_patch_attention", "in": "query", "schema": {"type": "boolean", "default": False}},
-        {"name": "max_results", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": max_results}},
-        {"name": "rerank", "in": "query", "schema": {"type": "boolean", "default": False},
-         "description": "Two-stage search: re-rank the best rerank_k results by patch tokens (the query image's "
-                        "against each result's); each result then has global_score and local_score, and score is "
-                        "their mix. An image query only: with text or like it is 400 rerank_needs_image."},
-        {"name": "rerank_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": RERANK_K_LIMIT},
-         "description": "How many of the best results are re-ranked (rerank=true); default GATEWAY_RERANK_K."},
-        {"name": "sources", "in": "query", "schema": {"type": "string", "enum": ["gallery,web", "gallery", "web", "web,gallery"],
-                                                      "default": "gallery,web"},
-         "description": "Where results come from: the gallery (at once, no web traffic), the web, or both."},
-        {"name": "min_score", "in": "query", "schema": {"type": "number", "minimum": -1, "maximum": 1},
-         "description": "Leave out results scored below this cosine similarity."},
-        {"name": "tags", "in": "query", "schema": {"type": "string", "pattern": _TAGS_PATTERN},
-         "description": "Comma-separated machine tags (styles and subjects, at most 8); gallery results must "
-                        "carry all of them."},
-        {"name": "like", "in": "query", "schema": {"type": "string", "format": "uuid"},
-         "description": "Instead of an image or text (which are then not used): the id of a result, to search "
-                        "by its stored vector (a result of web or of one of the caller's collections)."},
-        {"name": "collections", "in": "query", "schema": {"type": "string", "pattern": _COLLECTIONS_PATTERN},
-         "description": "Comma-separated collections the gallery results come from: 'web' and the caller's own "
-                        f"(at most {MAX_SEARCHED}); default: web and all of the caller's. An unknown one (or "
-                        "another tenant's) is 404. Web results still stream unless sources=gallery."},
-    ]
 
 
 # A collection's name (collections/records.py NAME) and a search's comma list of them.
 _NAME = NAME.pattern
 _NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": f"^{_NAME}$", "not": {"const": WEB},
                                 "description": f"{NAME_RULE}; 'web' is reserved."}
-_COLLECTIONS_PATTERN = f"^$|^{_NAME}(,{_NAME}){{0,{MAX_SEARCHED - 1}}}$"
 # The tags of an upload: at most 16 comma-separated, each at most 64 characters (uploads.py).
 _UPLOAD_TAGS_PATTERN = f"^[^,]{{0,64}}(,[^,]{{0,64}}){{0,{UPLOAD_MAX_TAGS - 1}}}$"
 
@@ -276,21 +193,21 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
     """The description for this gateway's settings and the models its embed server serves."""
     s = settings or GatewaySettings()
     served = list(models) if models else [s.default_model]
-    limit = s.max_results_limit
-    search_params = _search_params(served, s.default_model, limit, s.gallery == "on")
+    setup = search_params.Setup.of(s, served)
+    parameters = search_params.query_parameters(setup)
     search_responses = {"200": {"description": "Ranked results", "content": {_JSON: {
         "schema": {"$ref": "#/components/schemas/SearchResponse"}}}}, **_errors(*_BODY, *_ACCESS, 404, *_IMAGE, 503)}
     paths: dict[str, Any] = {
         "/search": {"post": {
             "summary": "Search by image (or text); JSON answer when the search ends or its time budget does.",
-            "parameters": search_params,
-            "requestBody": _search_body(search_params),
+            "parameters": parameters,
+            "requestBody": _search_body(setup),
             "responses": search_responses,
         }},
         "/search/stream": {"post": {
             "summary": "The same search as NDJSON progress events: caption, candidates, downloaded, ranked, final.",
-            "parameters": search_params,
-            "requestBody": _search_body(search_params),
+            "parameters": parameters,
+            "requestBody": _search_body(setup),
             "responses": {**search_responses, "200": {
                 "description": "One JSON object a line; the last has event=final or event=error.",
                 "content": {"application/x-ndjson": {}}}},
@@ -301,7 +218,7 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
                 {"name": "candidate_url", "in": "query", "required": True,
                  "schema": {"type": "string", "minLength": 1},
                  "description": "The candidate image's http(s) URL; private and loopback addresses are refused."},
-                _model_param(served, s.default_model),
+                search_params.model_parameter(setup),
                 {"name": "include_visualizations", "in": "query", "schema": {"type": "boolean", "default": True}},
             ],
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

@@ -9,7 +9,6 @@ import asyncio
 import functools
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -28,34 +27,20 @@ from search_gateway.errors import (
 )
 from search_gateway.fetch.images import decode_rgb, prepare_in_thread
 from search_gateway.fetch.images import thumbnail as make_thumbnail
-from search_gateway.http import search_body, search_json
+from search_gateway.http import search_json, search_params
 from search_gateway.http.collection_routes import blob_thumbnail
 from search_gateway.http.collection_routes import searched as searched_collections
-from search_gateway.http.gateway import Gateway
+from search_gateway.http.deps import ops_deps, search_deps
 from search_gateway.http.openapi import openapi_document
 from search_gateway.http.thumbnails import BLOB, blob_url
 from search_gateway.search import attention
-from search_gateway.search.caption import STYLES, SUBJECTS
-from search_gateway.search.rerank_stage import RERANK_K_LIMIT
-from search_gateway.search.types import SOURCES, RankedResult, SearchEvent, SearchOutcome, SearchQuery
+from search_gateway.search.types import RankedResult, SearchEvent, SearchOutcome, SearchQuery
 from search_gateway.tenants import tenant_of
 
 log = logging.getLogger(__name__)
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
-
-
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
 def _param(request: Request, form: Mapping[str, Any] | None, name: str) -> str | None:
-    """Query parameters first (the seed's frontend), form or JSON fields second (the seed's curl example).
-
-    A JSON body's fields come here as the strings a form would carry (search_body.py),
-    so every parameter is range-checked once, below, however it was sent."""
+    """Query parameters first, form fields second (/analyze-attention's few parameters)."""
     value = request.query_params.get(name)
     if value is None and form is not None:
         field = form.get(name)
@@ -63,88 +48,9 @@ def _param(request: Request, form: Mapping[str, Any] | None, name: str) -> str |
     return value
 
 
-# The machine tags a gallery search may filter by: the captioner's vocabulary.
-TAGS: tuple[str, ...] = (*STYLES, *SUBJECTS)
-MAX_TAGS = 8
-
-
-def _sources(request: Request, fields: Mapping[str, Any] | None) -> frozenset[str]:
-    raw = _param(request, fields, "sources")
-    if raw is None or not raw.strip():
-        return frozenset(SOURCES)
-    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
-    wrong = [name for name in names if name not in SOURCES]
-    if wrong or not names:
-        raise BadRequest(f"Parameter 'sources' takes {' or '.join(SOURCES)} (or both, comma-separated), "
-                         f"not {raw[:80]!r}.")
-    return frozenset(names)
-
-
-def _tags(request: Request, fields: Mapping[str, Any] | None) -> tuple[str, ...]:
-    raw = _param(request, fields, "tags")
-    if raw is None:
-        return ()
-    names = tuple(dict.fromkeys(" ".join(t.split()).lower() for t in raw.split(",") if t.strip()))
-    if len(names) > MAX_TAGS:
-        raise BadRequest(f"Parameter 'tags' takes at most {MAX_TAGS} tags.")
-    wrong = [name for name in names if name not in TAGS]
-    if wrong:
-        raise BadRequest(f"Unknown tag {wrong[0][:60]!r}; the tags are the styles and subjects of the "
-                         "captioner's vocabulary (docs/gateway.md lists them).")
-    return names
-
-
-def _min_score(request: Request, fields: Mapping[str, Any] | None) -> float | None:
-    raw = _param(request, fields, "min_score")
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"Parameter 'min_score' must be a number, not {raw[:40]!r}.") from None
-    if not -1.0 <= value <= 1.0:  # also refuses nan
-        raise BadRequest("Parameter 'min_score' is a cosine similarity: between -1 and 1.")
-    return value
-
-
-def _like(request: Request, fields: Mapping[str, Any] | None) -> str | None:
-    raw = _param(request, fields, "like")
-    if raw is None:
-        return None
-    try:
-        return str(uuid.UUID(raw.strip()))
-    except ValueError:
-        raise BadRequest("Parameter 'like' must be a gallery image id (a UUID, the 'id' of a result).") from None
-
-
 def _bool(request: Request, form: Mapping[str, Any] | None, name: str, default: bool) -> bool:
     raw = _param(request, form, name)
-    if raw is None:
-        return default
-    if raw.strip().lower() in _TRUE:
-        return True
-    if raw.strip().lower() in _FALSE:
-        return False
-    raise BadRequest(f"Parameter {name!r} must be true or false, not {raw!r}.")
-
-
-def _int(request: Request, form: Mapping[str, Any] | None, name: str, default: int, low: int, high: int) -> int:
-    raw = _param(request, form, name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"Parameter {name!r} must be an integer, not {raw!r}.") from None
-    if not low <= value <= high:
-        raise BadRequest(f"Parameter {name!r} must be between {low} and {high}.")
-    return value
-
-
-def _rerank_k(request: Request, fields: Mapping[str, Any] | None, default_k: int) -> int:
-    """How many of the best results to re-rank by patch tokens; 0 when 'rerank' is off."""
-    k = _int(request, fields, "rerank_k", default_k, 1, RERANK_K_LIMIT)
-    return k if _bool(request, fields, "rerank", False) else 0
+    return default if raw is None else search_params.boolean_text(raw, name)
 
 
 async def _upload(form: FormData, name: str, limit: int, *, required: bool = True) -> bytes | None:
@@ -170,52 +76,43 @@ async def _form(request: Request) -> FormData | None:
 
 
 async def _search_query(request: Request) -> SearchQuery:
-    gw = _gateway(request)
+    """Parse the search (search_params: pure), then what needs a backend, in the order
+    these checks have always run: the collections named, the upload, the model."""
+    gw = search_deps(request)
     s = gw.settings
     form = await _form(request)
     try:
-        text: str | None = None
-        fields: Mapping[str, Any] | None = form
+        body: Mapping[str, Any] | None = form
         if form is None and request.headers.get("content-type", "").startswith("application/json"):
-            fields = search_body.fields(await request.body())
-            text = fields.get("text")
-        model = _param(request, fields, "embedding_model") or s.default_model
-        include_attention = _bool(request, fields, "include_patch_attention", False)
-        rerank_k = _rerank_k(request, fields, s.rerank_k)
-        max_results = _int(request, fields, "max_results", s.max_results, 1, s.max_results_limit)
-        sources, min_score, tags, like = (_sources(request, fields), _min_score(request, fields),
-                                          _tags(request, fields), _like(request, fields))
-        if "gallery" in sources and gw.gallery is None and (like or sources == {"gallery"}):
-            raise BadRequest("The gallery is off on this gateway (GATEWAY_GALLERY=off): search with sources=web.")
-        collections = await searched_collections(request, _param(request, fields, "collections"))
-        query = functools.partial(SearchQuery, model=model, max_results=max_results, sources=sources,
-                                  min_score=min_score, tags=tags, tenant=tenant_of(request.scope),
-                                  collections=collections)
+            body = search_params.json_fields(await request.body())
+        params = search_params.parse(request.query_params, body, search_params.Setup.of(s))
+        collections = await searched_collections(request, params.collections)
+        query = functools.partial(SearchQuery, model=params.model, max_results=params.max_results,
+                                  sources=params.sources, min_score=params.min_score, tags=params.tags,
+                                  tenant=tenant_of(request.scope), collections=collections)
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
-        if form is not None and data is None:
-            field = form.get("text")
-            text = field if isinstance(field, str) else None
-        if like is not None:
+        text = params.text if data is None else None
+        if params.like is not None:
             # 'like' is the query when given; an image or text sent along is not used
             # (documented: a client switching to "more like this" may keep its form).
-            if rerank_k:
+            if params.rerank_k:
                 raise RerankNeedsImage("Parameter 'rerank' needs a query image: 'like' searches by a stored vector, "
                                  "with no image whose patches could re-rank the results.")
-            await gw.catalog.require(model)
-            return query(include_attention=False, like=like)
+            await gw.catalog.require(params.model)
+            return query(include_attention=False, like=params.like)
         if data is None and text is None:
             raise MissingField("Send the query image in the multipart field 'file' (or a 'text' field for text "
                                "search, or 'like' with a gallery image id).")
         if data is not None:
-            await gw.catalog.require(model)
+            await gw.catalog.require(params.model)
             image = await prepare_in_thread(data, gw.image_limits, "uploaded image")
-            return query(include_attention=include_attention, image=image, rerank_k=rerank_k)
+            return query(include_attention=params.include_attention, image=image, rerank_k=params.rerank_k)
         text = " ".join((text or "").split())
         if not text or len(text) > 300:
             raise BadRequest("The 'text' query must be 1 to 300 characters.")
-        if rerank_k:
+        if params.rerank_k:
             raise RerankNeedsImage("Parameter 'rerank' needs a query image: a text query has no patches to compare.")
-        await gw.catalog.require(model, text=True)
+        await gw.catalog.require(params.model, text=True)
         return query(include_attention=False, text=text)
     finally:
         if form is not None:
@@ -228,7 +125,7 @@ def _body(request: Request, outcome: SearchOutcome) -> dict[str, Any]:
 
 
 def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:
-    signer = _gateway(request).signer
+    signer = search_deps(request).signer
 
     def thumbnail_link(result: RankedResult) -> str:
         if result.tenant is not None:  # a private collection's original, from the blob store
@@ -242,13 +139,13 @@ def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:
 
 async def search(request: Request) -> Response:
     query = await _search_query(request)
-    outcome = await _gateway(request).pipeline.run(query)
+    outcome = await search_deps(request).pipeline.run(query)
     return JSONResponse(_body(request, outcome))
 
 
 async def search_stream(request: Request) -> Response:
     query = await _search_query(request)  # bad requests still get a plain 4xx, before streaming
-    gw = _gateway(request)
+    gw = search_deps(request)
     events: asyncio.Queue[SearchEvent] = asyncio.Queue(maxsize=1000)
     thumbnail_link = _thumbnail_link(request)
 
@@ -288,7 +185,7 @@ def _line(event: dict[str, Any]) -> bytes:
 
 
 async def analyze_attention(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = search_deps(request)
     s = gw.settings
     form = await _form(request)
     try:
@@ -346,7 +243,7 @@ def _pictures(query: bytes, candidate: bytes, patches: PatchMatches, matches: li
 
 
 async def list_models(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = ops_deps(request)
     described = await gw.catalog.models(refresh=True)
     models = []
     for m in described:
@@ -378,7 +275,7 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = ops_deps(request)
     default = gw.settings.default_model
 
     async def model_ready() -> bool:
@@ -392,15 +289,11 @@ async def ready(request: Request) -> Response:
     checks = {"embed_server": embed_ok, "scraper": scraper_ok, f"model:{default}": model_ok}
     ready = all(checks.values())
     body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
-    if gw.gallery is not None:
-        # Reported, but not required: without it searches still answer from the web
-        # (partial), and every replica shares the store, so failing readiness on it
-        # would take the whole site down instead of a part of each answer.
-        gallery_ok = await gw.gallery.check()
-        checks["gallery"] = gallery_ok
-        if not gallery_ok:
-            # The store's own error names its address: logged by the link, not served here.
-            body["degraded"] = {"gallery": "The gallery store does not answer; searches use the web alone."}
+    for probe in gw.probes:  # reported, not required (app.py says why)
+        ok = await probe.check()
+        checks[probe.name] = ok
+        if not ok:
+            body.setdefault("degraded", {})[probe.name] = probe.degraded
     if ready:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
@@ -412,15 +305,15 @@ async def metrics_text(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = ops_deps(request)
     return JSONResponse(openapi_document(gw.settings, await gw.catalog.names()))
 
 
 async def thumbnail(request: Request) -> Response:
-    gw = _gateway(request)
+    gw = search_deps(request)
     s = gw.settings
     url, headers = gw.signer.verify(request.path_params["token"])
-    size = _int(request, None, "size", 256, 16, s.thumbnail_max_side)
+    size = search_params.integer_text(request.query_params.get("size"), "size", 256, 16, s.thumbnail_max_side)
     if url.startswith(BLOB):  # an uploaded original: for its tenant, while it holds the picture
         raw = await blob_thumbnail(request, url)
     else:

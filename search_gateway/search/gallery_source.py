@@ -77,18 +77,26 @@ def sighting(image: EmbeddedImage) -> GalleryPoint:
                         platform=c.platform, title=c.title, engine=c.engine, width=width, height=height)
 
 
+async def model_space(catalog: ModelCatalog, model: str) -> VectorSpace | None:
+    """The vector space of ``model``'s current weights; None while it has none."""
+    for m in await catalog.models():
+        if m.name == model and m.weights_fingerprint and m.global_dim > 0:
+            return VectorSpace(model, m.weights_fingerprint, m.global_dim)
+    return None
+
+
 class GallerySource:
     """Shared by all searches of one gateway."""
 
     def __init__(self, link: GalleryLink, writer: GalleryWriter, catalog: ModelCatalog, metrics: Metrics,
-                 live_collections: TenantCollections) -> None:
+                 live_collections: TenantCollections, originals: MissingOriginals | None = None) -> None:
         self.link = link
         self.writer = writer
         self._catalog = catalog
         self._metrics = metrics
         self._live_collections = live_collections
-        # Set with the blob store: private results whose original is missing are hidden.
-        self.originals: MissingOriginals | None = None
+        # With the blob store: private results whose original is missing are hidden.
+        self.originals = originals
 
     async def find(self, space: VectorSpace, vector: np.ndarray, *, tenant: str, limit: int,
                    collections: Sequence[str] | None = None, tags: Sequence[str] = (),
@@ -153,10 +161,7 @@ class GallerySource:
         return space, point
 
     async def space_for(self, model: str) -> VectorSpace | None:
-        for m in await self._catalog.models():
-            if m.name == model and m.weights_fingerprint and m.global_dim > 0:
-                return VectorSpace(model, m.weights_fingerprint, m.global_dim)
-        return None
+        return await model_space(self._catalog, model)
 
     async def check(self) -> bool:
         """For /ready: the store opens and answers a count now."""

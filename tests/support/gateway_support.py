@@ -239,7 +239,7 @@ class CountedScraper:
 
     def __init__(self, gateway: RunningGateway) -> None:
         self.calls = 0
-        client = gateway.app.state.gateway.scraper
+        client = gateway.app.state.ops.scraper
         real = client.search
 
         def search(*args: Any, **kwargs: Any) -> Any:

@@ -84,7 +84,7 @@ async def test_two_embed_servers_one_stopped_mid_search_no_failed_search(tmp_pat
                 async with run_gateway(settings) as gw, aiohttp.ClientSession() as http:
                     status, body, _ = await _search(http, gw.url)  # warm: both replicas in use
                     assert status == 200, body
-                    gw.app.state.gateway.pipeline.cache.clear()
+                    gw.app.state.search.pipeline.cache.clear()
                     search = asyncio.ensure_future(_search(http, gw.url))
                     await asyncio.sleep(0.4)
                     assert not search.done()  # really mid-search

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.asyncio
 
 
 async def _records(gw: RunningGateway) -> CollectionRecords:
-    return CollectionRecords((await gw.app.state.gateway.gallery.link.gallery()).store)
+    return CollectionRecords((await gw.app.state.collections.gallery.link.gallery()).store)
 
 
 def _stored(tmp: Path, picture: bytes) -> bool:
@@ -54,7 +54,7 @@ async def test_a_deleted_collection_is_gone_at_once_and_emptied_behind_the_204(
             assert not {r["id"] for r in found} & set(ids), found
         assert "flash" not in [x["name"] for x in (await c.call("GET", "/collections"))[1]["collections"]]
 
-        await gw.app.state.gateway.deleter.settled()  # the background emptying
+        await gw.app.state.collections.deleter.settled()  # the background emptying
         assert not any(_stored(tmp_path, p) for p in pictures) and _stored(tmp_path, theirs)
         recs = await _records(gw)
         assert await recs.find("studio-a", "flash") is None and await recs.count("studio-a", "flash") == 0
@@ -118,7 +118,7 @@ async def test_what_was_under_way_when_a_collection_was_deleted_never_brings_it_
     pictures = [jpeg(200 + i, (220, 190 + 9 * i)) for i in range(3)]
     async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
         c = CollectionsClient(http, gw)
-        state = gw.app.state.gateway
+        state = gw.app.state.collections
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
         await c.added("flash", pictures[:1], "clip")
         recs = await _records(gw)
@@ -136,7 +136,7 @@ async def test_what_was_under_way_when_a_collection_was_deleted_never_brings_it_
         assert await recs.find("studio-a", "flash") is None
 
         # An upload that found the collection before the delete writes after it.
-        uploader = Uploader(state, recs, before, ["clip"], [], lambda tenant, sha256: "")
+        uploader = Uploader(state.uploads, recs, before, ["clip"], [], lambda tenant, sha256: "")
         (result,) = await uploader.add_all([Input("late.jpg", data=pictures[1])])
         assert result["status"] == "rejected" and "deleted" in result["reason"], result
         assert await recs.find("studio-a", "flash") is None and await recs.count("studio-a", "flash") == 0

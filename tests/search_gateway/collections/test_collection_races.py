@@ -29,7 +29,7 @@ TENANT = "studio-a"
 
 
 async def _records(gw: RunningGateway) -> CollectionRecords:
-    return CollectionRecords((await gw.app.state.gateway.gallery.link.gallery()).store)
+    return CollectionRecords((await gw.app.state.collections.gallery.link.gallery()).store)
 
 
 async def _delete_during_uploads(c: CollectionsClient, name: str, pictures: list[bytes], delay_s: float) -> int:
@@ -65,7 +65,7 @@ async def test_a_collection_deleted_while_uploads_finish_never_comes_back(
             status = await _delete_during_uploads(c, name, pictures[2:], rng.uniform(0.0, 0.3))
             assert status == 204
             deleted += 1
-            await gw.app.state.gateway.deleter.settled()
+            await gw.app.state.collections.deleter.settled()
             assert await recs.find(TENANT, name) is None, f"round {round_}: the record came back"
             assert await recs.count(TENANT, name) == 0, f"round {round_}: image records came back"
         listed = (await c.call("GET", "/collections"))[1]["collections"]
@@ -128,7 +128,7 @@ async def test_two_gateway_replicas_on_one_server_keep_a_deleted_collection_dele
             await asyncio.gather(delete_later(rng.uniform(0.0, 0.3)),
                                  *(first.upload(name, [p], "clip") for p in pictures))
             for gw in (one, two):
-                await gw.app.state.gateway.deleter.settled()
+                await gw.app.state.collections.deleter.settled()
             assert await recs.find(TENANT, name) is None and await recs.count(TENANT, name) == 0
         names = await asyncio.gather(*(c.call("POST", "/collections", json={"name": f"same-{run}"})
                                        for c in (first, second) for _ in range(10)))

@@ -297,7 +297,7 @@ async def test_deleting_a_collection_deletes_the_originals_no_other_collection_h
         (also_theirs,) = await upload(B, "mine", only_here)
         assert also_theirs == gone and all(map(stored, (gone, kept, theirs)))
 
-        deleter = gw.app.state.gateway.deleter
+        deleter = gw.app.state.collections.deleter
 
         async def delete(headers: dict[str, str], name: str) -> None:
             async with http.delete(f"{gw.url}/collections/{name}", headers=headers) as resp:

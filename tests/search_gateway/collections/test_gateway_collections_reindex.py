@@ -47,7 +47,7 @@ async def test_reindex_embeds_a_collection_with_another_model_in_the_background(
         assert status == 404, body
 
         # While the gateway's one running slot is taken, the job waits: a second ask is 409.
-        reindexer = gw.app.state.gateway.reindex
+        reindexer = gw.app.state.collections.reindex
         async with reindexer._slot:
             status, body = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
             assert status == 202 and body["state"] == "queued" and body["total"] == 3, body
@@ -82,7 +82,7 @@ async def test_a_reindex_cut_short_by_a_restart_shows_interrupted_and_can_be_ask
             c = CollectionsClient(http, gw)
             assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
             await c.added("flash", pictures, "clip")
-            await gw.app.state.gateway.reindex._slot.acquire()  # the job never gets to run in this process
+            await gw.app.state.collections.reindex._slot.acquire()  # the job never gets to run in this process
             status, _ = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
             assert status == 202
         async with run_gateway(settings) as gw:
@@ -110,7 +110,7 @@ async def test_a_job_alive_on_another_replica_is_never_called_interrupted_and_ne
         c = CollectionsClient(http, gw)
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
         await c.added("flash", [jpeg(75, (230, 210))], "clip")
-        a = gw.app.state.gateway.reindex
+        a = gw.app.state.collections.reindex
         await a._slot.acquire()  # A's job waits (queued) for as long as the test wants
         status, _ = await c.call("POST", "/collections/flash/reindex", params={"embedding_model": "dinov2"})
         assert status == 202
@@ -180,7 +180,7 @@ async def test_the_blob_collector_deletes_unreferenced_originals_past_the_grace_
         c = CollectionsClient(http, gw)
         assert (await c.call("POST", "/collections", json={"name": "flash"}))[0] == 201
         await c.added("flash", [held], "clip")
-        blobs = gw.app.state.gateway.blobs
+        blobs = gw.app.state.collections.blobs
         for orphan in (old_orphan, young_orphan):  # bytes of uploads that never wrote their points
             await blobs.put(hashlib.sha256(orphan).hexdigest(), orphan, "image/jpeg")
         age(held)  # old too: only its record keeps it

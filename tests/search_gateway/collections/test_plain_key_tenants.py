@@ -64,7 +64,7 @@ async def _described(client: CollectionsClient, headers: dict[str, str], name: s
 
 async def _held(gw: Any, tenant: str) -> int:
     """Points of ``tenant`` in the records' space and the default model's space."""
-    source = gw.app.state.gateway.gallery
+    source = gw.app.state.collections.gallery
     store = (await source.link.gallery()).store
     space = await source.space_for("clip")
     return sum([await store.count(s, GalleryFilter(tenant=tenant)) for s in (META, space)])

@@ -200,7 +200,7 @@ async def test_the_gateways_collector_sweeps_points_an_upload_left_without_a_rec
 
         # What a gateway killed between the points and the record leaves: the bytes, and
         # the point (with the held picture's vector, so the search would find it).
-        gateway = gw.app.state.gateway
+        gateway = gw.app.state.collections
         space = await gateway.gallery.space_for("clip")
         gallery = await gateway.gallery.link.gallery()
         [stored] = await gallery.store.retrieve(space, [held_id])

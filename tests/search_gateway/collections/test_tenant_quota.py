@@ -128,7 +128,7 @@ async def test_bytes_count_against_a_byte_quota_until_they_are_collected(
         status, body = await c.upload("flash", [pictures[3]], "clip")
         assert body["results"][0]["status"] == "rejected", body
         # The collector's step, once its grace (0 here) has passed: the released entry goes.
-        store = (await gw.app.state.gateway.gallery.link.gallery()).store
+        store = (await gw.app.state.collections.gallery.link.gallery()).store
         assert await sweep(store, reservation_ttl_s=3600, released_ttl_s=0) == 1
         await c.added("flash", [pictures[3]], "clip")
 
@@ -152,7 +152,7 @@ async def test_listing_collections_costs_the_same_for_3_or_30(
     """One facet counts every collection's images (before: one count query per collection)."""
     async with aiohttp.ClientSession() as http, run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
         c = CollectionsClient(http, gw)
-        store = (await gw.app.state.gateway.gallery.link.gallery()).store
+        store = (await gw.app.state.collections.gallery.link.gallery()).store
         calls: list[str] = []
         for name in ("count", "facet", "scroll", "retrieve", "search"):
             real = getattr(store, name)

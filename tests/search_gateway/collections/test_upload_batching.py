@@ -25,7 +25,7 @@ async def test_an_upload_embeds_its_images_in_batches_and_keeps_one_result_per_i
                                 blobs_path=tmp_path / "blobs", embed_batch=3)
     stored, new = jpeg(61, (220, 200)), [jpeg(62 + i, (200 + 8 * i, 180)) for i in range(4)]
     async with aiohttp.ClientSession() as http, run_gateway(settings) as gw:
-        client = gw.app.state.gateway.embed
+        client = gw.app.state.search.embed
         real = client.embed
         calls: list[tuple[str, int]] = []
 

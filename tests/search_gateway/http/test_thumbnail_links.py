@@ -41,7 +41,7 @@ async def test_a_private_link_answers_only_while_its_tenant_holds_the_picture(
         found = [r for r in await client.search(y, "clip", "flash") if r["id"] == ids[0]]
         searched = gw.url + found[0]["thumbnail_url"]
         # What a link that never stood for anything answers: every refusal must read exactly so.
-        never = gw.url + "/thumbnails/" + gw.app.state.gateway.signer.sign(blob_url("studio-a", "flash", "0" * 64))
+        never = gw.url + "/thumbnails/" + gw.app.state.search.signer.sign(blob_url("studio-a", "flash", "0" * 64))
         status, refused = await fetch(http, never, A)
         assert status == 404, refused
 
@@ -69,7 +69,7 @@ async def test_a_link_answers_while_any_live_collection_of_its_tenant_holds_the_
         await client.added("keep", [y])
         (flash_link,) = (await thumbnails(client, "flash")).values()
         (keep_link,) = (await thumbnails(client, "keep")).values()
-        never = gw.url + "/thumbnails/" + gw.app.state.gateway.signer.sign(blob_url("studio-a", "keep", "0" * 64))
+        never = gw.url + "/thumbnails/" + gw.app.state.search.signer.sign(blob_url("studio-a", "keep", "0" * 64))
         _, refused = await fetch(http, never, A)
 
         assert (await client.call("DELETE", f"/collections/flash/images/{in_flash}"))[0] == 204
@@ -78,7 +78,7 @@ async def test_a_link_answers_while_any_live_collection_of_its_tenant_holds_the_
         assert (await client.call("DELETE", "/collections/keep"))[0] == 204
         for link in (flash_link, keep_link):
             assert await fetch(http, link, A) == (404, refused)
-        await gw.app.state.gateway.deleter.settled()
+        await gw.app.state.collections.deleter.settled()
         for link in (flash_link, keep_link):
             assert await fetch(http, link, A) == (404, refused)
 

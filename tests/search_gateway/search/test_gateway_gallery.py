@@ -35,7 +35,7 @@ pytestmark = pytest.mark.asyncio
 
 
 async def drained(gateway: RunningGateway) -> None:
-    await gateway.app.state.gateway.gallery.writer.drained()
+    await gateway.app.state.collections.gallery.writer.drained()
 
 
 async def post(http: aiohttp.ClientSession, url: str, data: Any = None, **params: str) -> dict[str, Any]:
@@ -58,7 +58,7 @@ async def test_web_search_fills_the_gallery_and_the_gallery_answers_without_the_
             first = await post(http, gw.url, image_form(query), sources="web")
             assert first["results"] and all(r["source"] == "web" for r in first["results"])
             await drained(gw)
-            assert gw.app.state.gateway.gallery.writer.written >= len(first["results"])
+            assert gw.app.state.collections.gallery.writer.written >= len(first["results"])
 
             counted, downloads = CountedScraper(gw), site.hits.count("/img/")
             body = await post(http, gw.url, image_form(query), sources="gallery")

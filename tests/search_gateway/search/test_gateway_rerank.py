@@ -41,7 +41,7 @@ def _site_images() -> dict[str, bytes]:
 def _expected(stack: Stack, results: list[dict]) -> dict[str, tuple[float, float]]:
     """url -> (combined, local) computed from patch tokens fetched here."""
     images = _site_images()
-    target = stack.gateway.app.state.gateway.settings.embed_target
+    target = stack.gateway.app.state.search.settings.embed_target
     query = _patches(target, QUERY)
     candidates = [_patches(target, images[r["url"].split(str(stack.site.port), 1)[1]]) for r in results]
     done = rerank.rerank(np.array([r["global_score"] for r in results], dtype=np.float32), query, candidates)
