@@ -25,7 +25,7 @@ from search_gateway.gallery.base import GalleryError, GalleryPoint
 from search_gateway.gallery.spaces import WEB
 from search_gateway.http.deps import collection_deps
 from search_gateway.http.thumbnails import INVALID, blob_parts, blob_url
-from search_gateway.http.upload_form import read_inputs, with_name_notes
+from search_gateway.http.upload_form import read_inputs
 from search_gateway.tenants import tenant_of
 
 
@@ -182,7 +182,7 @@ async def add_images(request: Request) -> Response:
     for model in models:
         await gw.catalog.require(model)
     uploader = Uploader(gw.uploads, recs, collection, models or await gw.catalog.names(), tags, _thumbnail_path(request))
-    results = with_name_notes(inputs, await uploader.add_all(inputs))
+    results = await uploader.add_all(inputs)  # each says when its input's name was changed (note)
     return JSONResponse({"collection": collection.name, "results": results})
 
 

@@ -5,9 +5,6 @@ upload; what is done with the inputs is collections/uploads.py's ``Uploader``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -89,12 +86,3 @@ async def read_inputs(request: Request, s: GatewaySettings) -> tuple[list[Input]
     if len(set(tags)) > MAX_TAGS or any(len(t) > 64 for t in tags):
         raise BadRequest(f"At most {MAX_TAGS} tags of at most 64 characters each.")
     return inputs, tuple(dict.fromkeys(tags)), tuple(dict.fromkeys(models))
-
-
-def with_name_notes(inputs: Sequence[Input], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each result of an input whose file name was changed says so (``note``): its ``input``
-    is the name as stored, which the client may not recognise otherwise."""
-    for item, result in zip(inputs, results, strict=True):
-        if item.note:
-            result["note"] = item.note
-    return results
