@@ -134,7 +134,10 @@ def gateway_runs(args: argparse.Namespace, urls: list[str], site_port: int) -> l
                        "GATEWAY_SCRAPER_TARGET": f"127.0.0.1:{scraper_port}",
                        "GATEWAY_FETCH_ALLOW": f"127.0.0.1:{site_port}", "GATEWAY_MAX_CANDIDATES": str(len(urls)),
                        "GATEWAY_SEARCH_BUDGET_S": "60", "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
-                       "GATEWAY_CACHE_SIZE": "1", "GATEWAY_LOG_LEVEL": "warning"}
+                       "GATEWAY_CACHE_SIZE": "1", "GATEWAY_LOG_LEVEL": "warning",
+                       # The gallery off: one kept in ./var from an earlier run (make run, another
+                       # bench) would answer the candidates without a download and time nothing.
+                       "GATEWAY_GALLERY": "off"}
         with process("scraper_service", scraper_env), \
                 process("search_gateway", gateway_env, f"http://127.0.0.1:{gateway_port}/ready"):
             url = f"http://127.0.0.1:{gateway_port}/search?max_results=100"
