@@ -47,8 +47,11 @@ test: install lint
 
 # The suite less the tests marked slow (restarts, browsers, fuzzing, kill -9, ONNX
 # exports, race loops, container images): for the edit-test loop. CI runs `make test`.
+# One pytest process per core (TEST_WORKERS=1 for one process); a file stays in one process,
+# so its module-scoped servers start once.
+TEST_WORKERS ?= auto
 test-fast: install lint
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench.embed_throughput

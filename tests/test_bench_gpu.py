@@ -19,6 +19,8 @@ from bench.gpu import gpu_providers_here, main
 CPU = "CPUExecutionProvider"
 
 
+# Slow: exports a model to ONNX fp32 and int8, then serves it in a subprocess.
+@pytest.mark.slow
 def test_cpu_provider_run_reports_every_row_in_table_and_json(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "gpu.json"

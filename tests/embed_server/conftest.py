@@ -32,7 +32,8 @@ def embed_server(**env: str) -> BackgroundServer:
     return BackgroundServer(lambda: create_server(settings))
 
 
-@pytest.fixture(scope="module", params=["torch", "onnx"])
+# The ONNX variant exports all five tiny models first (about 15 s): `make test-fast` leaves it out.
+@pytest.fixture(scope="module", params=["torch", pytest.param("onnx", marks=pytest.mark.slow)])
 def tiny_server(request: pytest.FixtureRequest) -> Iterator[BackgroundServer]:
     """All five tiny models, once per runtime: the API must not depend on which runs."""
     with embed_server(EMBED_RUNTIME=request.param) as server:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from embed_server.server import model_health_name
@@ -35,6 +36,8 @@ def _health(channel: grpc.Channel, service: str) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
+# Slow: waits through the loader's retries (seconds, by design).
+@pytest.mark.slow
 def test_weights_copied_in_later_are_loaded_without_a_restart(tmp_path: Path) -> None:
     weights, staging = tmp_path / "weights", tmp_path / "staging"
     weights.mkdir()

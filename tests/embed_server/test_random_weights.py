@@ -76,6 +76,8 @@ def test_a_build_never_touches_torchs_global_generator(name: str) -> None:
     assert fingerprint_towers(build_random(name, "tiny", 1)) != first
 
 
+# Slow: builds every model twice and exports each to ONNX.
+@pytest.mark.slow
 def test_weights_built_alone_equal_weights_built_while_all_load_and_export(tmp_path: Path) -> None:
     image = jpeg(5)
     alone = {}
@@ -97,6 +99,8 @@ def test_weights_built_alone_equal_weights_built_while_all_load_and_export(tmp_p
     assert len({together[name][0].weights_fingerprint for name in MODEL_NAMES}) == len(MODEL_NAMES)
 
 
+# Slow: an ONNX export and its int8 quantisation.
+@pytest.mark.slow
 def test_a_fresh_export_that_disagrees_with_torch_is_not_cached_and_torch_serves(tmp_path: Path) -> None:
     """The cache holds an intact fp32 file made from other weights (the incident's kind
     of file); the int8 file derived from it is fresh, fails its check against the torch

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from embed_server.server import SERVICE_NAME, model_health_name
@@ -19,6 +20,8 @@ from tests.support.images import jpeg
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+# Slow: starts the embed server as a process and stops it with SIGTERM.
+@pytest.mark.slow
 def test_sigterm_finishes_the_embed_call_in_flight_then_exits_0(tmp_path: Path) -> None:
     env = {**TINY, "EMBED_MODELS": "clip", "EMBED_RUNTIME": "torch", "EMBED_THREADS": "1"}
     server = GatedService("embed_server", "embed_server.service:EmbedServicer.Embed", env, tmp_path)
