@@ -14,17 +14,17 @@ from typing import Any
 
 import aiohttp
 import grpc
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from search_gateway.feedback.marks import MARKS, marks_space
-from search_gateway.gallery.base import GalleryFilter
+from search_gateway.feedback.query_refs import QueryRefs, UnknownQueryRef
+from search_gateway.gallery.base import GalleryFilter, VectorSpace
 from tests.support.background import BackgroundServer, wait_for_health
 from tests.support.gateway_stack import Site, gateway_settings, image_form
 from tests.support.gateway_support import RunningGateway, embed_server, run_gateway, start_gateway_process
 from tests.support.images import encode, jpeg
-
-pytestmark = pytest.mark.asyncio
 
 ALPHA, BETA = {"X-API-Key": "key-alpha"}, {"X-API-Key": "key-beta"}
 KEYS = ("alpha:key-alpha", "beta:key-beta")
@@ -294,3 +294,21 @@ async def test_a_query_ref_of_weights_since_replaced_is_refused_with_409(
                 stale = await mark(http, gw.url, ALPHA, body["query_ref"], body["results"][0]["id"], status=409)
                 assert stale["error"] == "stale_query_ref" and "other weights" in stale["detail"]
                 assert (await listed(http, gw.url, ALPHA))["marks"] == []
+
+
+def test_a_query_ref_carries_the_query_sealed_for_its_tenant_alone() -> None:
+    rng = np.random.default_rng(1)
+    vector = np.maximum(rng.standard_normal(512), 0).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    space = VectorSpace("squeezenet", "abc123", 512)
+    refs = QueryRefs(SECRET)
+    token = refs.issue("alpha", "squeezenet", space, vector)
+    assert len(token) < 800 and "alpha" not in token
+    opened = refs.open(token, "alpha")
+    assert opened.space == space and float(opened.vector @ vector) > 0.999
+    # The same query in another token is the same query (mark ids are derived from it).
+    assert refs.open(refs.issue("alpha", "squeezenet", space, vector), "alpha").digest == opened.digest
+    for wrong in (lambda: refs.open(token, "beta"), lambda: QueryRefs("another secret").open(token, "alpha"),
+                  lambda: refs.open(token[:-1], "alpha"), lambda: refs.open("", "alpha")):
+        with pytest.raises(UnknownQueryRef):
+            wrong()
