@@ -90,7 +90,8 @@ async def _search_query(request: Request) -> SearchQuery:
         collections = await searched_collections(request, params.collections)
         query = functools.partial(SearchQuery, model=params.model, max_results=params.max_results,
                                   sources=params.sources, min_score=params.min_score, tags=params.tags,
-                                  tenant=tenant_of(request.scope), collections=collections)
+                                  tenant=tenant_of(request.scope), collections=collections,
+                                  color=params.color, palette=params.palette, placement=params.placement)
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
         text = params.text if data is None else None
         if params.like is not None:

@@ -17,6 +17,7 @@ whatever has been ranked is returned, marked ``partial``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from search_gateway.search.budget import Deadline
 from search_gateway.search.cache import EmbeddingCache
 from search_gateway.search.candidates import unique_candidates
 from search_gateway.search.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, CaptionChain, compose_query
+from search_gateway.search.colour_filter import by_palette, passes
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import EmbedBatches, Embedded, EmbedResult
 from search_gateway.search.feedback_boost import FeedbackBoost, nudged
@@ -58,6 +60,7 @@ from search_gateway.search.types import (
     SearchOutcome,
     SearchQuery,
 )
+from service_common.model_registry import text_models
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +169,16 @@ class _Search:
         tally = self.tally
         if not len(self.ranking) and tally.embed_error and tally.embedded == 0 and tally.from_cache == 0:
             raise BackendUnavailable(tally.embed_error, backend="embed server")
+        # The colour filter and the palette's order (search/colour_filter.py) apply to every
+        # result, gallery and web alike, before the cut.
+        keep = functools.partial(passes, color=query.color) if query.color else None
+        order = functools.partial(by_palette, colour=query.palette) if query.palette else None
         if with_rerank:
             # Stage one's best K (more than max_results when K is larger), re-ranked, cut to size.
             results = (await self._rerank(self.ranking.best(max(query.max_results, query.rerank_k),
-                                                            query.min_score)))[: query.max_results]
+                                                            query.min_score, keep, order)))[: query.max_results]
         else:
-            results = self.ranking.best(query.max_results, query.min_score)
+            results = self.ranking.best(query.max_results, query.min_score, keep, order)
         if with_attention and results:
             results = await self._attention(results)
         return SearchOutcome(
@@ -181,6 +188,7 @@ class _Search:
             timings_ms=self.stopwatch.finish(self.deadline.elapsed()),
             provenance=self.query_vectors.provenance(query.model),
             query_vector=_vector_of(query_vector),
+            notes=self._notes(),
         )
 
     async def _marks(self, query_vector: asyncio.Future[np.ndarray]) -> dict[str, float]:
@@ -197,6 +205,19 @@ class _Search:
                 return await boost.changes(space, await query_vector, self.query.tenant)
         except TimeoutError:
             return {}
+
+    def _notes(self) -> tuple[str, ...]:
+        """What the reply must explain about the filters it was asked for."""
+        notes = []
+        if self.query.placement:
+            if self.query.model not in text_models():
+                notes.append(f"{self.query.model} has no text tower, so its images have no body placement tags "
+                             f"(only {', '.join(text_models())} do): the placement filter matched no gallery "
+                             "image, and web results are not filtered by placement.")
+            elif "web" in self.query.sources:
+                notes.append("Body placement is read when an image is stored in the gallery: web results "
+                             "found by this search are not filtered by placement.")
+        return tuple(notes)
 
     async def _web(self, caption: str, query_vector: asyncio.Future[np.ndarray], reserve: float) -> None:
         collect = asyncio.ensure_future(self._collect(caption, query_vector))
@@ -282,7 +303,8 @@ class _Search:
                 found = await gallery.find(space, await query_vector, tenant=query.tenant,
                                            collections=query.collections,
                                            limit=max(query.max_results, query.rerank_k),
-                                           tags=query.tags, min_score=query.min_score)
+                                           tags=query.tags, min_score=query.min_score, color=query.color,
+                                           placement=query.placement)
             except GalleryError as exc:
                 error = self._gallery_failed(exc)
         if query.like is not None:
@@ -345,7 +367,8 @@ class _Search:
         if hit is not None:
             sha256, cached = hit
             self.tally.from_cache += 1
-            self.ranking.add(EmbeddedImage(candidate, sha256, cached.vector, None), await query_vector)
+            self.ranking.add(EmbeddedImage(candidate, sha256, cached.vector, None, colour=cached.colour),
+                             await query_vector)
             return
         if await self._known_to_gallery(candidate, query_vector):
             return
@@ -367,7 +390,8 @@ class _Search:
             cache.remember_url(model, candidate.url, fetched.sha256)
             self.tally.from_cache += 1
             embedded = EmbeddedImage(candidate, fetched.sha256, same_picture.vector, fetched.image.embed_bytes,
-                                     size=(fetched.image.width, fetched.image.height))
+                                     size=(fetched.image.width, fetched.image.height),
+                                     colour=fetched.image.colour or same_picture.colour)
             self.ranking.add(embedded, await query_vector)
             self._remember(same_picture.provenance, (embedded,))  # a new URL of it, at least
             return
