@@ -149,6 +149,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                     max_images=settings.embed_batch, max_bytes=settings.embed_batch_bytes,
                     straggler_wait_s=settings.embed_batch_wait_ms / 1000, concurrency=settings.embed_concurrency), metrics),
                 cache=cache, metrics=metrics, gallery=opened.source if opened is not None else None,
+                refine_method=settings.refine_method,
             )
             yield Deps(SearchDeps(settings, pipeline, catalog, signer, image_limits, downloader, embed),
                        OpsDeps(settings, catalog, embed, scraper, probes), collections)
