@@ -30,14 +30,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from bench.quality import layouts, two_stage
+from bench.quality import feedback, layouts, two_stage
 from bench.quality.embedding import (
     EmbeddingError,
     ModelIdentity,
@@ -86,7 +86,21 @@ def _parser() -> argparse.ArgumentParser:
                         help="queries whose patches are fetched cold again to time it, per K (default %(default)s)")
     parser.add_argument("--patch-concurrency", type=int, default=8,
                         help="EmbedPatches calls in flight (one image each; default %(default)s)")
+    parser.add_argument("--feedback-rounds", type=int, default=0,
+                        help="also measure relevance feedback: N rounds of marking the first 10 results from the "
+                             "ground truth and refining (`feedback`; default: not measured)")
+    parser.add_argument("--feedback-methods", default=_FEEDBACK_METHODS,
+                        help="refinement methods to compare, each optionally with its a/b/c weights "
+                             "(default %(default)s)")
+    parser.add_argument("--feedback-export", type=Path,
+                        help="write the vectors and hits to this .npz for bench.quality.fit_feedback (first "
+                             "benchmark; the --feedback-queries subset is not applied)")
+    parser.add_argument("--feedback-queries", type=int,
+                        help="relevance feedback over the first N queries only (default: all)")
     return parser
+
+
+_FEEDBACK_METHODS = "rocchio:1/1/0.5,rocchio:1/0.75/0.15,rocchio:1/2/1,average_vector,best_score,feedback_naive"
 
 
 def _plan(args: argparse.Namespace) -> two_stage.Plan:
@@ -120,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         print("quality: --retrieval gateway needs --gateway URL and does not take --rerank", file=sys.stderr)
         return 2
     try:
+        methods = feedback.parse_methods(args.feedback_methods) if args.feedback_rounds else []
+        if args.feedback_rounds < 0 or (args.feedback_queries is not None and args.feedback_queries < 1):
+            raise ValueError("--feedback-rounds must be at least 0 and --feedback-queries at least 1")
         plan = _plan(args) if args.rerank else None
         benchmarks = layouts.read(args.layout, args.path, protocols, limit=args.limit,
                                   scratch=args.cache_dir.parent / "idx")
@@ -168,17 +185,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quality: {exc}", file=sys.stderr)
             return 1
 
+    if args.feedback_export is not None:
+        first = benchmarks[0]
+        feedback.export(args.feedback_export, first, vectors[[row_of[ref] for ref in first.gallery]],
+                        vectors[[row_of[q.image] for q in first.queries]])
+    marked: list[dict[str, object]] = []
+    for benchmark in benchmarks if args.feedback_rounds else []:
+        if args.feedback_queries is not None:
+            benchmark = replace(benchmark, queries=benchmark.queries[: args.feedback_queries])
+        gallery = vectors[[row_of[ref] for ref in benchmark.gallery]]
+        queries = vectors[[row_of[q.image] for q in benchmark.queries]]
+        marked += feedback.run(benchmark, gallery, queries, args.feedback_rounds, methods)
+
     warnings = _warnings(identity, results)
     report = {"layout": args.layout, "path": str(args.path), "target": args.target, "k": args.k,
               "model": asdict(identity), "embedding": asdict(stats), "warnings": warnings, "results": results}
     if staged is not None:
         report["two_stage"] = staged
+    if marked:
+        report["feedback"] = {"rounds": args.feedback_rounds, "shown": feedback.SHOWN, "results": marked}
     out = args.json or Path("var/quality") / f"{args.layout}-{identity.model}-{identity.precision}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(_table(identity.model, identity.weights, f"{identity.runtime} {identity.precision}", ks, results))
     if staged is not None:
         print(_two_stage_tables(results, staged))
+    if marked:
+        print(feedback.table(marked, args.feedback_rounds))
     for warning in warnings:
         print(f"note: {warning}")
     print(f"embedded {stats.embedded} image(s), {stats.from_cache} from the cache, in {stats.seconds:.1f} s; wrote {out}")
