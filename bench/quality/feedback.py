@@ -32,11 +32,12 @@ import numpy as np
 
 from bench.quality.layouts import Benchmark
 from bench.quality.metrics import MetricTotals
-from search_gateway.gallery.base import ExampleQuery, GalleryPoint, VectorSpace
+from search_gateway.gallery.base import ExampleQuery, GalleryPoint, GalleryStore, VectorSpace
 from search_gateway.gallery.edge import EdgeGalleryStore
 from search_gateway.gallery.gallery import Gallery
+from search_gateway.gallery.qdrant import MEMORY, QdrantGalleryStore
 from search_gateway.gallery.spaces import WEB
-from search_gateway.search import refine
+from search_gateway.search import refine, rerank
 from search_gateway.search.gallery_source import ranked
 
 SHOWN = 10  # results a user looks at and marks per round
@@ -88,14 +89,17 @@ async def rounds_of(benchmark: Benchmark, queries: np.ndarray, rounds: int, sear
 class StoreSearch:
     """The benchmark's gallery in a real qdrant-edge store, searched through refine.Refiner."""
 
-    def __init__(self, store: EdgeGalleryStore, space: VectorSpace, vectors: np.ndarray, depth: int) -> None:
+    def __init__(self, store: GalleryStore, space: VectorSpace, vectors: np.ndarray, depth: int) -> None:
         self.store, self.space, self.vectors, self.depth = store, space, vectors, depth
         self.gallery = Gallery(store)
         self.fallbacks = 0
 
     @classmethod
-    async def open(cls, folder: Path, vectors: np.ndarray, depth: int) -> StoreSearch:
-        store = await EdgeGalleryStore.open(folder, exact=True)
+    async def open(cls, folder: Path, vectors: np.ndarray, depth: int, engine: str = "edge") -> StoreSearch:
+        # "qdrant-local": qdrant-client's local mode, the server's query semantics in Python
+        # (it has average_vector, which qdrant-edge lacks); not what the default build ships.
+        store: GalleryStore = (await EdgeGalleryStore.open(folder, exact=True) if engine == "edge"
+                               else await QdrantGalleryStore.open(MEMORY))
         space = VectorSpace("bench", "feedback", int(vectors.shape[1]))
         points = [GalleryPoint(content_hash=_hash(i), vector=tuple(float(x) for x in row), collection=WEB)
                   for i, row in enumerate(vectors)]
@@ -138,27 +142,27 @@ def _hash(index: int) -> str:
 
 
 async def measure(benchmark: Benchmark, gallery: np.ndarray, queries: np.ndarray, rounds: int,
-                  methods: Sequence[Method], depth: int = 500) -> list[dict[str, object]]:
+                  methods: Sequence[Method], depth: int = 500, engine: str = "edge") -> list[dict[str, object]]:
     """Rows (method, round, figures) for one benchmark, every method over one store."""
     gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="feedback-") as folder:
         store = await StoreSearch.open(Path(folder) / "gallery", gallery.astype(np.float32),
-                                       min(depth, len(benchmark.gallery)))
+                                       min(depth, len(benchmark.gallery)), engine)
         try:
             for method in methods:
                 store.fallbacks = 0
                 for row in await rounds_of(benchmark, queries, rounds, store.searcher(method)):
                     rows.append({"benchmark": benchmark.name, "method": method.name, **row,
-                                 "fallbacks": store.fallbacks})
+                                 "fallbacks": store.fallbacks, "engine": engine})
         finally:
             await store.close()
     return rows
 
 
 def run(benchmark: Benchmark, gallery: np.ndarray, queries: np.ndarray, rounds: int,
-        methods: Sequence[Method]) -> list[dict[str, object]]:
-    return asyncio.run(measure(benchmark, gallery, queries, rounds, methods))
+        methods: Sequence[Method], engine: str = "edge") -> list[dict[str, object]]:
+    return asyncio.run(measure(benchmark, gallery, queries, rounds, methods, engine=engine))
 
 
 def export(path: Path, benchmark: Benchmark, gallery: np.ndarray, queries: np.ndarray) -> None:
@@ -216,9 +220,47 @@ def table(rows: Sequence[dict[str, object]], rounds: int) -> str:
         fallbacks = mine[rounds]["fallbacks"]
         if fallbacks:
             cells[1] += f" (fell back to rocchio {fallbacks}x)"
+        if mine[rounds].get("engine", "edge") != "edge":
+            cells[1] += f" ({mine[rounds]['engine']})"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _percent(value: object) -> str:
     return "n/a" if value is None else f"{100 * float(value):.2f}"  # type: ignore[arg-type]
+
+
+async def patch_feedback(benchmark: Benchmark, gallery: np.ndarray, queries: np.ndarray, tops: Sequence[np.ndarray],
+                         query_patches: Callable[[int], np.ndarray], gallery_patches: Callable[[int], np.ndarray],
+                         methods: Sequence[Method], depth: int = 500) -> list[dict[str, object]]:
+    """The two-stage patch score as the feedback model, no user: each query's first 10
+    results (`tops`, exact cosine) scored by mutual nearest patches (search/rerank.py);
+    the better half becomes the feedback items scored 1, the other half 0, and the query
+    is refined once. Figures on the whole ranking (nothing was shown), against round 0."""
+    gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="feedback-") as folder:
+        store = await StoreSearch.open(Path(folder) / "gallery", gallery.astype(np.float32),
+                                       min(depth, len(benchmark.gallery)))
+        try:
+            for method in methods:
+                totals = MetricTotals((10,))
+                for number, query in enumerate(benchmark.queries):
+                    top = [int(i) for i in tops[number][:SHOWN]]
+                    local = rerank.local_scores(query_patches(number), [gallery_patches(i) for i in top])
+                    order = np.argsort(-local, kind="stable")
+                    better = {top[int(i)] for i in order[: len(top) // 2]}
+                    positives = store.vectors[[i for i in top if i in better]]
+                    negatives = store.vectors[[i for i in top if i not in better]]
+                    vector = refine.rocchio(queries[number], positives, negatives, method.rocchio_weights)
+                    examples = refine.example_query(method.method, queries[number], positives, negatives,
+                                                    method.naive_weights)
+                    hits = await store.gallery.find(store.space, vector, limit=store.depth, collections=(WEB,),
+                                                    examples=examples)
+                    ranking = np.asarray([int(h.point.content_hash, 16) for h in hits], dtype=np.int64)
+                    totals.add(ranking, query.relevant, query.ignore)
+                rows.append({"benchmark": benchmark.name, "method": f"{method.name}, patch feedback",
+                             **totals.summary()})
+        finally:
+            await store.close()
+    return rows

@@ -12,6 +12,7 @@ import pytest
 
 from bench.quality import feedback
 from bench.quality.layouts import Benchmark, ImageRef, Query
+from bench.quality.retrieval import ExactCosine
 
 
 def _synthetic() -> tuple[Benchmark, np.ndarray, np.ndarray]:
@@ -81,3 +82,23 @@ def test_methods_are_checked() -> None:
         feedback.parse_methods("best_score:1/1/1")
     with pytest.raises(ValueError, match="a/b/c"):
         feedback.parse_methods("rocchio:1/1")
+
+
+def test_qdrant_client_local_mode_runs_average_vector_itself() -> None:
+    benchmark, gallery, queries = _synthetic()
+    rows = feedback.run(benchmark, gallery, queries, 1, feedback.parse_methods("average_vector"), "qdrant-local")
+    assert [r["fallbacks"] for r in rows] == [0, 0] and rows[1]["engine"] == "qdrant-local"
+    assert "(qdrant-local)" in feedback.table(rows, 1)
+
+
+def test_patch_scores_as_the_feedback_model_refine_once_without_marks(tmp_path: Path) -> None:
+    benchmark, gallery, queries = _synthetic()
+    rng = np.random.default_rng(3)
+    # Patches that agree with the clusters: a point's patches are its vector plus noise.
+    g_patches = [np.stack([v + 0.1 * rng.normal(size=16) for _ in range(4)]) for v in gallery]
+    q_patches = [np.stack([v + 0.1 * rng.normal(size=16) for _ in range(4)]) for v in queries]
+    tops = [ranking[:10] for _, rankings in ExactCosine(gallery).search(queries) for ranking in rankings]
+    rows = asyncio.run(feedback.patch_feedback(benchmark, gallery, queries, tops, q_patches.__getitem__,
+                                               g_patches.__getitem__, feedback.parse_methods("rocchio:1/1/1")))
+    assert [r["method"] for r in rows] == ["rocchio:1/1/1, patch feedback"] and rows[0]["queries"] == 3
+    assert rows[0]["recall@10"] == 1.0
