@@ -159,9 +159,10 @@ class _Search:
             raise BackendUnavailable(tally.embed_error, backend="embed server")
         if with_rerank:
             # Stage one's best K (more than max_results when K is larger), re-ranked, cut to size.
-            results = (await self._rerank(self._best(max(query.max_results, query.rerank_k))))[: query.max_results]
+            results = (await self._rerank(self._best(max(query.max_results, query.rerank_k),
+                                                     query.min_score)))[: query.max_results]
         else:
-            results = self._best(query.max_results)
+            results = self._best(query.max_results, query.min_score)
         if with_attention and results:
             results = await self._attention(results)
         return SearchOutcome(
@@ -174,12 +175,12 @@ class _Search:
                 self.refiner.ran, len(query.positive), len(query.negative)),
         )
 
-    def _best(self, n: int) -> list[RankedResult]:
+    def _best(self, n: int, min_score: float | None = None) -> list[RankedResult]:
         """The best ``n`` results; never a marked one (search/refine.py)."""
         if self.refiner is None:
-            return self.ranking.best(n, self.query.min_score)
+            return self.ranking.best(n, min_score)
         marked = len(self.query.positive) + len(self.query.negative)
-        return self.refiner.unmarked(self.ranking.best(n + 2 * marked, self.query.min_score))[:n]
+        return self.refiner.unmarked(self.ranking.best(n + 2 * marked, min_score))[:n]
 
     async def _web(self, caption: str, query_vector: asyncio.Future[np.ndarray], reserve: float) -> None:
         collect = asyncio.ensure_future(self._collect(caption, query_vector))
@@ -418,7 +419,7 @@ class _Search:
             space = space_of(self.query.model, provenance, images[0].vector.shape[0])
             if space is not None:
                 gallery.remember(space, images)
-        self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self.ranking.best(5))))
+        self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self._best(5))))
 
     # --- re-ranking by patch tokens
     async def _rerank(self, results: list[RankedResult]) -> list[RankedResult]:
