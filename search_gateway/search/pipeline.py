@@ -33,6 +33,7 @@ from search_gateway.errors import BackendUnavailable, NotFound, storage_error
 from search_gateway.gallery.base import GalleryError, VectorSpace
 from search_gateway.gallery.spaces import result_id, space_of
 from search_gateway.metrics import Metrics
+from search_gateway.search import refine
 from search_gateway.search.budget import Deadline
 from search_gateway.search.cache import EmbeddingCache
 from search_gateway.search.candidates import unique_candidates
@@ -56,6 +57,7 @@ from search_gateway.search.types import (
     GalleryFound,
     RankedResult,
     RankedSoFar,
+    Refinement,
     SearchEvent,
     SearchOutcome,
     SearchQuery,
@@ -91,6 +93,8 @@ class SearchPipeline:
     gallery: GallerySource | None = None
     # Stored feedback marks nudging the results; None with GATEWAY_FEEDBACK=off or the gallery off.
     boost: FeedbackBoost | None = None
+    # GATEWAY_REFINE_METHOD: how positive / negative marks refine a search (search/refine.py).
+    refine_method: str = refine.ROCCHIO
 
     async def run(self, query: SearchQuery, emit: Emit | None = None) -> SearchOutcome:
         self.metrics.in_flight.inc()
@@ -127,6 +131,8 @@ class _Search:
         self.liked_tags: dict[str, float] = {}
         self.reranked = False
         self.marks: asyncio.Future[dict[str, float]] | None = None
+        # Set when the search is refined by marked results (positive / negative).
+        self.refiner: refine.Refiner | None = None
 
     async def run(self) -> SearchOutcome:
         try:
@@ -175,10 +181,10 @@ class _Search:
         order = functools.partial(by_palette, colour=query.palette) if query.palette else None
         if with_rerank:
             # Stage one's best K (more than max_results when K is larger), re-ranked, cut to size.
-            results = (await self._rerank(self.ranking.best(max(query.max_results, query.rerank_k),
-                                                            query.min_score, keep, order)))[: query.max_results]
+            results = (await self._rerank(self._best(max(query.max_results, query.rerank_k),
+                                                     query.min_score, keep, order)))[: query.max_results]
         else:
-            results = self.ranking.best(query.max_results, query.min_score, keep, order)
+            results = self._best(query.max_results, query.min_score, keep, order)
         if with_attention and results:
             results = await self._attention(results)
         return SearchOutcome(
@@ -188,6 +194,8 @@ class _Search:
             timings_ms=self.stopwatch.finish(self.deadline.elapsed()),
             provenance=self.query_vectors.provenance(query.model),
             query_vector=_vector_of(query_vector),
+            refinement=None if self.refiner is None else Refinement(
+                self.refiner.ran, len(query.positive), len(query.negative)),
             notes=self._notes(),
         )
 
@@ -205,6 +213,15 @@ class _Search:
                 return await boost.changes(space, await query_vector, self.query.tenant)
         except TimeoutError:
             return {}
+
+    def _best(self, n: int, min_score: float | None = None, keep: Callable[[RankedResult], bool] | None = None,
+              order: Callable[[list[RankedResult]], list[RankedResult]] | None = None) -> list[RankedResult]:
+        """The best ``n`` results that ``keep`` keeps, in ``order`` (the colour filter's and the
+        palette's); never a marked one (search/refine.py)."""
+        if self.refiner is None:
+            return self.ranking.best(n, min_score, keep, order)
+        marked = len(self.query.positive) + len(self.query.negative)
+        return self.refiner.unmarked(self.ranking.best(n + 2 * marked, min_score, keep, order))[:n]
 
     def _notes(self) -> tuple[str, ...]:
         """What the reply must explain about the filters it was asked for."""
@@ -239,12 +256,28 @@ class _Search:
     # --- the query's vector and caption
     async def _query_vector(self) -> asyncio.Future[np.ndarray]:
         query = self.query
+        base: asyncio.Future[np.ndarray] | None = None
         if query.like is not None:
-            return await self._liked(query.like)
-        if query.text is not None:
-            return self.query_vectors.of_text(query.model, query.text)
-        assert query.image is not None
-        return self.query_vectors.of_image(query.model, query.image)
+            base = await self._liked(query.like)
+        elif query.text is not None:
+            base = self.query_vectors.of_text(query.model, query.text)
+        elif query.image is not None:
+            base = self.query_vectors.of_image(query.model, query.image)
+        if query.positive or query.negative:
+            return await self._refined(base)
+        assert base is not None
+        return base
+
+    async def _refined(self, base: asyncio.Future[np.ndarray] | None) -> asyncio.Future[np.ndarray]:
+        """The query moved by the marked results (search/refine.py): their stored vectors,
+        in the model's current space; with marks alone, the web query is their tags."""
+        self.space, marked = await refine.resolve(self.pipeline.gallery, self.query)
+        self.refiner = refine.Refiner(self.pipeline.refine_method, marked, None if base is None else await base)
+        if base is None:
+            self.liked_tags = marked.tags()
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future.set_result(self.refiner.vector)
+        return future
 
     async def _liked(self, id: str) -> asyncio.Future[np.ndarray]:
         """The stored vector of gallery point ``id``: nothing downloaded, nothing embedded."""
@@ -266,7 +299,7 @@ class _Search:
 
     async def _caption(self) -> tuple[str, str]:
         query, start = self.query, time.monotonic()
-        if query.like is not None:
+        if query.like is not None or (query.text is None and query.image is None):  # like, or marks alone
             caption = (_caption_from_tags(self.liked_tags), "tags")
         elif query.text is not None:
             caption = (query.text, "text")
@@ -299,12 +332,18 @@ class _Search:
         found: list[RankedResult] = []
         error = None
         if space is not None:
+            limit = max(query.max_results, query.rerank_k)
             try:
-                found = await gallery.find(space, await query_vector, tenant=query.tenant,
-                                           collections=query.collections,
-                                           limit=max(query.max_results, query.rerank_k),
-                                           tags=query.tags, min_score=query.min_score, color=query.color,
-                                           placement=query.placement)
+                if self.refiner is not None:
+                    found = await self.refiner.find(lambda examples, vector, wanted: gallery.find(
+                        space, vector, tenant=query.tenant, collections=query.collections, limit=wanted,
+                        tags=query.tags, min_score=None if examples else query.min_score, examples=examples,
+                        color=query.color, placement=query.placement), limit)
+                else:
+                    found = await gallery.find(space, await query_vector, tenant=query.tenant,
+                                               collections=query.collections, limit=limit,
+                                               tags=query.tags, min_score=query.min_score, color=query.color,
+                                               placement=query.placement)
             except GalleryError as exc:
                 error = self._gallery_failed(exc)
         if query.like is not None:
@@ -438,7 +477,7 @@ class _Search:
             space = space_of(self.query.model, provenance, images[0].vector.shape[0])
             if space is not None:
                 gallery.remember(space, images)
-        self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self.ranking.best(5))))
+        self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self._best(5))))
 
     # --- re-ranking by patch tokens
     async def _rerank(self, results: list[RankedResult]) -> list[RankedResult]:

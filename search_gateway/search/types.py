@@ -47,6 +47,9 @@ class SearchQuery:
     # Two-stage search: the best this many results are re-ranked by patch tokens
     # (search/rerank_stage.py); 0: off (the default, docs/benchmarks.md says why).
     rerank_k: int = 0
+    # Refinement by example (search/refine.py): gallery result ids marked relevant / not.
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
     # Colour and placement filters (search/colour_filter.py): results must have this colour
     # scheme (gallery: in the store query; web: by the colour facts read when downloaded),
     # are reordered by nearness of their palette to ``palette`` ("#rrggbb"), and (gallery)
@@ -162,8 +165,20 @@ class SearchOutcome:
     reranked: bool = False
     # The query's unit vector (for the reply's query_ref); None when no embed reply gave it.
     query_vector: np.ndarray | None = None
+    # Set when the search was refined by marked examples (positive / negative).
+    refinement: Refinement | None = None
     # Sentences the reply must explain (e.g. a model without a text tower gives no placement).
     notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """How marked examples refined a search: the method that ran (after any fallback,
+    search/refine.py) and how many marks of each kind were used."""
+
+    method: str
+    positive: int
+    negative: int
 
 
 # Progress of a running search, for /search/stream.
