@@ -35,11 +35,12 @@ from search_gateway.collections.reindex import Reindexer
 from search_gateway.collections.tenant_migration import migrate_until_done, planned_moves
 from search_gateway.collections.uploads import UploadDeps
 from search_gateway.config import GatewaySettings
+from search_gateway.feedback.query_refs import QueryRefs
 from search_gateway.fetch.downloader import Downloader, DownloadLimits
 from search_gateway.fetch.failed_downloads import FailedDownloads
 from search_gateway.fetch.images import ImageLimits
 from search_gateway.fetch.netguard import parse_allowlist
-from search_gateway.http import collection_routes, routes, web
+from search_gateway.http import collection_routes, feedback_routes, routes, web
 from search_gateway.http.access import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -57,7 +58,7 @@ from search_gateway.search.caption import CaptionChain, Captioner, RemoteCaption
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import BatchLimits, EmbedBatches
 from search_gateway.search.pipeline import SearchLimits, SearchPipeline
-from search_gateway.wiring import open_gallery
+from search_gateway.wiring import open_feedback, open_gallery
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                 # error names its address: logged by the link, not served.)
                 probes = (Probe("gallery", gallery.check,
                                 "The gallery store does not answer; searches use the web alone."),)
+            feedback = open_feedback(settings, opened.source if opened is not None else None, catalog)
             pipeline = SearchPipeline(
                 limits=SearchLimits(budget_s=settings.search_budget_s, caption_timeout_s=settings.caption_timeout_s,
                                     max_candidates=settings.max_candidates, attention_top=settings.attention_top),
@@ -149,9 +151,13 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                     max_images=settings.embed_batch, max_bytes=settings.embed_batch_bytes,
                     straggler_wait_s=settings.embed_batch_wait_ms / 1000, concurrency=settings.embed_concurrency), metrics),
                 cache=cache, metrics=metrics, gallery=opened.source if opened is not None else None,
+                boost=feedback.boost,
             )
+            # query_refs are sealed under the thumbnail secret (another label): every replica opens them.
+            marks = feedback_routes.FeedbackDeps(QueryRefs(settings.thumbnail_secret), feedback.marks,
+                                                 opened.source if opened is not None else None, feedback.off)
             yield Deps(SearchDeps(settings, pipeline, catalog, signer, image_limits, downloader, embed),
-                       OpsDeps(settings, catalog, embed, scraper, probes), collections)
+                       OpsDeps(settings, catalog, embed, scraper, probes), collections, marks)
     finally:
         if migration is not None:
             migration.cancel()
@@ -267,6 +273,8 @@ def create_app(settings: GatewaySettings | None = None, *,
         Route("/collections/{name}/reindex", collection_routes.reindex_collection, methods=["POST"]),
         _by_method("/collections/{name}/images/{id}", "collection_image", GET=collection_routes.get_image,
                    DELETE=collection_routes.delete_image),
+        _by_method("/feedback", "feedback", GET=feedback_routes.list_marks, POST=feedback_routes.add_mark),
+        Route("/feedback/{id}", feedback_routes.delete_mark, methods=["DELETE"]),
         *web.routes(),  # the search page at / and its files under /static
     ]
     buckets = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None

@@ -195,6 +195,19 @@ class GatewaySettings(ServiceSettings):
     # Per POST /collections/{name}/images: inputs (file and url fields) and total bytes.
     collection_max_files: AtLeastOne = 100
     collection_max_bytes: AtLeastOne = 40 * 1024 * 1024
+    # --- stored feedback marks (search_gateway/feedback/): POST/GET/DELETE /feedback, and the
+    # boost they give later searches (search/feedback_boost.py). Off: the routes answer 404
+    # feedback_off, nothing is stored and no search reads marks.
+    feedback: Annotated[Literal["on", "off"], Lower] = "on"
+    # Marks one tenant may keep (over the models served now); past it POST /feedback is 409.
+    feedback_max_marks: AtLeastOne = 10_000
+    # The boost: score += weight * (sim - threshold) / (1 - threshold) for a result marked
+    # relevant for a query with cosine sim >= threshold to this one (minus for not relevant),
+    # from at most feedback_boost_marks marks a search. Capped so that marks reorder near-ties
+    # only (docs/benchmarks.md, "Stored feedback boost").
+    feedback_boost_weight: float = Field(default=0.03, ge=0.0, le=0.05)
+    feedback_boost_similarity: float = Field(default=0.9, ge=0.5, lt=1.0)
+    feedback_boost_marks: int = Field(default=50, ge=1, le=1000)
 
     @field_validator("default_model")
     @classmethod

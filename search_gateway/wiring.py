@@ -16,14 +16,17 @@ from search_gateway.clients.models import ModelCatalog
 from search_gateway.collections.blobs.base import BlobStore
 from search_gateway.collections.blobs.factory import open_blob_store
 from search_gateway.collections.orphans import Originals
+from search_gateway.collections.point_sweep import served_spaces
 from search_gateway.collections.records import live_names
 from search_gateway.config import GatewaySettings
+from search_gateway.feedback.marks import MarkStore
 from search_gateway.gallery.base import GalleryCorrupt, GalleryStore
 from search_gateway.gallery.factory import open_store
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.gallery.writer import GalleryWriter
 from search_gateway.metrics import Metrics
 from search_gateway.search.caption import CaptionChain, Vocabulary, ZeroShotCaptioner
+from search_gateway.search.feedback_boost import BoostLimits, FeedbackBoost
 from search_gateway.search.gallery_source import GallerySource, model_space
 from search_gateway.search.tagging import Tagger
 from service_common.model_registry import text_models
@@ -86,3 +89,29 @@ async def open_gallery(settings: GatewaySettings, metrics: Metrics, embed: Embed
     finally:
         await writer.close(_CLOSE_GRACE_S)
         await link.close()
+
+
+FEEDBACK_OFF = "Feedback marks are off on this gateway (GATEWAY_FEEDBACK=off); nothing is stored."
+FEEDBACK_NO_GALLERY = "Feedback marks are kept in the gallery, which is off on this gateway (GATEWAY_GALLERY=off)."
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The stored marks and the boost they give searches; both None when feedback is off
+    (``off`` then says why, for the routes' 404)."""
+
+    marks: MarkStore | None
+    boost: FeedbackBoost | None
+    off: str = ""
+
+
+def open_feedback(settings: GatewaySettings, source: GallerySource | None, catalog: ModelCatalog) -> Feedback:
+    if settings.feedback == "off":
+        return Feedback(None, None, FEEDBACK_OFF)
+    if source is None:
+        return Feedback(None, None, FEEDBACK_NO_GALLERY)
+    # The spaces of the models served now: marks of other weights are neither listed nor used.
+    marks = MarkStore(source.link, served_spaces(catalog, source.space_for), settings.feedback_max_marks)
+    limits = BoostLimits(weight=settings.feedback_boost_weight, threshold=settings.feedback_boost_similarity,
+                         max_marks=settings.feedback_boost_marks)
+    return Feedback(marks, FeedbackBoost(marks, limits))

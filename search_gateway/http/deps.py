@@ -28,6 +28,7 @@ from search_gateway.config import GatewaySettings
 from search_gateway.errors import NotFound
 from search_gateway.fetch.downloader import Downloader
 from search_gateway.fetch.images import ImageLimits
+from search_gateway.http.feedback_routes import FeedbackDeps
 from search_gateway.http.thumbnails import ThumbnailSigner
 from search_gateway.search.gallery_source import GallerySource
 from search_gateway.search.pipeline import SearchPipeline
@@ -111,6 +112,9 @@ class Deps:
     search: SearchDeps
     ops: OpsDeps
     collections: CollectionDeps | None  # None: the gallery is off
+    # The query_ref sealer and the marks (http/feedback_routes.py); None only where a test builds Deps without.
+    feedback: FeedbackDeps | None = None
 
     def install(self, state: State) -> None:
         state.search, state.ops, state.collections = self.search, self.ops, self.collections
+        state.feedback = self.feedback

@@ -14,6 +14,7 @@ from typing import Any
 
 from search_gateway.collections.records import NAME, NAME_RULE, PAGE
 from search_gateway.config import GatewaySettings
+from search_gateway.feedback.marks import MAX_PAGE as MARKS_MAX_PAGE
 from search_gateway.gallery.spaces import WEB
 from search_gateway.http import search_params
 from search_gateway.http.collection_routes import CURSOR, LIST_DEFAULT, MAX_HASHES
@@ -86,6 +87,9 @@ _SCHEMAS: dict[str, Any] = {
         "score": {"type": "number", "description": "The cosine similarity; after re-ranking, the combined score."},
         "global_score": {"type": "number", "description": "Re-ranked: the global vectors' cosine."},
         "local_score": {"type": "number", "description": "Re-ranked: the patch tokens' score (0 to 1)."},
+        "feedback": {"type": "number", "description": "The change the caller's stored feedback marks of similar "
+                                                      "queries made to score (at most GATEWAY_FEEDBACK_BOOST_WEIGHT "
+                                                      "either way)."},
         "thumbnail_url": {"type": "string"},
         "source": {"type": "string", "enum": ["gallery", "web"]},
         "id": {"type": "string", "format": "uuid", "description": "The image's gallery id, for like=<id>."},
@@ -103,6 +107,8 @@ _SCHEMAS: dict[str, Any] = {
         "patch_attention_enabled": {"type": "boolean"},
         "partial": {"type": "boolean"}, "stats": {"type": "object"}, "timings": {"type": "object"},
         "reranked": {"type": "boolean", "description": "True when the best results were re-ranked by patch tokens."},
+        "query_ref": {"type": "string", "description": "Opaque: send it back with POST /feedback to mark a result "
+                                                        "of this search relevant or not."},
     }},
     "AttentionResponse": {"type": "object", "required": ["candidate_url", "embedding_model", "similarity_analysis"],
                           "properties": {
@@ -180,6 +186,14 @@ _SCHEMAS: dict[str, Any] = {
         "images": {"type": "array", "items": {"type": "object", "required": ["id", "thumbnail"], "properties": {
             "id": {"type": "string", "format": "uuid"}, "filename": {"type": "string"},
             "thumbnail": {"type": "string"}, "added": {"type": ["string", "null"], "format": "date-time"}}}}}},
+    "Mark": {"type": "object", "required": ["id", "result", "relevant", "model", "at"], "properties": {
+        "id": {"type": "string", "format": "uuid", "description": "The mark's id (DELETE /feedback/{id})."},
+        "result": {"type": "string", "format": "uuid", "description": "The marked result's id."},
+        "relevant": {"type": "boolean"}, "model": {"type": "string"},
+        "at": {"type": "string", "format": "date-time"}}},
+    "Marks": {"type": "object", "required": ["marks", "next"], "properties": {
+        "marks": {"type": "array", "items": {"$ref": "#/components/schemas/Mark"}},
+        "next": {"type": ["string", "null"], "description": "Pass as 'after' for the next page; null on the last."}}},
     "Readiness": {"type": "object", "required": ["status", "checks"], "properties": {
         "status": {"type": "string", "enum": ["ready", "not_ready"]},
         "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
@@ -251,6 +265,7 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
     }
     if s.gallery == "on":
         paths.update(_collection_paths(served, s.collection_max_files))
+    paths.update(_feedback_paths())
     # Every reply, errors from the access checks included, names its request id.
     request_id = {REQUEST_ID_HEADER: {"required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
                                       "description": "Sent by the client when well formed, else generated."}}
@@ -367,4 +382,39 @@ def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
             "delete": {"summary": "Remove an image from the collection.", "parameters": [name, image_id],
                        "responses": {**gone, **_errors(*_ACCESS, 404, 503)}},
         },
+    }
+
+
+def _feedback_paths() -> dict[str, Any]:
+    """The stored feedback marks' routes (feedback_routes.py). 404 also when feedback is off
+    (GATEWAY_FEEDBACK=off or the gallery off: error feedback_off)."""
+    uuid = {"type": "string", "format": "uuid", "pattern": f"^{CURSOR.pattern}$"}
+    return {
+        "/feedback": {
+            "post": {"summary": "Mark a result of one of your searches relevant or not (the same result for the "
+                                "same query again replaces the mark). Later searches with a similar query move "
+                                "results marked relevant up a little, not relevant down a little.",
+                     "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                         "type": "object", "required": ["query_ref", "result", "relevant"], "properties": {
+                             "query_ref": {"type": "string", "description": "The search reply's query_ref, unchanged."},
+                             "result": {**uuid, "description": "The result's id."},
+                             "relevant": {"type": "boolean"}}}}}},
+                     "responses": {"201": _json_body("Mark", "Stored"),
+                                   # 404: feedback off, an unknown (or another tenant's) query_ref, or a result the
+                                   # caller cannot see; 409: the model's weights changed since the search, or the
+                                   # tenant's marks are at GATEWAY_FEEDBACK_MAX_MARKS.
+                                   **_errors(*_BODY, *_ACCESS, 404, 409, 503)}},
+            "get": {"summary": "A page of your feedback marks, in a stable order.",
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                    "maximum": MARKS_MAX_PAGE, "default": 100}},
+                        {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[a-z0-9_-]+$"},
+                         "description": "The 'next' of the previous page, unchanged."}],
+                    "responses": {"200": _json_body("Marks", "One page of marks"),
+                                  **_errors(*_ACCESS, 400, 404, 503)}},
+        },
+        "/feedback/{id}": {"delete": {
+            "summary": "Delete one of your feedback marks.",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": uuid}],
+            "responses": {"204": {"description": "Deleted"}, **_errors(*_ACCESS, 404, 503)}}},
     }

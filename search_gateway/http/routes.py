@@ -31,6 +31,7 @@ from search_gateway.http import search_json, search_params
 from search_gateway.http.collection_routes import blob_thumbnail
 from search_gateway.http.collection_routes import searched as searched_collections
 from search_gateway.http.deps import ops_deps, search_deps
+from search_gateway.http.feedback_routes import query_ref
 from search_gateway.http.openapi import openapi_document
 from search_gateway.http.thumbnails import BLOB, blob_url
 from search_gateway.search import attention
@@ -120,8 +121,8 @@ async def _search_query(request: Request) -> SearchQuery:
 
 
 def _body(request: Request, outcome: SearchOutcome) -> dict[str, Any]:
-    """The reply body, with a signed thumbnail link for each result."""
-    return search_json.outcome(outcome, _thumbnail_link(request))
+    """The reply body, with a signed thumbnail link for each result and the query_ref for POST /feedback."""
+    return {**search_json.outcome(outcome, _thumbnail_link(request)), "query_ref": query_ref(request, outcome)}
 
 
 def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:

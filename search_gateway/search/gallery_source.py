@@ -62,8 +62,11 @@ def visible_to(point: GalleryPoint, tenant: str) -> bool:
     """A public web point, or one of the caller's own: anything else does not exist for them.
 
     Checked on every point a search hands out, even those the store's filter already
-    restricted, so a filter built wrong can never show another tenant's image.
+    restricted, so a filter built wrong can never show another tenant's image. A
+    bookkeeping record (a feedback mark, a collection's record) is never an image, whoever's.
     """
+    if point.record or point.collection.startswith("@"):
+        return False
     if point.tenant is None:
         return point.collection == WEB
     return point.tenant == tenant

@@ -38,6 +38,7 @@ from search_gateway.search.candidates import unique_candidates
 from search_gateway.search.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, CaptionChain, compose_query
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import EmbedBatches, Embedded, EmbedResult
+from search_gateway.search.feedback_boost import FeedbackBoost, nudged
 from search_gateway.search.gallery_source import GallerySource
 from search_gateway.search.patch_attention import attach_attention
 from search_gateway.search.query_vectors import QueryVectors
@@ -85,6 +86,8 @@ class SearchPipeline:
     metrics: Metrics
     # None when GATEWAY_GALLERY=off.
     gallery: GallerySource | None = None
+    # Stored feedback marks nudging the results; None with GATEWAY_FEEDBACK=off or the gallery off.
+    boost: FeedbackBoost | None = None
 
     async def run(self, query: SearchQuery, emit: Emit | None = None) -> SearchOutcome:
         self.metrics.in_flight.inc()
@@ -120,11 +123,21 @@ class _Search:
         self.gallery_down = pipeline.gallery is None
         self.liked_tags: dict[str, float] = {}
         self.reranked = False
+        self.marks: asyncio.Future[dict[str, float]] | None = None
 
     async def run(self) -> SearchOutcome:
+        try:
+            return await self._run()
+        finally:
+            if self.marks is not None:
+                self.marks.cancel()  # a no-op once read; else the search failed before using it
+
+    async def _run(self) -> SearchOutcome:
         query = self.query
         use_web = "web" in query.sources
         query_vector = await self._query_vector()
+        # Stored feedback: read while the gallery and the web are searched, applied at the end.
+        marks = self.marks = asyncio.ensure_future(self._marks(query_vector)) if self.pipeline.boost else None
         # The caption starts now (it may wait for the query's vector too) but is reported
         # after the gallery's answer: the gallery event comes before any web event.
         captioning = asyncio.ensure_future(self._caption()) if use_web else None
@@ -148,6 +161,8 @@ class _Search:
         else:
             self.query_vectors.cancel()
 
+        if marks is not None:
+            self.ranking.rescore(nudged(self.ranking.best(len(self.ranking)), await marks))
         tally = self.tally
         if not len(self.ranking) and tally.embed_error and tally.embedded == 0 and tally.from_cache == 0:
             raise BackendUnavailable(tally.embed_error, backend="embed server")
@@ -165,7 +180,23 @@ class _Search:
             stats=tally.stats(ranked=len(self.ranking), duplicates=self.ranking.duplicates),
             timings_ms=self.stopwatch.finish(self.deadline.elapsed()),
             provenance=self.query_vectors.provenance(query.model),
+            query_vector=_vector_of(query_vector),
         )
+
+    async def _marks(self, query_vector: asyncio.Future[np.ndarray]) -> dict[str, float]:
+        """Score changes from the tenant's marks of similar queries (search/feedback_boost.py)."""
+        boost = self.pipeline.boost
+        try:
+            space = await self._query_space(query_vector)
+        except Exception:  # the vector failed: the search reports that itself
+            return {}
+        if boost is None or space is None:
+            return {}
+        try:  # a store that hangs costs this search no more than its own budget
+            async with asyncio.timeout(max(0.1, self.deadline.remaining())):
+                return await boost.changes(space, await query_vector, self.query.tenant)
+        except TimeoutError:
+            return {}
 
     async def _web(self, caption: str, query_vector: asyncio.Future[np.ndarray], reserve: float) -> None:
         collect = asyncio.ensure_future(self._collect(caption, query_vector))
@@ -414,6 +445,10 @@ class _Search:
             self.partial = True
         self.stopwatch.mark("attention", start)
         return [*top, *rest]
+
+
+def _vector_of(future: asyncio.Future[np.ndarray]) -> np.ndarray | None:
+    return future.result() if future.done() and not future.cancelled() and future.exception() is None else None
 
 
 def _caption_from_tags(tags: dict[str, float]) -> str:

@@ -41,6 +41,12 @@ class Ranking:
             return
         self._by_sha[result.sha256] = result
 
+    def rescore(self, results: list[RankedResult]) -> None:
+        """Results of this ranking with new scores (stored feedback, search/feedback_boost.py)."""
+        for r in results:
+            if r.sha256 in self._by_sha:
+                self._by_sha[r.sha256] = r
+
     def best(self, n: int, min_score: float | None = None) -> list[RankedResult]:
         ranked = sorted(self._by_sha.values(), key=lambda r: -r.score)
         if min_score is not None:

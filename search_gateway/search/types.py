@@ -94,6 +94,8 @@ class RankedResult:
     # After re-ranking: ``score`` is the combined one, these its two parts (None: not re-ranked).
     global_score: float | None = None
     local_score: float | None = None
+    # The change stored feedback marks made to ``score`` (search/feedback_boost.py); None: none.
+    feedback: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ class SearchOutcome:
     provenance: Provenance | None
     # True when the best results were re-ranked by patch tokens.
     reranked: bool = False
+    # The query's unit vector (for the reply's query_ref); None when no embed reply gave it.
+    query_vector: np.ndarray | None = None
 
 
 # Progress of a running search, for /search/stream.

@@ -16,19 +16,23 @@ import search_gateway
 
 PACKAGE = Path(search_gateway.__file__).parent
 IMPORTER = Path(bulk_importer.__file__).parent
-ROOMS = ("http", "clients", "fetch", "search", "gallery", "collections")
+ROOMS = ("http", "clients", "fetch", "search", "gallery", "collections", "feedback")
 # The clients, the channels they run on, and the watch of the embed channel's state: the
 # only modules that speak gRPC.
 EDGE = {"clients/backends.py", "clients/channels.py", "clients/weights_watch.py"}
 # Who may not import whom. http/ sits on top (it may import every room); the search and
 # the collections never meet (search/gallery_source.py defines the Protocols that wiring.py
 # and app.py fill with collections/ code); clients/, fetch/ and gallery/ are below both.
+# feedback/ (stored marks) is beside collections/: it imports gallery/ only.
 FORBIDDEN = {
-    "search": {"collections", "http"},
-    "collections": {"search", "http"},
-    "clients": {"search", "collections", "http"},
-    "fetch": {"search", "collections", "http"},
-    "gallery": {"search", "collections", "http"},
+    "search": {"collections", "http", "feedback"},
+    "collections": {"search", "http", "feedback"},
+    "clients": {"search", "collections", "http", "feedback"},
+    "fetch": {"search", "collections", "http", "feedback"},
+    "gallery": {"search", "collections", "http", "feedback"},
+    # The stored feedback marks (issue 22) sit on the gallery alone; the search reads them
+    # through search/feedback_boost.py's Protocol, filled by wiring.py.
+    "feedback": {"search", "collections", "http", "clients", "fetch"},
 }
 # The top-level modules that assemble the rooms: no room imports them.
 ASSEMBLY = {"search_gateway.app", "search_gateway.wiring", "search_gateway.server", "search_gateway.__main__"}
