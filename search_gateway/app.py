@@ -152,6 +152,7 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                     straggler_wait_s=settings.embed_batch_wait_ms / 1000, concurrency=settings.embed_concurrency), metrics),
                 cache=cache, metrics=metrics, gallery=opened.source if opened is not None else None,
                 boost=feedback.boost,
+                refine_method=settings.refine_method,
             )
             # query_refs are sealed under the thumbnail secret (another label): every replica opens them.
             marks = feedback_routes.FeedbackDeps(QueryRefs(settings.thumbnail_secret), feedback.marks,

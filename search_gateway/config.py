@@ -157,6 +157,9 @@ class GatewaySettings(ServiceSettings):
     # measurements and its build holds the GIL (the embedded store runs it in a child
     # process, and the space is unavailable meanwhile). Turn HNSW on past ~100k points.
     gallery_exact: bool = True
+    # How positive / negative marks refine a search (search/refine.py METHODS); the default
+    # won the measurement in docs/benchmarks.md "Relevance feedback".
+    refine_method: Literal["rocchio", "average_vector", "best_score", "feedback_naive"] = "rocchio"
     gallery_hnsw_ef: AtLeastOne = 128
     # Points waiting for the background writer; past it new sightings are dropped (counted).
     gallery_write_queue: AtLeastOne = 5000

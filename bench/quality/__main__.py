@@ -25,19 +25,20 @@ weight, and the latency it adds per query. Exit status: 0 done, 1 the server fai
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from bench.quality import layouts, two_stage
+from bench.quality import feedback, layouts, two_stage
 from bench.quality.embedding import (
     EmbeddingError,
     ModelIdentity,
@@ -86,7 +87,28 @@ def _parser() -> argparse.ArgumentParser:
                         help="queries whose patches are fetched cold again to time it, per K (default %(default)s)")
     parser.add_argument("--patch-concurrency", type=int, default=8,
                         help="EmbedPatches calls in flight (one image each; default %(default)s)")
+    parser.add_argument("--feedback-rounds", type=int, default=0,
+                        help="also measure relevance feedback: N rounds of marking the first 10 results from the "
+                             "ground truth and refining (`feedback`; default: not measured)")
+    parser.add_argument("--feedback-methods", default=_FEEDBACK_METHODS,
+                        help="refinement methods to compare, each optionally with its a/b/c weights "
+                             "(default %(default)s)")
+    parser.add_argument("--feedback-export", type=Path,
+                        help="write the vectors and hits to this .npz for bench.quality.fit_feedback (first "
+                             "benchmark; the --feedback-queries subset is not applied)")
+    parser.add_argument("--feedback-engine", choices=("edge", "qdrant-local"), default="edge",
+                        help="the store the methods run in: qdrant-edge (what the gateway ships by default) or "
+                             "qdrant-client's local mode (the server's semantics; it has average_vector) "
+                             "(default %(default)s)")
+    parser.add_argument("--feedback-patches", action="store_true",
+                        help="also try the two-stage patch score as the feedback model (no marks: the better half "
+                             "of the first 10 by mutual nearest patches is the positive feedback), one round")
+    parser.add_argument("--feedback-queries", type=int,
+                        help="relevance feedback over the first N queries only (default: all)")
     return parser
+
+
+_FEEDBACK_METHODS = "rocchio:1/1/0.5,rocchio:1/0.75/0.15,rocchio:1/2/1,average_vector,best_score,feedback_naive"
 
 
 def _plan(args: argparse.Namespace) -> two_stage.Plan:
@@ -120,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         print("quality: --retrieval gateway needs --gateway URL and does not take --rerank", file=sys.stderr)
         return 2
     try:
+        methods = feedback.parse_methods(args.feedback_methods) if args.feedback_rounds else []
+        if args.feedback_rounds < 0 or (args.feedback_queries is not None and args.feedback_queries < 1):
+            raise ValueError("--feedback-rounds must be at least 0 and --feedback-queries at least 1")
         plan = _plan(args) if args.rerank else None
         benchmarks = layouts.read(args.layout, args.path, protocols, limit=args.limit,
                                   scratch=args.cache_dir.parent / "idx")
@@ -168,17 +193,40 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quality: {exc}", file=sys.stderr)
             return 1
 
+    if args.feedback_export is not None:
+        first = benchmarks[0]
+        feedback.export(args.feedback_export, first, vectors[[row_of[ref] for ref in first.gallery]],
+                        vectors[[row_of[q.image] for q in first.queries]])
+    marked: list[dict[str, object]] = []
+    patched: list[dict[str, object]] = []
+    for benchmark in benchmarks if args.feedback_rounds else []:
+        if args.feedback_queries is not None:
+            benchmark = replace(benchmark, queries=benchmark.queries[: args.feedback_queries])
+        gallery = vectors[[row_of[ref] for ref in benchmark.gallery]]
+        queries = vectors[[row_of[q.image] for q in benchmark.queries]]
+        marked += feedback.run(benchmark, gallery, queries, args.feedback_rounds, methods, args.feedback_engine)
+        if args.feedback_patches:
+            patched += _patch_feedback(args, identity, benchmark, gallery, queries, methods)
+
     warnings = _warnings(identity, results)
     report = {"layout": args.layout, "path": str(args.path), "target": args.target, "k": args.k,
               "model": asdict(identity), "embedding": asdict(stats), "warnings": warnings, "results": results}
     if staged is not None:
         report["two_stage"] = staged
+    if marked:
+        report["feedback"] = {"rounds": args.feedback_rounds, "shown": feedback.SHOWN, "results": marked,
+                              "patch_feedback": patched}
     out = args.json or Path("var/quality") / f"{args.layout}-{identity.model}-{identity.precision}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(_table(identity.model, identity.weights, f"{identity.runtime} {identity.precision}", ks, results))
     if staged is not None:
         print(_two_stage_tables(results, staged))
+    if marked:
+        print(feedback.table(marked, args.feedback_rounds))
+    for row in patched:
+        print(f"{row['benchmark']} | {row['method']} | R@10 {_percent(row['recall@10'])} | "
+              f"mAP@R {_percent(row['map@r'])} ({row['queries']} queries)")
     for warning in warnings:
         print(f"note: {warning}")
     print(f"embedded {stats.embedded} image(s), {stats.from_cache} from the cache, in {stats.seconds:.1f} s; wrote {out}")
@@ -246,6 +294,22 @@ def _two_stage(args: argparse.Namespace, plan: two_stage.Plan, identity: ModelId
     return {"ks": list(plan.ks), "methods": list(plan.methods), "weights": list(plan.weights),
             "default": {"method": rerank.DEFAULT_METHOD, "weight": rerank.DEFAULT_WEIGHT},
             "patches": asdict(stats), "latency_queries": chosen, "results": rows, "latency": latency}
+
+
+def _patch_feedback(args: argparse.Namespace, identity: ModelIdentity, benchmark: Benchmark, gallery: np.ndarray,
+                    queries: np.ndarray, methods: Sequence[feedback.Method]) -> list[dict[str, object]]:
+    """Patches of every query and its first 10, then one round of patch-score feedback."""
+    tops = two_stage.candidates(benchmark, gallery, queries, feedback.SHOWN)
+    refs = list(dict.fromkeys([*(q.image for q in benchmark.queries),
+                               *(benchmark.gallery[int(i)] for top in tops for i in top)]))
+    key_of = {ref: image_key(ref)[0] for ref in refs}
+    cache = None if args.no_cache else PatchCache(args.cache_dir, identity)
+    with grpc.insecure_channel(args.target) as channel:
+        patches, _ = fetch_patches(embed_pb2_grpc.EmbedServiceStub(channel), identity, refs, cache,
+                                   concurrency=args.patch_concurrency, timeout=args.timeout)
+    return asyncio.run(feedback.patch_feedback(
+        benchmark, gallery, queries, tops, _lookup(patches, key_of, [q.image for q in benchmark.queries]),
+        _lookup(patches, key_of, benchmark.gallery), methods))
 
 
 def _lookup(patches: dict[str, np.ndarray], key_of: dict[ImageRef, str],

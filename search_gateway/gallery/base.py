@@ -148,6 +148,39 @@ class GalleryFilter:
         return not (self.collections or self.tenant is not None or self.tags or self.content_hashes or self.urls)
 
 
+# Queries by example that an engine may run itself (search_by_examples); "average_vector"
+# and "best_score" are Qdrant's Recommendation API strategies, "feedback_naive" its
+# relevance-feedback query with the three-weight naive formula.
+EXAMPLE_QUERIES: tuple[str, ...] = ("average_vector", "best_score", "feedback_naive")
+
+
+class QueryUnsupported(GalleryError):
+    """The engine has no such query type: the caller falls back (search/refine.py, one place)."""
+
+
+@dataclass(frozen=True)
+class ExampleQuery:
+    """A search by marked examples, scored by the engine.
+
+    ``target``: the query's own vector (None when the marks alone are the query); the
+    recommendation strategies take it as one more positive example. ``weights``: the
+    naive feedback formula's (a, b, c); each positive is a feedback item scored 1, each
+    negative one scored 0.
+    """
+
+    method: str
+    positives: tuple[tuple[float, ...], ...]
+    negatives: tuple[tuple[float, ...], ...] = ()
+    target: tuple[float, ...] | None = None
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.method not in EXAMPLE_QUERIES:
+            raise ValueError(f"unknown query by example {self.method!r}")
+        if not (self.positives or self.target is not None):
+            raise ValueError("a query by examples needs a positive example or a target")
+
+
 @dataclass(frozen=True)
 class GalleryPage:
     """One page of a scroll: points in id order, and where the next page starts (None: the end)."""
@@ -211,6 +244,17 @@ class GalleryStore(Protocol):
         min_score: float | None = None,
     ) -> list[GalleryHit]:
         """The nearest points by cosine, best first, without their vectors."""
+
+    async def search_by_examples(
+        self,
+        space: VectorSpace,
+        query: ExampleQuery,
+        *,
+        limit: int,
+        filter: GalleryFilter | None = None,
+    ) -> list[GalleryHit]:
+        """The best points by ``query``'s own score, best first, without their vectors;
+        :class:`QueryUnsupported` where the engine has no such query type."""
 
     async def count(self, space: VectorSpace, filter: GalleryFilter | None = None) -> int: ...
 

@@ -37,6 +37,7 @@ import qdrant_edge as qe
 
 from search_gateway.gallery.base import (
     IMAGE_VECTOR,
+    ExampleQuery,
     GalleryCorrupt,
     GalleryError,
     GalleryFilter,
@@ -44,6 +45,7 @@ from search_gateway.gallery.base import (
     GalleryPage,
     GalleryPoint,
     GalleryUnavailable,
+    QueryUnsupported,
     VectorSpace,
 )
 from search_gateway.gallery.schema import (
@@ -130,6 +132,28 @@ def _edge_filter(spec: GalleryFilter | None) -> qe.Filter | None:
     if spec.urls:
         must.append(qe.FieldCondition("urls", match=qe.MatchAny(list(spec.urls))))
     return qe.Filter(must=must)
+
+
+def _example_query(query: ExampleQuery) -> qe.Query:
+    """qdrant-edge 0.9 has RecommendBestScore and FeedbackNaive; it has no average_vector
+    strategy (the server computes that vector itself before a nearest search)."""
+    positives: list[Any] = [query_vector(v) for v in query.positives]
+    negatives: list[Any] = [query_vector(v) for v in query.negatives]
+    if query.method == "best_score":
+        first: list[Any] = [query_vector(query.target)] if query.target is not None else []
+        return qe.Query.RecommendBestScore(qe.RecommendQuery(first + positives, negatives), using=IMAGE_VECTOR)
+    if query.method == "feedback_naive":
+        target = query_vector(query.target) if query.target is not None else _mean(query.positives)
+        items = [qe.FeedbackItem(v, 1.0) for v in positives] + [qe.FeedbackItem(v, 0.0) for v in negatives]
+        a, b, c = query.weights
+        return qe.Query.FeedbackNaive(qe.FeedbackNaiveQuery(target, items, qe.NaiveFeedbackStrategy(a, b, c)),
+                                      using=IMAGE_VECTOR)
+    raise QueryUnsupported(f"qdrant-edge has no {query.method} query")
+
+
+def _mean(vectors: Sequence[Sequence[float]]) -> list[float]:
+    """The positives' mean: the feedback query's target when the marks alone are the query."""
+    return [sum(column) / len(vectors) for column in zip(*vectors, strict=True)]
 
 
 def _revision_is(revision: str) -> qe.Filter:
@@ -399,6 +423,17 @@ class EdgeGalleryStore:
             with_vector=False,
             params=qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=self.exact),
         )
+        found = await shard.call(lambda engine: engine.query(request))
+        return [to_hit(hit.payload, hit.score) for hit in found]
+
+    async def search_by_examples(self, space: VectorSpace, query: ExampleQuery, *, limit: int,
+                                 filter: GalleryFilter | None = None) -> list[GalleryHit]:
+        shard = self._shards.get(space.name)
+        if shard is None:
+            return []
+        request = qe.QueryRequest(limit=limit, query=_example_query(query), filter=_edge_filter(filter),
+                                  with_payload=True, with_vector=False,
+                                  params=qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=self.exact))
         found = await shard.call(lambda engine: engine.query(request))
         return [to_hit(hit.payload, hit.score) for hit in found]
 

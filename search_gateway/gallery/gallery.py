@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from search_gateway.gallery.base import GalleryFilter, GalleryHit, GalleryPoint, GalleryStore, VectorSpace, point_id
+from search_gateway.gallery.base import (
+    ExampleQuery,
+    GalleryFilter,
+    GalleryHit,
+    GalleryPoint,
+    GalleryStore,
+    VectorSpace,
+    point_id,
+)
 
 # A picture reposted everywhere must not grow its point without bound; the most
 # recent sightings are kept (older URLs are the likeliest to be dead).
@@ -123,15 +131,20 @@ class Gallery:
         tenant: str | None = None,
         urls: Sequence[str] = (),
         content_hashes: Sequence[str] = (),
+        examples: ExampleQuery | None = None,
     ) -> list[GalleryHit]:
         """The most similar remembered images, best first (restricted to ``urls`` or
-        ``content_hashes`` when given: "is this one known, and how close is it?")."""
+        ``content_hashes`` when given: "is this one known, and how close is it?").
+        With ``examples``, scored by that query by examples instead of ``vector``'s cosine
+        (``min_score`` then does not apply: the scores are the method's own)."""
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
         if min_score is not None and not -1.0 <= min_score <= 1.0:
             raise ValueError(f"min_score is a cosine similarity between -1 and 1, got {min_score}")
         spec = GalleryFilter(collections=tuple(collections), tenant=tenant, tags=tuple(tags),
                              content_hashes=tuple(content_hashes), urls=tuple(urls))
+        if examples is not None:
+            return await self.store.search_by_examples(space, examples, limit=limit, filter=spec)
         return await self.store.search(
             space, _unit_vector(vector, space), limit=limit, filter=spec, min_score=min_score
         )

@@ -20,6 +20,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from search_gateway.gallery.base import (
     IMAGE_VECTOR,
+    ExampleQuery,
     GalleryCorrupt,
     GalleryError,
     GalleryFilter,
@@ -65,6 +66,27 @@ def _qdrant_filter(spec: GalleryFilter | None) -> qm.Filter | None:
     if spec.urls:
         must.append(qm.FieldCondition(key="urls", match=qm.MatchAny(any=list(spec.urls))))
     return qm.Filter(must=must)
+
+
+def _example_query(query: ExampleQuery) -> qm.RecommendQuery | qm.RelevanceFeedbackQuery:
+    """The server (and qdrant-client's local mode) has every query by example: the
+    Recommendation API's strategies and, since 1.17, relevance feedback."""
+    positives: list[Any] = [query_vector(v) for v in query.positives]
+    negatives: list[Any] = [query_vector(v) for v in query.negatives]
+    target = query_vector(query.target) if query.target is not None else None
+    if query.method == "feedback_naive":
+        a, b, c = query.weights
+        items = ([qm.FeedbackItem(example=v, score=1.0) for v in positives]
+                 + [qm.FeedbackItem(example=v, score=0.0) for v in negatives])
+        if target is None:  # the marks alone: the positives' mean is the target
+            target = [sum(column) / len(positives) for column in zip(*positives, strict=True)]
+        return qm.RelevanceFeedbackQuery(relevance_feedback=qm.RelevanceFeedbackInput(
+            target=target, feedback=items,
+            strategy=qm.NaiveFeedbackStrategy(naive=qm.NaiveFeedbackStrategyParams(a=a, b=b, c=c))))
+    strategy = (qm.RecommendStrategy.BEST_SCORE if query.method == "best_score"
+                else qm.RecommendStrategy.AVERAGE_VECTOR)
+    return qm.RecommendQuery(recommend=qm.RecommendInput(
+        positive=([target] if target is not None else []) + positives, negative=negatives, strategy=strategy))
 
 
 def _revision_is(revision: str) -> qm.Filter:
@@ -274,6 +296,19 @@ class QdrantGalleryStore:
                 with_vectors=False,
                 search_params=params,
             )
+        )
+        return [to_hit(hit.payload, hit.score) for hit in answer.points]
+
+    async def search_by_examples(self, space: VectorSpace, query: ExampleQuery, *, limit: int,
+                                 filter: GalleryFilter | None = None) -> list[GalleryHit]:
+        if not await self._exists(space):
+            return []
+        params = (qm.SearchParams(hnsw_ef=self.hnsw_ef, exact=self.exact)
+                  if (self.hnsw_ef or self.exact) and not self._local else None)
+        answer = await self._guard(
+            self._client.query_points(self._collection(space), query=_example_query(query), using=IMAGE_VECTOR,
+                                      query_filter=_qdrant_filter(filter), limit=limit, with_payload=True,
+                                      with_vectors=False, search_params=params)
         )
         return [to_hit(hit.payload, hit.score) for hit in answer.points]
 

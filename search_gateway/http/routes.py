@@ -90,7 +90,8 @@ async def _search_query(request: Request) -> SearchQuery:
         collections = await searched_collections(request, params.collections)
         query = functools.partial(SearchQuery, model=params.model, max_results=params.max_results,
                                   sources=params.sources, min_score=params.min_score, tags=params.tags,
-                                  tenant=tenant_of(request.scope), collections=collections)
+                                  tenant=tenant_of(request.scope), collections=collections,
+                                  positive=params.positive, negative=params.negative)
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
         text = params.text if data is None else None
         if params.like is not None:
@@ -101,6 +102,16 @@ async def _search_query(request: Request) -> SearchQuery:
                                  "with no image whose patches could re-rank the results.")
             await gw.catalog.require(params.model)
             return query(include_attention=False, like=params.like)
+        if data is None and text is None and params.positive:
+            # Marks alone: the refined query is built from them (search/refine.py).
+            if params.rerank_k:
+                raise RerankNeedsImage("Parameter 'rerank' needs a query image: marked results alone have no "
+                                       "image whose patches could re-rank the results.")
+            await gw.catalog.require(params.model)
+            return query(include_attention=False)
+        if data is None and text is None and params.negative:
+            raise BadRequest("Parameter 'negative' alone gives nothing to search for: send a query (an image, "
+                             "'text' or 'like') or at least one 'positive' result id with it.")
         if data is None and text is None:
             raise MissingField("Send the query image in the multipart field 'file' (or a 'text' field for text "
                                "search, or 'like' with a gallery image id).")

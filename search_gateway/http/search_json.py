@@ -60,6 +60,9 @@ def outcome(o: SearchOutcome, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
     if o.provenance is not None:
         # Random weights rank by nothing: the page says so.
         body["embedding_weights"] = o.provenance.weights
+    if o.refinement is not None:  # positive / negative were given (search/refine.py)
+        body["refinement"] = {"method": o.refinement.method, "positive": o.refinement.positive,
+                              "negative": o.refinement.negative}
     return body
 
 

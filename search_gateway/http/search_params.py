@@ -69,6 +69,9 @@ class SearchParams(BaseModel):
     like: str | None
     collections: tuple[str, ...] | None  # None: web and every collection of the caller
     text: str | None  # as sent (the handler collapses spaces and checks the length)
+    # Refinement by example (search/refine.py): result ids marked relevant / not relevant.
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
 
 
 # ---- JSON's own types, checked before anything else (the body is one value) ----
@@ -302,6 +305,21 @@ PARAMS: tuple[Param, ...] = (
           f"(at most {MAX_SEARCHED}); default: web and all of the caller's. An unknown one (or another tenant's) "
           "is 404. Web results still stream unless sources=gallery.", gallery_only=True),
 )
+# Refinement by example: the ids of results marked relevant (positive) or not (negative).
+MAX_MARKS = 20
+_UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_MARKS_PATTERN = f"^$|^{_UUID_PATTERN}(,{_UUID_PATTERN}){{0,{MAX_MARKS - 1}}}$"
+PARAMS = (*PARAMS,
+          Param("positive", Names({"type": "string", "pattern": _MARKS_PATTERN}, {"type": "string", "format": "uuid"},
+                                  MAX_MARKS),
+                f"Comma-separated ids of results marked relevant (at most {MAX_MARKS}; results of web or of the "
+                "caller's collections, else 404): the search is refined towards them (GATEWAY_REFINE_METHOD), "
+                "with the query image, text or like, or alone. Marked results do not come back.", gallery_only=True),
+          Param("negative", Names({"type": "string", "pattern": _MARKS_PATTERN}, {"type": "string", "format": "uuid"},
+                                  MAX_MARKS),
+                f"Comma-separated ids of results marked not relevant (at most {MAX_MARKS}): results like them are "
+                "pushed down; they do not come back. Needs a query (image, text, like) or positive.",
+                gallery_only=True))
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
 
 
@@ -350,9 +368,33 @@ def parse(query: Mapping[str, str], body: Mapping[str, Any] | None, setup: Setup
         raise BadRequest("The gallery is off on this gateway (GATEWAY_GALLERY=off): search with sources=web.")
     collections = _collections(raw("collections"))
     text = body.get("text") if body is not None else None
+    positive, negative = _marks(raw("positive"), "positive"), _marks(raw("negative"), "negative")
+    if (positive or negative) and not setup.gallery:
+        raise BadRequest("The gallery is off on this gateway (GATEWAY_GALLERY=off): 'positive' and 'negative' "
+                         "name gallery results, so there is nothing to refine by.")
     return SearchParams(model=str(model), include_attention=include_attention, rerank_k=rerank_k,
                         max_results=max_results, sources=sources, min_score=min_score, tags=tags, like=like,
-                        collections=collections, text=text if isinstance(text, str) else None)
+                        collections=collections, text=text if isinstance(text, str) else None,
+                        positive=positive, negative=negative)
+
+
+def _marks(raw: Raw | None, name: str) -> tuple[str, ...]:
+    """Result ids, each a UUID, without repeats; whether each exists and is the caller's is
+    the search's check (it needs the store: 404 as for like)."""
+    if raw is None:
+        return ()
+    items = [item.strip() for item in items_of(raw) if item.strip()]
+    ids: list[str] = []
+    for item in items:
+        try:
+            ids.append(str(uuid.UUID(item)))
+        except ValueError:
+            raise BadRequest(f"Parameter {name!r} takes result ids (the 'id' of a result, a UUID), "
+                             f"comma-separated; {item[:60]!r} is not one.") from None
+    unique = tuple(dict.fromkeys(ids))
+    if len(unique) > MAX_MARKS:
+        raise BadRequest(f"Parameter {name!r} takes at most {MAX_MARKS} result ids; {len(unique)} were given.")
+    return unique
 
 
 def _sources(raw: Raw | None) -> frozenset[str]:
@@ -454,7 +496,8 @@ def json_body(setup: Setup) -> dict[str, Any]:
         properties[param["name"]] = field
     body: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
     if "like" in properties:  # like=<id> is the query when given: text is then not needed (nor used)
-        body["anyOf"] = [{"required": ["text"]}, {"required": ["like"]}]
+        # (positive alone is a query too: the refined one, built from the marks)
+        body["anyOf"] = [{"required": ["text"]}, {"required": ["like"]}, {"required": ["positive"]}]
     else:
         body["required"] = ["text"]
     return body

@@ -19,7 +19,14 @@ import numpy as np
 
 from search_gateway.clients.models import ModelCatalog
 from search_gateway.clients.replies import Candidate
-from search_gateway.gallery.base import GalleryError, GalleryHit, GalleryPoint, GalleryStore, VectorSpace
+from search_gateway.gallery.base import (
+    ExampleQuery,
+    GalleryError,
+    GalleryHit,
+    GalleryPoint,
+    GalleryStore,
+    VectorSpace,
+)
 from search_gateway.gallery.gallery import Gallery
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.gallery.spaces import WEB
@@ -103,9 +110,10 @@ class GallerySource:
 
     async def find(self, space: VectorSpace, vector: np.ndarray, *, tenant: str, limit: int,
                    collections: Sequence[str] | None = None, tags: Sequence[str] = (),
-                   min_score: float | None = None) -> list[RankedResult]:
+                   min_score: float | None = None, examples: ExampleQuery | None = None) -> list[RankedResult]:
         """The best remembered images of ``collections`` (None: web and all of the
-        tenant's); raises GalleryUnavailable (the search goes on without them)."""
+        tenant's); raises GalleryUnavailable (the search goes on without them). With
+        ``examples``: scored by that query by examples (search/refine.py)."""
         if not tenant:
             raise ValueError("a gallery search needs the caller's tenant")
         if collections is None:
@@ -119,10 +127,10 @@ class GallerySource:
         asks: list[Callable[[Gallery], Awaitable[list[GalleryHit]]]] = []
         if collections is None or WEB in collections:
             asks.append(lambda g: g.find(space, vector, limit=limit, collections=(WEB,), tags=tags,
-                                         min_score=min_score))
+                                         min_score=min_score, examples=examples))
         if private:
             asks.append(lambda g: g.find(space, vector, limit=limit, collections=private, tenant=tenant,
-                                         tags=tags, min_score=min_score))
+                                         tags=tags, min_score=min_score, examples=examples))
 
         async def both(g: Gallery) -> list[GalleryHit]:
             answers = await asyncio.gather(*(ask(g) for ask in asks))
@@ -162,6 +170,16 @@ class GallerySource:
         if point is None or point.vector is None or not visible_to(point, tenant):
             return None
         return space, point
+
+    async def marked(self, model: str, ids: Sequence[str],
+                     tenant: str) -> tuple[VectorSpace | None, dict[str, GalleryPoint]]:
+        """The stored points ``ids`` (with vectors) in the model's current space that the
+        caller may see, by id, in one store call; the caller refuses a missing one (404)."""
+        space = await self.space_for(model)
+        if space is None or not ids:
+            return space, {}
+        found = await self._ask(lambda g: g.store.retrieve(space, list(ids)))
+        return space, {p.id: p for p in found if p.vector is not None and visible_to(p, tenant)}
 
     async def space_for(self, model: str) -> VectorSpace | None:
         return await model_space(self._catalog, model)

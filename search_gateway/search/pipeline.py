@@ -32,6 +32,7 @@ from search_gateway.errors import BackendUnavailable, NotFound, storage_error
 from search_gateway.gallery.base import GalleryError, VectorSpace
 from search_gateway.gallery.spaces import result_id, space_of
 from search_gateway.metrics import Metrics
+from search_gateway.search import refine
 from search_gateway.search.budget import Deadline
 from search_gateway.search.cache import EmbeddingCache
 from search_gateway.search.candidates import unique_candidates
@@ -54,6 +55,7 @@ from search_gateway.search.types import (
     GalleryFound,
     RankedResult,
     RankedSoFar,
+    Refinement,
     SearchEvent,
     SearchOutcome,
     SearchQuery,
@@ -88,6 +90,8 @@ class SearchPipeline:
     gallery: GallerySource | None = None
     # Stored feedback marks nudging the results; None with GATEWAY_FEEDBACK=off or the gallery off.
     boost: FeedbackBoost | None = None
+    # GATEWAY_REFINE_METHOD: how positive / negative marks refine a search (search/refine.py).
+    refine_method: str = refine.ROCCHIO
 
     async def run(self, query: SearchQuery, emit: Emit | None = None) -> SearchOutcome:
         self.metrics.in_flight.inc()
@@ -124,6 +128,8 @@ class _Search:
         self.liked_tags: dict[str, float] = {}
         self.reranked = False
         self.marks: asyncio.Future[dict[str, float]] | None = None
+        # Set when the search is refined by marked results (positive / negative).
+        self.refiner: refine.Refiner | None = None
 
     async def run(self) -> SearchOutcome:
         try:
@@ -168,10 +174,9 @@ class _Search:
             raise BackendUnavailable(tally.embed_error, backend="embed server")
         if with_rerank:
             # Stage one's best K (more than max_results when K is larger), re-ranked, cut to size.
-            results = (await self._rerank(self.ranking.best(max(query.max_results, query.rerank_k),
-                                                            query.min_score)))[: query.max_results]
+            results = (await self._rerank(self._best(max(query.max_results, query.rerank_k))))[: query.max_results]
         else:
-            results = self.ranking.best(query.max_results, query.min_score)
+            results = self._best(query.max_results)
         if with_attention and results:
             results = await self._attention(results)
         return SearchOutcome(
@@ -181,6 +186,8 @@ class _Search:
             timings_ms=self.stopwatch.finish(self.deadline.elapsed()),
             provenance=self.query_vectors.provenance(query.model),
             query_vector=_vector_of(query_vector),
+            refinement=None if self.refiner is None else Refinement(
+                self.refiner.ran, len(query.positive), len(query.negative)),
         )
 
     async def _marks(self, query_vector: asyncio.Future[np.ndarray]) -> dict[str, float]:
@@ -197,6 +204,13 @@ class _Search:
                 return await boost.changes(space, await query_vector, self.query.tenant)
         except TimeoutError:
             return {}
+
+    def _best(self, n: int) -> list[RankedResult]:
+        """The best ``n`` results; never a marked one (search/refine.py)."""
+        if self.refiner is None:
+            return self.ranking.best(n, self.query.min_score)
+        marked = len(self.query.positive) + len(self.query.negative)
+        return self.refiner.unmarked(self.ranking.best(n + 2 * marked, self.query.min_score))[:n]
 
     async def _web(self, caption: str, query_vector: asyncio.Future[np.ndarray], reserve: float) -> None:
         collect = asyncio.ensure_future(self._collect(caption, query_vector))
@@ -218,12 +232,28 @@ class _Search:
     # --- the query's vector and caption
     async def _query_vector(self) -> asyncio.Future[np.ndarray]:
         query = self.query
+        base: asyncio.Future[np.ndarray] | None = None
         if query.like is not None:
-            return await self._liked(query.like)
-        if query.text is not None:
-            return self.query_vectors.of_text(query.model, query.text)
-        assert query.image is not None
-        return self.query_vectors.of_image(query.model, query.image)
+            base = await self._liked(query.like)
+        elif query.text is not None:
+            base = self.query_vectors.of_text(query.model, query.text)
+        elif query.image is not None:
+            base = self.query_vectors.of_image(query.model, query.image)
+        if query.positive or query.negative:
+            return await self._refined(base)
+        assert base is not None
+        return base
+
+    async def _refined(self, base: asyncio.Future[np.ndarray] | None) -> asyncio.Future[np.ndarray]:
+        """The query moved by the marked results (search/refine.py): their stored vectors,
+        in the model's current space; with marks alone, the web query is their tags."""
+        self.space, marked = await refine.resolve(self.pipeline.gallery, self.query)
+        self.refiner = refine.Refiner(self.pipeline.refine_method, marked, None if base is None else await base)
+        if base is None:
+            self.liked_tags = marked.tags()
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future.set_result(self.refiner.vector)
+        return future
 
     async def _liked(self, id: str) -> asyncio.Future[np.ndarray]:
         """The stored vector of gallery point ``id``: nothing downloaded, nothing embedded."""
@@ -245,7 +275,7 @@ class _Search:
 
     async def _caption(self) -> tuple[str, str]:
         query, start = self.query, time.monotonic()
-        if query.like is not None:
+        if query.like is not None or (query.text is None and query.image is None):  # like, or marks alone
             caption = (_caption_from_tags(self.liked_tags), "tags")
         elif query.text is not None:
             caption = (query.text, "text")
@@ -278,11 +308,16 @@ class _Search:
         found: list[RankedResult] = []
         error = None
         if space is not None:
+            limit = max(query.max_results, query.rerank_k)
             try:
-                found = await gallery.find(space, await query_vector, tenant=query.tenant,
-                                           collections=query.collections,
-                                           limit=max(query.max_results, query.rerank_k),
-                                           tags=query.tags, min_score=query.min_score)
+                if self.refiner is not None:
+                    found = await self.refiner.find(lambda examples, vector, wanted: gallery.find(
+                        space, vector, tenant=query.tenant, collections=query.collections, limit=wanted,
+                        tags=query.tags, min_score=None if examples else query.min_score, examples=examples), limit)
+                else:
+                    found = await gallery.find(space, await query_vector, tenant=query.tenant,
+                                               collections=query.collections, limit=limit,
+                                               tags=query.tags, min_score=query.min_score)
             except GalleryError as exc:
                 error = self._gallery_failed(exc)
         if query.like is not None:

@@ -46,6 +46,9 @@ class SearchQuery:
     # Two-stage search: the best this many results are re-ranked by patch tokens
     # (search/rerank_stage.py); 0: off (the default, docs/benchmarks.md says why).
     rerank_k: int = 0
+    # Refinement by example (search/refine.py): gallery result ids marked relevant / not.
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,18 @@ class SearchOutcome:
     reranked: bool = False
     # The query's unit vector (for the reply's query_ref); None when no embed reply gave it.
     query_vector: np.ndarray | None = None
+    # Set when the search was refined by marked examples (positive / negative).
+    refinement: Refinement | None = None
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """How marked examples refined a search: the method that ran (after any fallback,
+    search/refine.py) and how many marks of each kind were used."""
+
+    method: str
+    positive: int
+    negative: int
 
 
 # Progress of a running search, for /search/stream.

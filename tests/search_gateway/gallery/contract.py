@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from search_gateway.gallery import Gallery, GalleryFilter, GalleryPoint, GalleryStore, VectorSpace, point_id
+from search_gateway.gallery.base import EXAMPLE_QUERIES, ExampleQuery, QueryUnsupported
 
 DIM = 16
 SPACE = VectorSpace("clip", "random-clip-seed0", DIM)
@@ -280,3 +281,35 @@ class GalleryStoreContract:
         assert await store.facet(VectorSpace("never", "written", DIM), "collection") == {}
         with pytest.raises(ValueError, match="facets"):
             await store.facet(SPACE, "title")
+
+    # Queries by example (search/refine.py): what the engine runs, or QueryUnsupported.
+    UNSUPPORTED: frozenset[str] = frozenset()  # the query types this engine lacks
+
+    async def test_search_by_examples_scores_by_the_marks_or_says_it_cannot(self, store: GalleryStore) -> None:
+        base = unit(500)
+        near_positive, near_negative = at_cosine(base, 0.2, 501), at_cosine(base, 0.3, 502)
+        positive, negative = at_cosine(near_positive, 0.99, 503), at_cosine(near_negative, 0.99, 504)
+        points = [sample_point(n, vector=tuple(v.tolist()), tags={})
+                  for n, v in ((1, positive), (2, negative), (3, near_positive), (4, near_negative), (5, base))]
+        await store.upsert(SPACE, points)
+        marks = dict(positives=(tuple(positive.tolist()),), negatives=(tuple(negative.tolist()),))
+        for method in EXAMPLE_QUERIES:
+            query = ExampleQuery(method, target=tuple(base.tolist()), **marks)  # type: ignore[arg-type]
+            if method in self.UNSUPPORTED:
+                with pytest.raises(QueryUnsupported):
+                    await store.search_by_examples(SPACE, query, limit=5)
+                continue
+            hits = await store.search_by_examples(SPACE, query, limit=5, filter=GalleryFilter(collections=("web",)))
+            order = [h.point.content_hash for h in hits]
+            # Near the positive comes before near the negative, which is pushed below everything else.
+            assert order.index("sha256-0003") < order.index("sha256-0004"), (method, order)
+            assert order[-2:] in (["sha256-0004", "sha256-0002"], ["sha256-0002", "sha256-0004"]), (method, order)
+            assert all(h.point.vector is None for h in hits)
+            # The marks alone (no target) are a query too.
+            alone = await store.search_by_examples(SPACE, ExampleQuery(method, **marks), limit=2)  # type: ignore[arg-type]
+            assert alone[0].point.content_hash in ("sha256-0001", "sha256-0003"), (method, alone)
+        # A space never written answers empty, without creating it.
+        other = VectorSpace("clip", "never-written", DIM)
+        if "best_score" not in self.UNSUPPORTED:
+            query = ExampleQuery("best_score", **marks)  # type: ignore[arg-type]
+            assert await store.search_by_examples(other, query, limit=3) == []
