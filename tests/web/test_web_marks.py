@@ -72,12 +72,13 @@ async def test_marks_toggle_refine_leaves_them_out_and_the_strip_keeps_them(brow
     assert await page.locator("#refine").is_disabled()  # nothing marked yet
     assert await page.locator("#results .card button.mark-up").count() == len(ids)
 
-    # Thumbs up on the first, down on the second: pressed, announced (aria-pressed), in words.
+    # Thumbs up on the first, down on the fourth (the second was taken down from its site):
+    # pressed, announced (aria-pressed), in words.
     await _card(page, ids[0]).locator("button.mark-up").click()
     assert await _pressed(page, ids[0]) == ("true", "false")
     assert await _card(page, ids[0]).locator(".mark-label").inner_text() == "Relevant"
-    await _card(page, ids[1]).locator("button.mark-down").click()
-    assert await _pressed(page, ids[1]) == ("false", "true")
+    await _card(page, ids[3]).locator("button.mark-down").click()
+    assert await _pressed(page, ids[3]) == ("false", "true")
     # Pressing again undoes; up then down switches.
     third = _card(page, ids[2])
     await third.locator("button.mark-up").click()
@@ -86,28 +87,30 @@ async def test_marks_toggle_refine_leaves_them_out_and_the_strip_keeps_them(brow
     await third.locator("button.mark-up").click()
     await third.locator("button.mark-down").click()
     assert await _pressed(page, ids[2]) == ("false", "true")
-    assert await page.evaluate(STRIP) == [[ids[0], True], [ids[1], False], [ids[2], False]]
+    assert await page.evaluate(STRIP) == [[ids[0], True], [ids[3], False], [ids[2], False]]
     # Undo in the strip: the card's buttons are released too.
     await page.locator(f'#marked .marked-item[data-id="{ids[2]}"] button.undo-mark').click()
     assert await _pressed(page, ids[2]) == ("false", "false")
-    assert await page.evaluate(STRIP) == [[ids[0], True], [ids[1], False]]
+    assert await page.evaluate(STRIP) == [[ids[0], True], [ids[3], False]]
     assert await page.locator("#marks-count").inner_text() == "1 relevant, 1 not relevant"
 
     # Refine: the same query (picture, model, sources) with the marked ids; they do not come back.
     sent = _searches(page)
     await _search(page, "#refine")
-    assert sent[-1]["positive"] == [ids[0]] and sent[-1]["negative"] == [ids[1]], sent
+    assert sent[-1]["positive"] == [ids[0]] and sent[-1]["negative"] == [ids[3]], sent
     assert sent[-1]["sources"] == ["gallery"] and sent[-1]["embedding_model"] == ["clip"], sent
     refined = [i for _, i in await page.evaluate(CARDS)]
-    assert refined and ids[0] not in refined and ids[1] not in refined, (ids, refined)
-    assert await page.evaluate(STRIP) == [[ids[0], True], [ids[1], False]]  # still shown, with their undo
+    assert refined and ids[0] not in refined and ids[3] not in refined, (ids, refined)
+    assert await page.evaluate(STRIP) == [[ids[0], True], [ids[3], False]]  # still shown, with their undo
     assert "Steered by your marks: 1 relevant, 1 not relevant" in await page.locator("#results-summary").inner_text()
 
-    # A mark on the refined results joins the strip; the picture shows marks and strip.
-    await _card(page, refined[0]).locator("button.mark-up").click()
-    assert await _pressed(page, refined[0]) == ("true", "false")
-    assert len(await page.evaluate(STRIP)) == 3
+    # A mark on a refined result (one whose picture loads) joins the strip; the picture shows marks and strip.
     await _wait_thumbnails(page)
+    broken = await page.evaluate("() => [...document.querySelectorAll('#results .card.broken')].map((c) => c.dataset.id)")
+    liked = next(i for i in refined if i not in broken)
+    await _card(page, liked).locator("button.mark-up").click()
+    assert await _pressed(page, liked) == ("true", "false")
+    assert len(await page.evaluate(STRIP)) == 3
     await page.wait_for_function(STRIP_LOADED)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.locator("#results-panel").screenshot(path=str(SCREENSHOTS / "refine.png"))
@@ -115,9 +118,9 @@ async def test_marks_toggle_refine_leaves_them_out_and_the_strip_keeps_them(brow
     # Undo the first mark and refine again: only the marks kept are sent.
     await page.locator(f'#marked .marked-item[data-id="{ids[0]}"] button.undo-mark').click()
     await _search(page, "#refine")
-    assert sent[-1]["positive"] == [refined[0]] and sent[-1]["negative"] == [ids[1]], sent
+    assert sent[-1]["positive"] == [liked] and sent[-1]["negative"] == [ids[3]], sent
     again = [i for _, i in await page.evaluate(CARDS)]
-    assert refined[0] not in again and ids[1] not in again, again
+    assert liked not in again and ids[3] not in again, again
 
     # A new search (not Refine) starts without marks.
     await _search(page)
