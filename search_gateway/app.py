@@ -116,7 +116,9 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
             if opened is not None:
                 gallery, blobs, originals = opened.source, opened.blobs, opened.originals
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
-                                    settings.embed_batch_bytes, settings.reindex_heartbeat_s)
+                                    settings.embed_batch_bytes, settings.reindex_heartbeat_s,
+                                    space_for=gallery.space_for, downloader=downloader, placement=opened.placement,
+                                    download_timeout_s=settings.download_timeout_s)
                 sweep = PointSweep(gallery.link, served_spaces(catalog, gallery.space_for), metrics,
                                    grace_s=settings.blobs_gc_grace_s,
                                    tenants=configured_tenants(settings.api_keys, settings.tenant_key))
@@ -134,7 +136,8 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                                      settings.tenant_max_collections))
                 collections = CollectionDeps(
                     settings, catalog, signer, gallery, blobs, reindex, deleter, originals, quota,
-                    UploadDeps(settings, quota, downloader, image_limits, embed, gallery.link, gallery.space_for, blobs))
+                    UploadDeps(settings, quota, downloader, image_limits, embed, gallery.link, gallery.space_for, blobs,
+                               placement=opened.placement))
                 # Reported by /ready, not required: without it searches still answer from the web
                 # (partial), and every replica shares the store, so failing readiness on it would
                 # take the whole site down instead of a part of each answer. (The store's own
@@ -271,6 +274,9 @@ def create_app(settings: GatewaySettings | None = None, *,
         _by_method("/collections/{name}/images", "collection_images", GET=collection_routes.list_images,
                    POST=collection_routes.add_images),
         Route("/collections/{name}/hashes", collection_routes.present_hashes, methods=["POST"]),
+        # The web collection's colour backfill: POST starts it, GET shows its progress.
+        _by_method("/collections/web/reindex", "web_reindex", GET=collection_routes.web_reindex_job,
+                   POST=collection_routes.reindex_collection),
         Route("/collections/{name}/reindex", collection_routes.reindex_collection, methods=["POST"]),
         _by_method("/collections/{name}/images/{id}", "collection_image", GET=collection_routes.get_image,
                    DELETE=collection_routes.delete_image),

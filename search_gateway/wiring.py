@@ -24,6 +24,7 @@ from search_gateway.gallery.base import GalleryCorrupt, GalleryStore
 from search_gateway.gallery.factory import open_store
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.gallery.writer import GalleryWriter
+from search_gateway.gallery.writer import Tagger as PointTagger
 from search_gateway.metrics import Metrics
 from search_gateway.search.caption import CaptionChain, Vocabulary, ZeroShotCaptioner
 from search_gateway.search.feedback_boost import BoostLimits, FeedbackBoost
@@ -48,6 +49,8 @@ class OpenGallery:
     source: GallerySource
     blobs: BlobStore  # uploaded originals; closed by the caller (app.py), after what uses it
     originals: Originals  # likewise
+    # Body placement tags for points written outside the writer (uploads, reindex).
+    placement: PointTagger
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +88,8 @@ async def open_gallery(settings: GatewaySettings, metrics: Metrics, embed: Embed
             attempts=settings.blobs_attempts)
         # Private results whose original is missing are hidden from searches (and removed).
         originals = Originals(blobs, link, functools.partial(model_space, catalog))
-        yield OpenGallery(GallerySource(link, writer, catalog, metrics, live_names, originals), blobs, originals)
+        yield OpenGallery(GallerySource(link, writer, catalog, metrics, live_names, originals), blobs, originals,
+                          tagger.placement)
     finally:
         await writer.close(_CLOSE_GRACE_S)
         await link.close()

@@ -42,18 +42,24 @@ from typing import Any
 
 from search_gateway.clients.backends import EmbedClient
 from search_gateway.clients.embed_calls import pack
+from search_gateway.collections import web_colour
 from search_gateway.collections.blobs.base import BlobError, BlobNotFound, BlobStore
+from search_gateway.collections.deletion import SpaceFor
 from search_gateway.collections.records import JOBS as _JOBS
 from search_gateway.collections.records import META, Collection, CollectionRecords, moment, stamp
 from search_gateway.errors import BackendUnavailable, Conflict, GatewayError, RateLimited, storage_error
-from search_gateway.fetch.images import ImageLimits, prepare_in_thread
-from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, pages
+from search_gateway.fetch.downloader import Downloader
+from search_gateway.fetch.images import ImageLimits, PreparedImage, prepare_in_thread
+from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, VectorSpace, pages
 from search_gateway.gallery.link import GalleryLink
-from search_gateway.gallery.spaces import space_of
+from search_gateway.gallery.spaces import WEB, space_of
+from search_gateway.gallery.writer import Tagger
+from service_common.model_registry import text_models
 
 log = logging.getLogger(__name__)
 
 _ONE = (1.0,)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 QUEUED, RUNNING, INDEXED, FAILED, INTERRUPTED = "queued", "reindexing", "indexed", "failed", "interrupted"
 # Jobs accepted but waiting for the one running slot; past it a request is shed (429).
 MAX_WAITING = 8
@@ -81,7 +87,8 @@ class Job:
     reason: str = ""
 
     def point(self) -> GalleryPoint:
-        return GalleryPoint(f"{self.collection}:{self.model}", _ONE, _JOBS, self.tenant, record={
+        # The web collection's job (colour backfill) is public: no tenant.
+        return GalleryPoint(f"{self.collection}:{self.model}", _ONE, _JOBS, self.tenant or None, record={
             "kind": JOB_KIND, "collection": self.collection, "model": self.model, "state": self.state,
             "reason": self.reason, "done": self.done, "total": self.total, "skipped": self.skipped,
             "started": stamp(self.started), "updated": stamp(self.updated)})
@@ -115,8 +122,17 @@ class Reindexer:
     """The reindex jobs of one gateway: at most one embeds at a time, a few wait."""
 
     def __init__(self, link: GalleryLink, blobs: BlobStore, embed: EmbedClient, limits: ImageLimits,
-                 batch_images: int, batch_bytes: int, heartbeat_s: float = 10.0) -> None:
+                 batch_images: int, batch_bytes: int, heartbeat_s: float = 10.0, *,
+                 space_for: SpaceFor | None = None, downloader: Downloader | None = None,
+                 placement: Tagger | None = None, download_timeout_s: float = 10.0) -> None:
         self.link = link
+        # The model's current space (a point already there with its colour facts is current:
+        # not embedded again, which makes a stopped job resumable), the downloader of the web
+        # collection's colour backfill, and the body placement tagger of text-tower models.
+        self.space_for = space_for
+        self.downloader = downloader
+        self.placement = placement
+        self.download_timeout_s = download_timeout_s
         self.blobs = blobs
         self.embed = embed
         self.limits = limits
@@ -259,6 +275,9 @@ class Reindexer:
             log.warning("reindex of %s/%s: its failure could not be recorded: %s", job.tenant, job.collection, exc)
 
     async def _reindex(self, job: Job) -> None:
+        if not job.tenant and job.collection == WEB:
+            await self._reindex_web(job)
+            return
         gallery = await self.link.gallery()
         recs = CollectionRecords(gallery.store)
         total = await recs.count(job.tenant, job.collection)
@@ -290,6 +309,50 @@ class Reindexer:
             return
         await self._advance(replace(job, state=INDEXED))
 
+    # --- the web collection: colour facts for points written before them (collections/web_colour.py)
+    async def start_web(self, model: str) -> Job:
+        """Queue the web collection's colour backfill for ``model``'s current space."""
+        space = await self._space(model)
+        total = await (await self.link.gallery()).store.count(space, GalleryFilter(collections=(WEB,)))
+        return await self.start("", WEB, model, total)
+
+    async def web_job(self, model: str) -> Job | None:
+        """The web collection's job record for ``model``, as a person should read it."""
+        stored = await (await self._store()).retrieve(META, [Job("", WEB, model, "", _EPOCH, _EPOCH).point().id])
+        return self._seen_here(_job(stored[0])) if stored else None
+
+    async def _space(self, model: str) -> VectorSpace:
+        space = await self.space_for(model) if self.space_for is not None else None
+        if space is None:
+            raise BackendUnavailable(f"The embed server does not say which weights {model} runs now; ask again "
+                                     "in a minute.", backend="embed")
+        return space
+
+    async def _reindex_web(self, job: Job) -> None:
+        """Walk the web points without colour facts, a page at a time (resumable: a page done
+        leaves the walk's filter). done/total count every web point of the space, so a job
+        asked again after a stop starts where the last one left off."""
+        if self.downloader is None:
+            raise BackendUnavailable("This gateway has no downloader for the web collection's backfill.",
+                                     backend="downloader")
+        gallery = await self.link.gallery()
+        space = await self._space(job.model)
+        total = await gallery.store.count(space, GalleryFilter(collections=(WEB,)))
+        job = await self._advance(replace(job, state=RUNNING, total=total,
+                                          done=total - await web_colour.left(gallery, space)))
+        handled: set[str] = set()
+        while True:
+            step = await web_colour.step(gallery, space, self.downloader, self.limits, self.download_timeout_s)
+            if not step.done:
+                break
+            if step.ids <= handled:  # written, yet still without colour: never loop on them
+                raise GalleryError("The web points' colour facts were written but do not read back; "
+                                   "the backfill stopped.")
+            handled |= step.ids
+            job = await self._advance(replace(job, done=min(job.total, job.done + step.done),
+                                              skipped=job.skipped + step.skipped))
+        await self._advance(replace(job, state=INDEXED, done=job.total))
+
     async def _abandon(self, job: Job) -> None:
         """Stop beating and drop the record of a job whose collection was deleted under it."""
         key = _key(job)
@@ -305,7 +368,8 @@ class Reindexer:
             return -1, 0
         current = await self._current_records(gallery, job, batch)
         skipped = len(batch) - len(current)
-        ready: list[tuple[GalleryPoint, bytes]] = []
+        current = await self._not_current(gallery, job, current)
+        ready: list[tuple[GalleryPoint, PreparedImage]] = []
         for record in current:
             try:
                 data = await self.blobs.get(record.content_hash)
@@ -318,11 +382,11 @@ class Reindexer:
                     raise
                 skipped += 1
                 continue
-            ready.append((record, image.embed_bytes))
+            ready.append((record, image))
         written = 0
         # One image alone may pass the byte limit: it goes in a call of its own.
         for part in pack(ready, _data_size, max_bytes=self.batch_bytes):
-            embedded = await self.embed.embed(job.model, [data for _, data in part])
+            embedded = await self.embed.embed(job.model, [image.embed_bytes for _, image in part])
             space = space_of(job.model, embedded.provenance, int(embedded.vectors.shape[1]))
             if space is None:
                 raise BackendUnavailable(f"The embed server did not say which weights {job.model} runs; "
@@ -336,12 +400,13 @@ class Reindexer:
             # The record names the model before the point exists, so deleting the image
             # (collection_deletion.remove_images, by the record's models) never leaves
             # this point behind.
-            await gallery.store.upsert(META, [replace(r, engine=_merged(r.engine, job.model)) for r, _ in part])
-            await gallery.remember(space, [
-                GalleryPoint(r.content_hash, tuple(embedded.vectors[i].tolist()), job.collection, job.tenant,
-                             urls=r.urls, title=r.title, platform=r.platform, width=r.width, height=r.height,
-                             tags=r.tags, first_seen=r.first_seen)
-                for i, (r, _) in enumerate(part)])
+            await gallery.store.upsert(META, [replace(r, engine=_merged(r.engine, job.model), **_colour(image))
+                                               for r, image in part])
+            points = [GalleryPoint(r.content_hash, tuple(embedded.vectors[i].tolist()), job.collection, job.tenant,
+                                   urls=r.urls, title=r.title, platform=r.platform, width=r.width, height=r.height,
+                                   tags=r.tags, first_seen=r.first_seen, **_colour(image))
+                      for i, (r, image) in enumerate(part)]
+            await gallery.remember(space, await self._placed(space, points))
             if not await recs.alive(collection):
                 # Deleted while this wrote: its emptying may have passed these images already.
                 # Their other models' points went with it; these records and points are this
@@ -352,6 +417,31 @@ class Reindexer:
                 return -1, skipped
             written += len(part)
         return written, skipped
+
+    async def _not_current(self, gallery: Any, job: Job, records: list[GalleryPoint]) -> list[GalleryPoint]:
+        """The records whose point in the model's current space is missing or lacks what a
+        write now gives it (colour facts; placement for a text-tower model): the others are
+        current, and not embedded again (a job asked again after a stop resumes)."""
+        space = await self.space_for(job.model) if self.space_for is not None else None
+        if space is None or not records:
+            return records
+        stored = {p.id: p for p in await gallery.store.retrieve(space, [r.id for r in records])}
+        tagged = self.placement is not None and job.model in text_models()
+
+        def current(point: GalleryPoint | None) -> bool:
+            return (point is not None and (point.color_scheme is not None or point.color_error is not None)
+                    and (bool(point.placement) or not tagged))
+
+        return [r for r in records if not current(stored.get(r.id))]
+
+    async def _placed(self, space: VectorSpace, points: list[GalleryPoint]) -> Sequence[GalleryPoint]:
+        if self.placement is None:
+            return points
+        try:
+            return await self.placement(space, points)
+        except (GatewayError, TimeoutError) as exc:  # untagged is better than not reindexed
+            log.info("reindex: placement not scored: %s: %s", type(exc).__name__, exc)
+            return points
 
     @staticmethod
     async def _current_records(gallery: Any, job: Job, batch: Sequence[GalleryPoint]) -> list[GalleryPoint]:
@@ -368,5 +458,13 @@ def _merged(engine: str, model: str) -> str:
     return ",".join(dict.fromkeys([m for m in engine.split(",") if m] + [model]))
 
 
-def _data_size(item: tuple[GalleryPoint, bytes]) -> int:
-    return len(item[1])
+def _data_size(item: tuple[GalleryPoint, PreparedImage]) -> int:
+    return len(item[1].embed_bytes)
+
+
+def _colour(image: PreparedImage) -> dict[str, Any]:
+    """The colour facts read from the original (fetch/colour.py), as a point's fields."""
+    facts = image.colour
+    if facts is None:
+        return {"color_error": "unreadable: its pixels could not be decoded"}
+    return {"color_scheme": facts.scheme, "palette": facts.palette, "palette_shares": facts.shares}

@@ -28,6 +28,7 @@ from search_gateway.fetch.images import ImageLimits, PreparedImage, prepare_in_t
 from search_gateway.gallery.base import GalleryError, GalleryPoint, GalleryUnavailable, VectorSpace
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.gallery.spaces import space_of
+from search_gateway.gallery.writer import Tagger
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class UploadDeps:
     link: GalleryLink
     space_for: SpaceFor
     blobs: BlobStore
+    # Body placement tags of a model with a text tower (search/tagging.py, passed in by app.py);
+    # None: uploads get none.
+    placement: Tagger | None = None
 
 
 class Uploader:
@@ -248,10 +252,25 @@ class Uploader:
 
     def _record(self, c: _Checked) -> GalleryPoint:
         item, image, col = c.item, c.image, self.collection
+        # The colour facts read when the upload was decoded (prepare), kept on the record and its points.
+        facts = image.colour
         return GalleryPoint(image.sha256, None, col.name, col.tenant, urls=(item.url,) if item.url else (),
                             title=item.label if item.data is not None else "", platform="upload",
                             width=image.width, height=image.height, engine=",".join(self.models),
-                            tags=dict.fromkeys(self.tags, 1.0), bytes=len(c.data))
+                            tags=dict.fromkeys(self.tags, 1.0), bytes=len(c.data),
+                            color_scheme=facts.scheme if facts else None, palette=facts.palette if facts else None,
+                            palette_shares=facts.shares if facts else None)
+
+    async def _placed(self, space: VectorSpace, point: GalleryPoint) -> list[GalleryPoint]:
+        """The point with its body placement tags (text-tower models); without them when they
+        cannot be scored now: an image kept untagged is better than one refused."""
+        if self.gw.placement is None:
+            return [point]
+        try:
+            return list(await self.gw.placement(space, [point]))
+        except (GatewayError, TimeoutError) as exc:
+            log.info("upload: placement not scored: %s: %s", type(exc).__name__, exc)
+            return [point]
 
     async def _write(self, c: _Checked) -> UploadResult:
         gw, col = self.gw, self.collection
@@ -266,7 +285,7 @@ class Uploader:
                 raise _CollectionDeleted
             gallery = await gw.link.gallery()
             for space, point in c.points:
-                await gallery.remember(space, [point])
+                await gallery.remember(space, await self._placed(space, point))
             # Of uploads of one picture at once, one record wins: the others are duplicates
             # (their points were the same points, written again).
             added = await self.recs.add_image(record)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from search_gateway.errors import BadImage, EmptyImage, NotAnImage, PixelBomb, TruncatedImage
+from search_gateway.errors import BadImage, EmptyImage, GatewayError, NotAnImage, PixelBomb, TruncatedImage
+from search_gateway.fetch.colour import SAMPLE_SIDE, ColourFacts, colour_facts
 
 # What the embed server decodes (embed.proto); anything else is refused here.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
@@ -28,6 +29,9 @@ class PreparedImage:
     width: int
     height: int
     embed_bytes: bytes
+    # Its colour scheme and palette, read from the pixels decoded here (fetch/colour.py);
+    # None when the pixels could not be read (the embed server then judges the file).
+    colour: ColourFacts | None = None
 
 
 def content_hash(data: bytes) -> str:
@@ -105,18 +109,30 @@ def prepare(data: bytes, *, max_pixels: int, short_side: int, label: str = "imag
     if not full_check and len(data) <= PASS_THROUGH_BYTES:
         if not _ends_complete(data, fmt):
             raise TruncatedImage(f"The {label} is truncated.")
-        return PreparedImage(content_hash(data), width, height, data)
+        return PreparedImage(content_hash(data), width, height, data, _sampled_colour(img))
     rgb = _decode(img, short_side, label)
+    colour = colour_facts(rgb)
     small_enough = min(rgb.size) <= short_side and len(data) <= 512 * 1024
     if small_enough and fmt in ("JPEG", "PNG"):
-        return PreparedImage(content_hash(data), width, height, data)
+        return PreparedImage(content_hash(data), width, height, data, colour)
     if min(rgb.size) > short_side:
         scale = short_side / min(rgb.size)
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
     out = io.BytesIO()
     rgb.save(out, "JPEG", quality=92)
-    return PreparedImage(content_hash(data), width, height, out.getvalue())
+    return PreparedImage(content_hash(data), width, height, out.getvalue(), colour)
+
+
+def _sampled_colour(img: Image.Image) -> ColourFacts | None:
+    """Colour facts of a file that is otherwise passed through undecoded: the one decode
+    of it here, as small as the format allows (a JPEG at 1/8 scale: about a millisecond;
+    docs/benchmarks.md, "Colour scheme"). A file that fails to decode gets none, and goes
+    on to the embed server as before, which refuses it if it is corrupt."""
+    try:
+        return colour_facts(_decode(img, SAMPLE_SIDE, "image"))
+    except (GatewayError, OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

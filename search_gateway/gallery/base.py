@@ -116,6 +116,16 @@ class GalleryPoint:
     # record, not an image, and is stored in the record layout (schema.to_payload), with none
     # of the image fields above but its identity, tenant, bytes and revision.
     record: Mapping[str, Any] = field(default_factory=dict)
+    # Colour facts read from the pixels when the point was written (fetch/colour.py):
+    # "black_and_grey" or "colour", and the dominant palette ("#rrggbb", dominant first)
+    # with each colour's share. None: a point written before they existed (the reindex
+    # fills them in), or whose pixels could not be read (``color_error`` says why).
+    color_scheme: str | None = None
+    palette: tuple[str, ...] | None = None
+    palette_shares: tuple[float, ...] | None = None
+    color_error: str | None = None
+    # Body placement machine tags and their scores (text-tower models only; search/tagging.py).
+    placement: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -132,8 +142,8 @@ class GalleryHit:
 class GalleryFilter:
     """What a search or count is restricted to; empty fields do not restrict.
 
-    ``tags`` must ALL be present on a point; ``collections``, ``content_hashes`` and
-    ``urls`` match ANY of the values given.
+    ``tags`` must ALL be present on a point; ``collections``, ``content_hashes``,
+    ``urls`` and ``placement`` match ANY of the values given.
     """
 
     collections: tuple[str, ...] = ()
@@ -142,10 +152,18 @@ class GalleryFilter:
     content_hashes: tuple[str, ...] = ()
     # A point seen at any of these image URLs: the search asks it before downloading one.
     urls: tuple[str, ...] = ()
+    # The colour scheme a point must have (its computed ``color_scheme``).
+    color_scheme: str | None = None
+    # Body placements: a point tagged with ANY of them (a tattoo is in one place; asking for
+    # two places means either).
+    placement: tuple[str, ...] = ()
+    # Only points with no colour facts yet and no recorded failure to read them (the reindex's backfill).
+    colour_missing: bool = False
 
     @property
     def is_empty(self) -> bool:
-        return not (self.collections or self.tenant is not None or self.tags or self.content_hashes or self.urls)
+        return not (self.collections or self.tenant is not None or self.tags or self.content_hashes or self.urls
+                    or self.color_scheme is not None or self.placement or self.colour_missing)
 
 
 # Queries by example that an engine may run itself (search_by_examples); "average_vector"

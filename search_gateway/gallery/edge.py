@@ -131,6 +131,12 @@ def _edge_filter(spec: GalleryFilter | None) -> qe.Filter | None:
         must.append(qe.FieldCondition("content_hash", match=qe.MatchAny(list(spec.content_hashes))))
     if spec.urls:
         must.append(qe.FieldCondition("urls", match=qe.MatchAny(list(spec.urls))))
+    if spec.color_scheme is not None:
+        must.append(qe.FieldCondition("color_scheme", match=qe.MatchValue(spec.color_scheme)))
+    if spec.placement:
+        must.append(qe.FieldCondition("placement", match=qe.MatchAny(list(spec.placement))))
+    if spec.colour_missing:
+        must.extend([qe.IsEmptyCondition("color_scheme"), qe.IsEmptyCondition("color_error")])
     return qe.Filter(must=must)
 
 

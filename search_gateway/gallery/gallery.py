@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,15 @@ def merge(known: GalleryPoint, seen: GalleryPoint) -> GalleryPoint:
         height=seen.height if seen.height is not None else known.height,
         tags=dict(seen.tags) if seen.tags else dict(known.tags),
         vector=seen.vector if seen.vector is not None else known.vector,
+        # A sighting whose pixels were not read (answered from the cache) keeps what was read before.
+        **_colour_of(seen if seen.color_scheme is not None or seen.color_error is not None else known),
+        placement=dict(seen.placement) if seen.placement else dict(known.placement),
     )
+
+
+def _colour_of(point: GalleryPoint) -> dict[str, Any]:
+    return {"color_scheme": point.color_scheme, "palette": point.palette, "palette_shares": point.palette_shares,
+            "color_error": point.color_error}
 
 
 def _unit_vector(vector: Sequence[float] | np.ndarray, space: VectorSpace) -> tuple[float, ...]:
@@ -132,6 +141,8 @@ class Gallery:
         urls: Sequence[str] = (),
         content_hashes: Sequence[str] = (),
         examples: ExampleQuery | None = None,
+        color_scheme: str | None = None,
+        placement: Sequence[str] = (),
     ) -> list[GalleryHit]:
         """The most similar remembered images, best first (restricted to ``urls`` or
         ``content_hashes`` when given: "is this one known, and how close is it?").
@@ -142,7 +153,8 @@ class Gallery:
         if min_score is not None and not -1.0 <= min_score <= 1.0:
             raise ValueError(f"min_score is a cosine similarity between -1 and 1, got {min_score}")
         spec = GalleryFilter(collections=tuple(collections), tenant=tenant, tags=tuple(tags),
-                             content_hashes=tuple(content_hashes), urls=tuple(urls))
+                             content_hashes=tuple(content_hashes), urls=tuple(urls), color_scheme=color_scheme,
+                             placement=tuple(placement))
         if examples is not None:
             return await self.store.search_by_examples(space, examples, limit=limit, filter=spec)
         return await self.store.search(

@@ -65,6 +65,13 @@ def _qdrant_filter(spec: GalleryFilter | None) -> qm.Filter | None:
         must.append(qm.FieldCondition(key="content_hash", match=qm.MatchAny(any=list(spec.content_hashes))))
     if spec.urls:
         must.append(qm.FieldCondition(key="urls", match=qm.MatchAny(any=list(spec.urls))))
+    if spec.color_scheme is not None:
+        must.append(qm.FieldCondition(key="color_scheme", match=qm.MatchValue(value=spec.color_scheme)))
+    if spec.placement:
+        must.append(qm.FieldCondition(key="placement", match=qm.MatchAny(any=list(spec.placement))))
+    if spec.colour_missing:
+        must.extend([qm.IsEmptyCondition(is_empty=qm.PayloadField(key="color_scheme")),
+                     qm.IsEmptyCondition(is_empty=qm.PayloadField(key="color_error"))])
     return qm.Filter(must=must)
 
 

@@ -55,6 +55,9 @@ PAYLOAD_INDEXES: tuple[PayloadIndex, ...] = (
     PayloadIndex("urls", enable_hnsw=False),
     # A tenant's bytes, summed by class in one facet (size_class below).
     PayloadIndex(SIZE_CLASS, integer=True, enable_hnsw=False),
+    # The colour filter (/search?color=): two values, each a large share of the points.
+    PayloadIndex("color_scheme"),
+    PayloadIndex("placement", enable_hnsw=False),
 )
 # The fields GalleryStore.facet counts by: each needs its index above.
 FACETS = frozenset({"collection", SIZE_CLASS})
@@ -111,6 +114,13 @@ def to_payload(point: GalleryPoint) -> dict[str, Any]:
         SIZE_CLASS: size_class(point.bytes) if point.bytes is not None else None,
         # None, not "": a record written before revisions existed reads the same (IsEmpty matches both).
         "revision": point.revision or None,
+        "color_scheme": point.color_scheme,
+        "palette": list(point.palette) if point.palette is not None else None,
+        "palette_shares": list(point.palette_shares) if point.palette_shares is not None else None,
+        "color_error": point.color_error,
+        # Like tags: names alone for filtering, scores beside them.
+        "placement": sorted(point.placement),
+        "placement_scores": {name: float(score) for name, score in point.placement.items()},
     }
 
 
@@ -158,6 +168,13 @@ def from_payload(payload: Mapping[str, Any], vector: list[float] | None) -> Gall
         tags={str(k): float(v) for k, v in (payload.get("tag_scores") or {}).items()},
         bytes=payload.get("bytes"),
         revision=payload.get("revision") or "",
+        # Points written before colour facts and placement existed read as None / empty.
+        color_scheme=payload.get("color_scheme"),
+        palette=tuple(str(c) for c in palette) if isinstance(palette := payload.get("palette"), list) else None,
+        palette_shares=(tuple(float(x) for x in shares)
+                        if isinstance(shares := payload.get("palette_shares"), list) else None),
+        color_error=payload.get("color_error"),
+        placement={str(k): float(v) for k, v in (payload.get("placement_scores") or {}).items()},
     )
 
 

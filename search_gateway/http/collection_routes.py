@@ -99,16 +99,37 @@ async def reindex_collection(request: Request) -> Response:
     """Embed the collection's originals with another model (or its new weights) in the
     background: 202 at once, progress in GET /collections."""
     recs = await records(request)
+    gw = collection_deps(request)
+    if request.path_params.get("name", WEB) == WEB:  # /collections/web/reindex has no {name}
+        # The public web collection: its points' colour facts, re-read from their URLs
+        # (collections/web_colour.py); GET on the same path shows the job.
+        job = await gw.reindex.start_web(await _reindex_model(request))
+        return JSONResponse({"collection": WEB, "model": job.model, **job.describe()}, status_code=202)
     collection = await _owned(request, recs)
+    model = await _reindex_model(request)
+    total = await recs.count(collection.tenant, collection.name)
+    job = await gw.reindex.start(collection.tenant, collection.name, model, total)
+    return JSONResponse({"collection": collection.name, "model": model, **job.describe()}, status_code=202)
+
+
+async def _reindex_model(request: Request) -> str:
     gw = collection_deps(request)
     model = (request.query_params.get("embedding_model") or "").strip()
     if not model:
         names = ", ".join(await gw.catalog.names())
         raise BadRequest(f"Name the model to embed with: ?embedding_model=<one of {names}>.")
     await gw.catalog.require(model)
-    total = await recs.count(collection.tenant, collection.name)
-    job = await gw.reindex.start(collection.tenant, collection.name, model, total)
-    return JSONResponse({"collection": collection.name, "model": model, **job.describe()}, status_code=202)
+    return model
+
+
+async def web_reindex_job(request: Request) -> Response:
+    """GET /collections/web/reindex?embedding_model=: the web collection's colour backfill, its progress."""
+    gw = collection_deps(request)
+    model = await _reindex_model(request)
+    job = await gw.reindex.web_job(model)
+    if job is None:
+        raise NotFound(f"No reindex of the web collection with {model} was asked; POST to this path starts one.")
+    return JSONResponse({"collection": WEB, "model": model, **job.describe()})
 
 
 class NewCollection(BaseModel):

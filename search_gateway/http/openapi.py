@@ -142,6 +142,7 @@ _SCHEMAS: dict[str, Any] = {
     "Reindex": {"type": "object", "required": ["collection", "model", "state"], "properties": {
         "collection": {"type": "string"}, "model": {"type": "string"}, "state": {"type": "string"},
         "total": {"type": "integer", "minimum": 0}, "done": {"type": "integer", "minimum": 0},
+        "skipped": {"type": "integer", "minimum": 0}, "reason": {"type": "string"},
         "started": {"type": "string", "format": "date-time"}, "updated": {"type": "string", "format": "date-time"}}},
     "Collections": {"type": "object", "required": ["collections", "usage"], "properties": {
         "collections": {"type": "array", "items": {"$ref": "#/components/schemas/Collection"}},
@@ -375,6 +376,22 @@ def _collection_paths(models: list[str], max_files: int) -> dict[str, Any]:
                                   "schema": {"type": "string", "enum": models}}],
             "responses": {"202": _json_body("Reindex", "Accepted: the job is queued"),
                           **_errors(*_ACCESS, 400, 404, 409, 503)}}},
+        # Issue 22: the public web points' colour facts, for points written before them.
+        "/collections/web/reindex": {
+            "post": {"summary": "Colour facts for the web points of this model's current space that have none: each "
+                                "downloaded again from its latest URL (SSRF-guarded) in the background; 202 at once, "
+                                "progress by GET on this path; resumable (asked again, it does what is left); a dead "
+                                "URL is counted in 'skipped' and not tried again. 409 while it runs.",
+                     "parameters": [{"name": "embedding_model", "in": "query", "required": True,
+                                     "schema": {"type": "string", "enum": models}}],
+                     "responses": {"202": _json_body("Reindex", "Accepted: the job is queued"),
+                                   **_errors(*_ACCESS, 400, 404, 409, 503)}},
+            "get": {"summary": "The web collection's colour backfill for this model: state, done, total, skipped.",
+                    "parameters": [{"name": "embedding_model", "in": "query", "required": True,
+                                    "schema": {"type": "string", "enum": models}}],
+                    "responses": {"200": _json_body("Reindex", "The job's record"),
+                                  **_errors(*_ACCESS, 400, 404, 503)}},
+        },
         "/collections/{name}/images/{id}": {
             "get": {"summary": "An image's metadata and a signed thumbnail link.", "parameters": [name, image_id],
                     "responses": {"200": _json_body("CollectionImage", "The image"),

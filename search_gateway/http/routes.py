@@ -91,7 +91,8 @@ async def _search_query(request: Request) -> SearchQuery:
         query = functools.partial(SearchQuery, model=params.model, max_results=params.max_results,
                                   sources=params.sources, min_score=params.min_score, tags=params.tags,
                                   tenant=tenant_of(request.scope), collections=collections,
-                                  positive=params.positive, negative=params.negative)
+                                  positive=params.positive, negative=params.negative,
+                                  color=params.color, palette=params.palette, placement=params.placement)
         data = await _upload(form, "file", s.upload_max_bytes, required=False) if form is not None else None
         text = params.text if data is None else None
         if params.like is not None:

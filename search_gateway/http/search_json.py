@@ -63,6 +63,8 @@ def outcome(o: SearchOutcome, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
     if o.refinement is not None:  # positive / negative were given (search/refine.py)
         body["refinement"] = {"method": o.refinement.method, "positive": o.refinement.positive,
                               "negative": o.refinement.negative}
+    if o.notes:
+        body["notes"] = list(o.notes)
     return body
 
 
@@ -83,6 +85,15 @@ def result(r: RankedResult, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
         out["feedback"] = round(r.feedback, 6)
     if r.tags:
         out["tags"] = dict(r.tags)  # machine tags (zero-shot), with their scores
+    # Colour facts read from the pixels (absent: not known) and body placement tags.
+    if r.color_scheme is not None:
+        out["color_scheme"] = r.color_scheme
+    if r.palette:
+        out["palette"] = list(r.palette)
+    if r.palette_match is not None:
+        out["palette_match"] = r.palette_match
+    if r.placement:
+        out["placement"] = dict(r.placement)
     if r.attention is not None:
         out["patch_attention"] = attention.summarize(r.attention)
     out["thumbnail_url"] = thumbnail_link(r)

@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict
 from search_gateway.collections.records import MAX_SEARCHED, NAME
 from search_gateway.config import GatewaySettings
 from search_gateway.errors import BadRequest
-from search_gateway.search.caption import STYLES, SUBJECTS
+from search_gateway.fetch.colour import SCHEMES
+from search_gateway.search.caption import PLACEMENTS, STYLES, SUBJECTS
+from search_gateway.search.colour_filter import PALETTE_WEIGHT
 from search_gateway.search.rerank_stage import RERANK_K_LIMIT
 from search_gateway.search.types import SOURCES
 
@@ -72,6 +74,10 @@ class SearchParams(BaseModel):
     # Refinement by example (search/refine.py): result ids marked relevant / not relevant.
     positive: tuple[str, ...] = ()
     negative: tuple[str, ...] = ()
+    # Colour and placement filters (issue 22, items 3 and 4).
+    color: str | None = None
+    palette: str | None = None  # "#rrggbb", lower case
+    placement: tuple[str, ...] = ()
 
 
 # ---- JSON's own types, checked before anything else (the body is one value) ----
@@ -268,9 +274,16 @@ _COLLECTIONS_PATTERN = f"^$|^{NAME_PATTERN}(,{NAME_PATTERN}){{0,{MAX_SEARCHED - 
 _TAG = "(" + "|".join(re.escape(t) for t in TAGS) + ")"
 _TAGS_PATTERN = f"^$|^{_TAG}(,{_TAG}){{0,{MAX_TAGS - 1}}}$"
 _SOURCES_ENUM = ["gallery,web", "gallery", "web", "web,gallery"]
+# Colour and placement (issue 22): a colour #rrggbb (the # optional), placements from the vocabulary.
+_HEX = "#?[0-9a-f]{6}"
+_PALETTE_PATTERN = "^#?[0-9a-fA-F]{6}$"
+_PLACE = "(" + "|".join(PLACEMENTS) + ")"
+_PLACEMENTS_PATTERN = f"^$|^{_PLACE}(,{_PLACE}){{0,{len(PLACEMENTS) - 1}}}$"
 
 # Spaces are collapsed before the length is checked, so the query needs a visible character.
-TEXT_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"\S"}
+# Python's str.split (the collapse) also splits on \x1c-\x1f and \x85, which ECMAScript's \S
+# (what a client or schemathesis reads the pattern with) counts as visible: named here.
+TEXT_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"[^\s\x1c-\x1f\x85]"}
 
 # The kinds parse() reads by name, typed.
 _INCLUDE_ATTENTION, _RERANK = Boolean(False), Boolean(False)
@@ -304,6 +317,19 @@ PARAMS: tuple[Param, ...] = (
           "Comma-separated collections the gallery results come from: 'web' and the caller's own "
           f"(at most {MAX_SEARCHED}); default: web and all of the caller's. An unknown one (or another tenant's) "
           "is 404. Web results still stream unless sources=gallery.", gallery_only=True),
+    # ---- colour scheme, palette and body placement (issue 22, items 3 and 4)
+    Param("color", Text({"type": "string", "enum": list(SCHEMES)}),
+          "Only results of this colour scheme, read from their pixels: black_and_grey or colour (gallery results "
+          "in the store query; web results by the pixels downloaded; a result whose scheme is not known is left "
+          "out)."),
+    Param("palette", Text({"type": "string", "pattern": _PALETTE_PATTERN}),
+          "One colour, #rrggbb (the # may be left out or sent as %23): the results that pass the other filters "
+          f"are ordered by score + {PALETTE_WEIGHT} x palette_match, palette_match (0 to 1, in each result) being "
+          "how near the colour is to the result's dominant palette."),
+    Param("placement", Names({"type": "string", "pattern": _PLACEMENTS_PATTERN},
+                             {"type": "string", "enum": list(PLACEMENTS)}, len(PLACEMENTS)),
+          "Comma-separated body placements; gallery results must carry ANY of them (a tattoo sits in one place). "
+          "Scored by the text tower (clip, siglip); other models have none, and the reply's notes say so."),
 )
 # Refinement by example: the ids of results marked relevant (positive) or not (negative).
 MAX_MARKS = 20
@@ -372,10 +398,11 @@ def parse(query: Mapping[str, str], body: Mapping[str, Any] | None, setup: Setup
     if (positive or negative) and not setup.gallery:
         raise BadRequest("The gallery is off on this gateway (GATEWAY_GALLERY=off): 'positive' and 'negative' "
                          "name gallery results, so there is nothing to refine by.")
+    color, palette, placement = _color(raw("color")), _palette(raw("palette")), _placement(raw("placement"))
     return SearchParams(model=str(model), include_attention=include_attention, rerank_k=rerank_k,
                         max_results=max_results, sources=sources, min_score=min_score, tags=tags, like=like,
                         collections=collections, text=text if isinstance(text, str) else None,
-                        positive=positive, negative=negative)
+                        positive=positive, negative=negative, color=color, palette=palette, placement=placement)
 
 
 def _marks(raw: Raw | None, name: str) -> tuple[str, ...]:
@@ -441,6 +468,37 @@ def _collections(raw: Raw | None) -> tuple[str, ...] | None:
     names = tuple(dict.fromkeys(n.strip() for n in items_of(raw) if n.strip()))
     if len(names) > MAX_SEARCHED:
         raise BadRequest(f"Parameter 'collections' names at most {MAX_SEARCHED} collections.")
+    return names
+
+
+# ---- colour scheme, palette and body placement (issue 22, items 3 and 4)
+
+def _color(raw: Raw | None) -> str | None:
+    if raw is None or not str(raw).strip():
+        return None
+    value = str(raw).strip().lower()
+    if value not in SCHEMES:
+        raise BadRequest(f"Parameter 'color' takes {' or '.join(SCHEMES)}, not {value[:40]!r}.")
+    return value
+
+
+def _palette(raw: Raw | None) -> str | None:
+    if raw is None or not str(raw).strip():
+        return None
+    value = str(raw).strip().lower()
+    if not re.fullmatch(_HEX, value):
+        raise BadRequest(f"Parameter 'palette' is one colour written #rrggbb (such as #c81e28; the # may be left "
+                         f"out), not {value[:40]!r}.")
+    return "#" + value.lstrip("#")
+
+
+def _placement(raw: Raw | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    names = tuple(dict.fromkeys(n.strip().lower().replace(" ", "_") for n in items_of(raw) if n.strip()))
+    wrong = [n for n in names if n not in PLACEMENTS]
+    if wrong:
+        raise BadRequest(f"Unknown placement {wrong[0][:40]!r}; the placements are {', '.join(PLACEMENTS)}.")
     return names
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from cachetools import Cache, LRUCache, TTLCache
 
 from search_gateway.clients.replies import Provenance
+from search_gateway.fetch.colour import ColourFacts
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -54,6 +55,9 @@ class CacheStats:
 class CachedVector:
     vector: np.ndarray  # unit length, read-only
     provenance: Provenance | None
+    # The picture's colour facts, read when it was downloaded: a later search answered
+    # from the cache filters by colour without reading the pixels again.
+    colour: ColourFacts | None = None
 
 
 def _bounded(max_entries: int, ttl_s: float, timer: Callable[[], float]) -> Cache[K, V]:
@@ -102,14 +106,14 @@ class EmbeddingCache:
         return None if cached is None else (sha, cached)
 
     def put(self, model: str, sha256: str, vector: np.ndarray, url: str | None = None,
-            provenance: Provenance | None = None) -> None:
+            provenance: Provenance | None = None, colour: ColourFacts | None = None) -> None:
         """Keep a vector from an embed reply; its provenance names the weights, which
         become the model's current ones (``observe``)."""
         fingerprint = provenance.weights_fingerprint if provenance is not None else ""
         self.observe(model, fingerprint)
         vector = np.asarray(vector, dtype=np.float32)
         vector.setflags(write=False)  # shared between searches: nobody may edit it in place
-        self._vectors[(model, fingerprint, sha256)] = CachedVector(vector, provenance)
+        self._vectors[(model, fingerprint, sha256)] = CachedVector(vector, provenance, colour)
         if url:
             self._urls[(model, url)] = sha256
 

@@ -37,6 +37,21 @@ SUBJECTS: tuple[str, ...] = (
     "portrait", "geisha", "samurai", "clock", "eye", "hand", "cross", "angel", "demon", "lettering",
 )
 
+# Body placements (issue 22, item 4): machine tags scored like the styles and subjects, stored
+# as a gallery point's ``placement``. Names as the API spells them; the prompt says them in words.
+PLACEMENTS: tuple[str, ...] = (
+    "forearm", "upper_arm", "sleeve", "hand", "finger", "back", "chest", "ribs", "stomach", "thigh", "calf",
+    "ankle", "foot", "neck", "behind_the_ear", "shoulder",
+)
+# At most this many placements per image: the best, and those scored within the margin of it
+# (zero-shot cosines of one image lie close together; the margin keeps the real contenders).
+PLACEMENT_TOP = 3
+PLACEMENT_MARGIN = 0.02
+
+
+def placement_prompt(name: str) -> str:
+    words = name.replace("_", " ")
+    return f"a tattoo {words}" if name == "behind_the_ear" else f"a tattoo on the {words}"
 
 class Captioner(Protocol):
     # The model whose image vector of the query this captioner reads, or None when it
@@ -60,6 +75,7 @@ class Vocabulary:
         self._embed = embed
         self.model = model
         self._prompts: tuple[np.ndarray, np.ndarray, str] | None = None
+        self._placements: tuple[np.ndarray, str] | None = None
         self._lock = asyncio.Lock()
         # The kind of weights the prompt vectors came from ("random": every caption is a guess).
         self.weights = ""
@@ -77,6 +93,26 @@ class Vocabulary:
                                  styles.provenance.weights_fingerprint)
                 self.weights = styles.provenance.weights
             return self._prompts[0], self._prompts[1]
+
+    async def placements(self, timeout: float, fingerprint: str | None = None) -> np.ndarray:
+        """The placement prompt vectors (placements x dim, unit rows), asked again like ``vectors``."""
+        async with self._lock:
+            if self._placements is None or (fingerprint is not None and fingerprint != self._placements[1]):
+                reply = await self._embed.embed_text(self.model, [placement_prompt(p) for p in PLACEMENTS],
+                                                     timeout=timeout)
+                self._placements = (_normalise(reply.vectors), reply.provenance.weights_fingerprint)
+            return self._placements[0]
+
+
+def placement_tags(vector: np.ndarray, prompts: np.ndarray) -> dict[str, float]:
+    """The best placement of one image vector and those within PLACEMENT_MARGIN of it (at
+    most PLACEMENT_TOP), with their cosines."""
+    unit = _normalise(np.asarray(vector, dtype=np.float32)[None, :])[0]
+    scores = prompts @ unit
+    order = np.argsort(-scores)[:PLACEMENT_TOP]
+    best = float(scores[int(order[0])])
+    return {PLACEMENTS[int(i)]: round(float(scores[int(i)]), 6) for i in order
+            if float(scores[int(i)]) >= best - PLACEMENT_MARGIN}
 
 
 def machine_tags(vector: np.ndarray, styles: np.ndarray, subjects: np.ndarray, per_kind: int = 2) -> dict[str, float]:

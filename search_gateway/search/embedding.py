@@ -154,9 +154,11 @@ class EmbedBatches:
             images = []
             for fetched, vector in zip(part, reply.vectors, strict=True):
                 vector = unit(vector)
-                self._cache.put(model, fetched.sha256, vector, fetched.candidate.url, reply.provenance)
+                self._cache.put(model, fetched.sha256, vector, fetched.candidate.url, reply.provenance,
+                                fetched.image.colour)
                 images.append(EmbeddedImage(fetched.candidate, fetched.sha256, vector, fetched.image.embed_bytes,
-                                            size=(fetched.image.width, fetched.image.height)))
+                                            size=(fetched.image.width, fetched.image.height),
+                                            colour=fetched.image.colour))
             await report(Embedded(tuple(images), reply.provenance))
 
         async def refused(fetched: FetchedImage, _: BackendRejected) -> None:

@@ -62,7 +62,9 @@ def ranked(hit: GalleryHit, source: str = "gallery") -> RankedResult:
     candidate = Candidate(url=p.urls[-1] if p.urls else "", source_url=p.source_pages[-1] if p.source_pages else "",
                           platform=p.platform, title=p.title, engine=p.engine)
     return RankedResult(candidate, p.content_hash, hit.score, source=source, tags=MappingProxyType(dict(p.tags)),
-                        collection=p.collection, tenant=p.tenant, point_id=p.id)
+                        collection=p.collection, tenant=p.tenant, point_id=p.id, color_scheme=p.color_scheme,
+                        palette=p.palette or (), palette_shares=p.palette_shares or (),
+                        placement=MappingProxyType(dict(p.placement)))
 
 
 def visible_to(point: GalleryPoint, tenant: str) -> bool:
@@ -82,9 +84,14 @@ def visible_to(point: GalleryPoint, tenant: str) -> bool:
 def sighting(image: EmbeddedImage) -> GalleryPoint:
     c = image.candidate
     width, height = image.size if image.size else (None, None)
+    # The colour facts read when it was downloaded (none when its vector came from the cache:
+    # the gallery's merge then keeps what it had).
+    facts = image.colour
     return GalleryPoint(content_hash=image.sha256, vector=tuple(np.asarray(image.vector, dtype=np.float32).tolist()),
                         collection=WEB, urls=(c.url,), source_pages=(c.source_url,) if c.source_url else (),
-                        platform=c.platform, title=c.title, engine=c.engine, width=width, height=height)
+                        platform=c.platform, title=c.title, engine=c.engine, width=width, height=height,
+                        color_scheme=facts.scheme if facts else None, palette=facts.palette if facts else None,
+                        palette_shares=facts.shares if facts else None)
 
 
 async def model_space(catalog: ModelCatalog, model: str) -> VectorSpace | None:
@@ -110,7 +117,8 @@ class GallerySource:
 
     async def find(self, space: VectorSpace, vector: np.ndarray, *, tenant: str, limit: int,
                    collections: Sequence[str] | None = None, tags: Sequence[str] = (),
-                   min_score: float | None = None, examples: ExampleQuery | None = None) -> list[RankedResult]:
+                   min_score: float | None = None, examples: ExampleQuery | None = None,
+                   color: str | None = None, placement: Sequence[str] = ()) -> list[RankedResult]:
         """The best remembered images of ``collections`` (None: web and all of the
         tenant's); raises GalleryUnavailable (the search goes on without them). With
         ``examples``: scored by that query by examples (search/refine.py)."""
@@ -127,10 +135,12 @@ class GallerySource:
         asks: list[Callable[[Gallery], Awaitable[list[GalleryHit]]]] = []
         if collections is None or WEB in collections:
             asks.append(lambda g: g.find(space, vector, limit=limit, collections=(WEB,), tags=tags,
-                                         min_score=min_score, examples=examples))
+                                         min_score=min_score, examples=examples, color_scheme=color,
+                                         placement=placement))
         if private:
             asks.append(lambda g: g.find(space, vector, limit=limit, collections=private, tenant=tenant,
-                                         tags=tags, min_score=min_score, examples=examples))
+                                         tags=tags, min_score=min_score, examples=examples, color_scheme=color,
+                                         placement=placement))
 
         async def both(g: Gallery) -> list[GalleryHit]:
             answers = await asyncio.gather(*(ask(g) for ask in asks))

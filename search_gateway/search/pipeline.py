@@ -17,6 +17,7 @@ whatever has been ranked is returned, marked ``partial``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from search_gateway.search.budget import Deadline
 from search_gateway.search.cache import EmbeddingCache
 from search_gateway.search.candidates import unique_candidates
 from search_gateway.search.caption import FALLBACK_CAPTION, STYLES, SUBJECTS, CaptionChain, compose_query
+from search_gateway.search.colour_filter import by_palette, passes
 from search_gateway.search.download import CandidateDownloads
 from search_gateway.search.embedding import EmbedBatches, Embedded, EmbedResult
 from search_gateway.search.feedback_boost import FeedbackBoost, nudged
@@ -60,6 +62,7 @@ from search_gateway.search.types import (
     SearchOutcome,
     SearchQuery,
 )
+from service_common.model_registry import text_models
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +175,16 @@ class _Search:
         tally = self.tally
         if not len(self.ranking) and tally.embed_error and tally.embedded == 0 and tally.from_cache == 0:
             raise BackendUnavailable(tally.embed_error, backend="embed server")
+        # The colour filter and the palette's order (search/colour_filter.py) apply to every
+        # result, gallery and web alike, before the cut.
+        keep = functools.partial(passes, color=query.color) if query.color else None
+        order = functools.partial(by_palette, colour=query.palette) if query.palette else None
         if with_rerank:
             # Stage one's best K (more than max_results when K is larger), re-ranked, cut to size.
-            results = (await self._rerank(self._best(max(query.max_results, query.rerank_k))))[: query.max_results]
+            results = (await self._rerank(self._best(max(query.max_results, query.rerank_k), keep, order)))[
+                : query.max_results]
         else:
-            results = self._best(query.max_results)
+            results = self._best(query.max_results, keep, order)
         if with_attention and results:
             results = await self._attention(results)
         return SearchOutcome(
@@ -188,6 +196,7 @@ class _Search:
             query_vector=_vector_of(query_vector),
             refinement=None if self.refiner is None else Refinement(
                 self.refiner.ran, len(query.positive), len(query.negative)),
+            notes=self._notes(),
         )
 
     async def _marks(self, query_vector: asyncio.Future[np.ndarray]) -> dict[str, float]:
@@ -205,12 +214,27 @@ class _Search:
         except TimeoutError:
             return {}
 
-    def _best(self, n: int) -> list[RankedResult]:
-        """The best ``n`` results; never a marked one (search/refine.py)."""
+    def _best(self, n: int, keep: Callable[[RankedResult], bool] | None = None,
+              order: Callable[[list[RankedResult]], list[RankedResult]] | None = None) -> list[RankedResult]:
+        """The best ``n`` results that ``keep`` keeps, in ``order`` (the colour filter's and the
+        palette's); never a marked one (search/refine.py)."""
         if self.refiner is None:
-            return self.ranking.best(n, self.query.min_score)
+            return self.ranking.best(n, self.query.min_score, keep, order)
         marked = len(self.query.positive) + len(self.query.negative)
-        return self.refiner.unmarked(self.ranking.best(n + 2 * marked, self.query.min_score))[:n]
+        return self.refiner.unmarked(self.ranking.best(n + 2 * marked, self.query.min_score, keep, order))[:n]
+
+    def _notes(self) -> tuple[str, ...]:
+        """What the reply must explain about the filters it was asked for."""
+        notes = []
+        if self.query.placement:
+            if self.query.model not in text_models():
+                notes.append(f"{self.query.model} has no text tower, so its images have no body placement tags "
+                             f"(only {', '.join(text_models())} do): the placement filter matched no gallery "
+                             "image, and web results are not filtered by placement.")
+            elif "web" in self.query.sources:
+                notes.append("Body placement is read when an image is stored in the gallery: web results "
+                             "found by this search are not filtered by placement.")
+        return tuple(notes)
 
     async def _web(self, caption: str, query_vector: asyncio.Future[np.ndarray], reserve: float) -> None:
         collect = asyncio.ensure_future(self._collect(caption, query_vector))
@@ -313,11 +337,13 @@ class _Search:
                 if self.refiner is not None:
                     found = await self.refiner.find(lambda examples, vector, wanted: gallery.find(
                         space, vector, tenant=query.tenant, collections=query.collections, limit=wanted,
-                        tags=query.tags, min_score=None if examples else query.min_score, examples=examples), limit)
+                        tags=query.tags, min_score=None if examples else query.min_score, examples=examples,
+                        color=query.color, placement=query.placement), limit)
                 else:
                     found = await gallery.find(space, await query_vector, tenant=query.tenant,
                                                collections=query.collections, limit=limit,
-                                               tags=query.tags, min_score=query.min_score)
+                                               tags=query.tags, min_score=query.min_score, color=query.color,
+                                               placement=query.placement)
             except GalleryError as exc:
                 error = self._gallery_failed(exc)
         if query.like is not None:
@@ -380,7 +406,8 @@ class _Search:
         if hit is not None:
             sha256, cached = hit
             self.tally.from_cache += 1
-            self.ranking.add(EmbeddedImage(candidate, sha256, cached.vector, None), await query_vector)
+            self.ranking.add(EmbeddedImage(candidate, sha256, cached.vector, None, colour=cached.colour),
+                             await query_vector)
             return
         if await self._known_to_gallery(candidate, query_vector):
             return
@@ -402,7 +429,8 @@ class _Search:
             cache.remember_url(model, candidate.url, fetched.sha256)
             self.tally.from_cache += 1
             embedded = EmbeddedImage(candidate, fetched.sha256, same_picture.vector, fetched.image.embed_bytes,
-                                     size=(fetched.image.width, fetched.image.height))
+                                     size=(fetched.image.width, fetched.image.height),
+                                     colour=fetched.image.colour or same_picture.colour)
             self.ranking.add(embedded, await query_vector)
             self._remember(same_picture.provenance, (embedded,))  # a new URL of it, at least
             return

@@ -6,8 +6,11 @@ few are kept, so that patch attention at the end needs no second download for th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from search_gateway.search.colour_filter import colour_fields
 from search_gateway.search.types import EmbeddedImage, RankedResult
 
 
@@ -27,7 +30,8 @@ class Ranking:
             self.duplicates += 1
             return
         score = float(np.dot(embedded.vector, query_vector))
-        self._by_sha[embedded.sha256] = RankedResult(embedded.candidate, embedded.sha256, score)
+        self._by_sha[embedded.sha256] = RankedResult(embedded.candidate, embedded.sha256, score,
+                                                     **colour_fields(embedded.colour))
         if embedded.embed_bytes is not None and self._keep_n:
             self._kept[embedded.sha256] = embedded.embed_bytes
             if len(self._kept) > self._keep_n:
@@ -47,10 +51,17 @@ class Ranking:
             if r.sha256 in self._by_sha:
                 self._by_sha[r.sha256] = r
 
-    def best(self, n: int, min_score: float | None = None) -> list[RankedResult]:
+    def best(self, n: int, min_score: float | None = None, keep: Callable[[RankedResult], bool] | None = None,
+             order: Callable[[list[RankedResult]], list[RankedResult]] | None = None) -> list[RankedResult]:
+        """The best ``n`` by score, of those scored at least ``min_score`` that ``keep``
+        keeps (the colour filter), in ``order`` when given (the palette's)."""
         ranked = sorted(self._by_sha.values(), key=lambda r: -r.score)
         if min_score is not None:
             ranked = [r for r in ranked if r.score >= min_score]
+        if keep is not None:
+            ranked = [r for r in ranked if keep(r)]
+        if order is not None:
+            ranked = order(ranked)
         return ranked[:n]
 
     def kept_bytes(self, sha256: str) -> bytes | None:

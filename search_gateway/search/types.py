@@ -16,6 +16,7 @@ from types import MappingProxyType
 import numpy as np
 
 from search_gateway.clients.replies import Candidate, PatchMatches, Provenance
+from search_gateway.fetch.colour import ColourFacts
 from search_gateway.fetch.images import PreparedImage
 
 SOURCES: tuple[str, ...] = ("gallery", "web")
@@ -49,6 +50,13 @@ class SearchQuery:
     # Refinement by example (search/refine.py): gallery result ids marked relevant / not.
     positive: tuple[str, ...] = ()
     negative: tuple[str, ...] = ()
+    # Colour and placement filters (search/colour_filter.py): results must have this colour
+    # scheme (gallery: in the store query; web: by the colour facts read when downloaded),
+    # are reordered by nearness of their palette to ``palette`` ("#rrggbb"), and (gallery)
+    # carry ANY of the ``placement`` tags.
+    color: str | None = None
+    palette: str | None = None
+    placement: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,8 @@ class EmbeddedImage:
     embed_bytes: bytes | None
     # (width, height) of the downloaded image, kept in the gallery; None when not downloaded.
     size: tuple[int, int] | None = None
+    # Read from its pixels where it was decoded (fetch/colour.py); None when they were not read.
+    colour: ColourFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,14 @@ class RankedResult:
     local_score: float | None = None
     # The change stored feedback marks made to ``score`` (search/feedback_boost.py); None: none.
     feedback: float | None = None
+    # Its colour facts (None: not known: a point written before them, or a cached web image)
+    # and body placement tags (gallery results of text-tower models only).
+    color_scheme: str | None = None
+    palette: tuple[str, ...] = ()
+    palette_shares: tuple[float, ...] = ()
+    placement: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # With palette=: how near its palette is to the colour asked, 0 to 1 (search/colour_filter.py).
+    palette_match: float | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,8 @@ class SearchOutcome:
     query_vector: np.ndarray | None = None
     # Set when the search was refined by marked examples (positive / negative).
     refinement: Refinement | None = None
+    # Sentences the reply must explain (e.g. a model without a text tower gives no placement).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

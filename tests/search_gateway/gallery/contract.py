@@ -133,6 +133,37 @@ class GalleryStoreContract:
         assert await gallery.count(SPACE, tags=["mandala"]) == 3
         assert await gallery.store.count(SPACE, GalleryFilter(content_hashes=("sha256-0010", "sha256-0012"))) == 2
 
+    async def test_filters_by_colour_scheme_and_any_placement(self, gallery: Gallery) -> None:
+        # Issue 22: color_scheme matches exactly; placement matches ANY name given; a point
+        # written before colour facts existed (none stored) matches neither scheme.
+        await gallery.remember(SPACE, [
+            sample_point(20, color_scheme="colour", palette=("#c81e28", "#fafaf8"), palette_shares=(0.3, 0.7),
+                         placement={"forearm": 0.3}),
+            sample_point(21, color_scheme="black_and_grey", palette=("#101010",), palette_shares=(1.0,),
+                         placement={"sleeve": 0.2, "upper_arm": 0.19}),
+            sample_point(22, placement={"back": 0.3}),
+            sample_point(23, color_error="dead_url: status_404"),
+        ])
+        query = unit(20)
+
+        async def found(**kwargs: object) -> set[str]:
+            hits = await gallery.find(SPACE, query, limit=10, **kwargs)  # type: ignore[arg-type]
+            return {h.point.content_hash for h in hits}
+
+        assert await found(color_scheme="colour") == {"sha256-0020"}
+        assert await found(color_scheme="black_and_grey") == {"sha256-0021"}
+        assert await found(placement=["forearm", "sleeve"]) == {"sha256-0020", "sha256-0021"}
+        assert await found(placement=["forearm"], color_scheme="black_and_grey") == set()
+        assert await found(placement=["ankle"]) == set()
+        missing = GalleryFilter(collections=("web",), colour_missing=True)
+        assert {p.content_hash for p in (await gallery.store.scroll(SPACE, limit=10, filter=missing)).points} == {
+            "sha256-0022"}  # no colour and no recorded failure: what a backfill still has to do
+        [back] = await gallery.store.retrieve(SPACE, [sample_point(20).id])
+        assert (back.palette, back.palette_shares, dict(back.placement)) == (
+            ("#c81e28", "#fafaf8"), (0.3, 0.7), {"forearm": 0.3})
+        [old] = await gallery.store.retrieve(SPACE, [sample_point(22).id])
+        assert (old.color_scheme, old.palette, old.palette_shares) == (None, None, None)
+
     async def test_search_ranks_by_cosine_and_min_score_drops_weak_hits(self, gallery: Gallery) -> None:
         base = unit(100)
         cosines = [0.99, 0.8, 0.4, -0.2]
