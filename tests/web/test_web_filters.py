@@ -70,19 +70,25 @@ async def test_filters_send_their_parameters_and_show_the_notes(browser: Any, ga
     assert [i for _, i in await page.evaluate(CARDS)] == [r["id"] for r in expected["results"]]
     assert await page.locator("#results .card .looks", has_text="Black & grey").count() == len(expected["results"])
 
-    # Colour, a main colour and two placements.
+    # Colour and a main colour: sent; every card says its scheme and shows its main colours.
     await page.click("label[for=color-2]")
     await page.locator("#palette").fill("#2e7d32")
     assert await page.locator("#palette-value").inner_text() == "#2e7d32"
+    await _search(page)
+    assert sent[-1]["color"] == ["colour"] and sent[-1]["palette"] == ["#2e7d32"], sent
+    expected = await _api(stack, {"sources": "gallery", "color": "colour", "palette": "#2e7d32", "embedding_model": "clip"})
+    assert expected["results"] and [i for _, i in await page.evaluate(CARDS)] == [r["id"] for r in expected["results"]]
+    assert await page.locator("#results .card .looks .swatch").count() >= len(expected["results"])
+    await _wait_thumbnails(page)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "filters.png"), full_page=True)
+
+    # Two placements (any of them), with the colour filters.
     await page.locator("#placement label", has_text="forearm").click()
     await page.locator("#placement label", has_text="sleeve").click()
     assert await page.locator("#placement-count").inner_text() == "(2 picked)"
     await _search(page)
-    assert sent[-1]["color"] == ["colour"] and sent[-1]["palette"] == ["#2e7d32"], sent
-    assert sent[-1]["placement"] == ["forearm,sleeve"], sent
-    await _wait_thumbnails(page)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / "filters.png"), full_page=True)
+    assert sent[-1]["placement"] == ["forearm,sleeve"] and sent[-1]["color"] == ["colour"], sent
 
     # A model without a text tower places nothing: the reply's notes say so, on the page.
     await page.select_option("#model", "dinov2")

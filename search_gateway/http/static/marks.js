@@ -23,6 +23,7 @@ const el = {
 const state = {
   marks: new Map(),   // result id -> {result, relevant, queryRef, feedbackId, saving, thumbUrl}
   queryRef: null,     // the query_ref of the reply whose cards are shown
+  saves: new Map(),   // result id -> its last POST /feedback (and the DELETE after it), so they run in order
   feedback: "on",     // "off" once the server said it keeps no marks (or failed): then local only
   busy: false,        // a search is running: Refine waits
   onRefine: null,
@@ -108,33 +109,44 @@ function toggle(result, relevant, label) {
     el.note.textContent = `At most ${MAX_EACH} results can be marked ${relevant ? "relevant" : "not relevant"} at once: undo one first.`;
     return;
   }
-  if (current) unmark(id, { keepCards: true });
+  // Switched: the server's copy of the old mark goes first (it may answer a mark of the same
+  // result and query with the same id, so a late DELETE must not take the new one with it).
+  const gone = current ? unmark(id, { keepCards: true }) : Promise.resolve();
   const mark = { result, label, relevant, queryRef: state.queryRef, feedbackId: null, saving: null, thumbUrl: null };
   state.marks.set(id, mark);
-  save(id, mark);
+  save(id, mark, gone);
   paintCards(id);
   renderStrip();
 }
 
+/** Forgets a mark; resolves once the server's copy (if any) is deleted. Never rejects. */
 function unmark(id, { keepCards = false } = {}) {
   const mark = state.marks.get(id);
-  if (!mark) return;
+  if (!mark) return Promise.resolve();
   state.marks.delete(id);
   if (mark.thumbUrl) URL.revokeObjectURL(mark.thumbUrl);
-  if (mark.feedbackId) deleteMark(mark.feedbackId).catch(failed);
-  // Still being saved: save() deletes it when the server answers (the mark is gone by then).
   if (!keepCards) {
     paintCards(id);
     renderStrip();
   }
+  // Still being saved: save() deletes it when the server answers (the mark is gone by then).
+  const done = mark.feedbackId ? deleteMark(mark.feedbackId).catch(failed) : mark.saving || Promise.resolve();
+  state.saves.set(id, done);  // a new mark of this result is stored after it
+  return done;
 }
 
-function save(id, mark) {
+/** Stores a mark on the server, after `before` (the old mark's deletion) settles. Never rejects. */
+function save(id, mark, before = Promise.resolve()) {
   if (state.feedback !== "on" || !mark.queryRef) return;
-  mark.saving = saveMark({ queryRef: mark.queryRef, result: id, relevant: mark.relevant }).then((saved) => {
-    mark.feedbackId = saved?.id || null;
-    if (state.marks.get(id) !== mark && mark.feedbackId) deleteMark(mark.feedbackId).catch(failed);
-  }, failed);
+  // After the result's earlier saves too (pressed, undone and pressed again quickly): one at a time.
+  const earlier = Promise.all([before, state.saves.get(id)]);
+  mark.saving = earlier.then(() => saveMark({ queryRef: mark.queryRef, result: id, relevant: mark.relevant }))
+    .then((saved) => {
+      mark.feedbackId = saved?.id || null;
+      if (state.marks.get(id) !== mark && mark.feedbackId) return deleteMark(mark.feedbackId).catch(failed);
+      return undefined;
+    }, failed);
+  state.saves.set(id, mark.saving);
 }
 
 /** A mark the server did not keep: said once, quietly; marks go on working in the page. */
