@@ -183,3 +183,48 @@ async def test_a_server_without_feedback_is_said_once_and_marks_still_refine(
             refined = [i for _, i in await page.evaluate(CARDS)]
             assert ids[0] not in refined and ids[1] not in refined, refined
             assert not problems, problems
+
+
+KEY_A, KEY_B = "alice:key-a-7f3a91", "bob:key-b-41c0d2"
+
+
+async def test_marks_made_through_the_page_are_the_callers_tenant_only(
+        browser: Any, embed: BackgroundServer, design_site: DesignSite, tmp_path: Path) -> None:
+    """With API keys: the marks go with the page's key (its thumbnails in the strip too), and
+    another tenant neither lists nor deletes them."""
+    with scraper_server(design_site.manifest) as scraper:
+        settings = gateway_settings(embed.target, scraper.target, design_site,  # type: ignore[arg-type]
+                                    gallery="on", gallery_path=tmp_path / "gallery", blobs_path=tmp_path / "blobs",
+                                    api_keys=(KEY_A, KEY_B))
+        async with run_gateway(settings) as gateway:
+            stack = WebStack(gateway, design_site, scraper)
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.add_init_script(f"sessionStorage.setItem('tattoo-search.api-key', {KEY_A.split(':')[1]!r})")
+            page.set_default_timeout(20_000)
+            await page.goto(f"{stack.url}/")
+            await page.locator("#search-form[data-gallery]").wait_for(state="attached")
+            ids = await _gallery_results(page, stack)
+            await _card(page, ids[0]).locator("button.mark-up").click()
+            await _card(page, ids[3]).locator("button.mark-down").click()
+            strip = page.locator("#marked img").first
+            await page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=await strip.element_handle())
+            assert (await strip.get_attribute("src") or "").startswith("blob:")  # fetched with the key
+
+            async with aiohttp.ClientSession() as http:
+                async def marks(key: str) -> list[dict[str, Any]]:
+                    async with http.get(f"{stack.url}/feedback", headers={"X-API-Key": key}) as resp:
+                        assert resp.status == 200, await resp.text()
+                        return list((await resp.json())["marks"])
+
+                for _ in range(200):
+                    alice = await marks(KEY_A.split(":")[1])
+                    if len(alice) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert {m["result"]: m["relevant"] for m in alice} == {ids[0]: True, ids[3]: False}, alice
+                assert await marks(KEY_B.split(":")[1]) == []
+                async with http.delete(f"{stack.url}/feedback/{alice[0]['id']}",
+                                       headers={"X-API-Key": KEY_B.split(":")[1]}) as resp:
+                    assert resp.status == 404
+                assert len(await marks(KEY_A.split(":")[1])) == 2
+            await page.close()

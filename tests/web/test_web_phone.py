@@ -61,9 +61,16 @@ async def test_phone_camera_layout_at_360_px_and_tap_targets(browser: Any, galle
     await page.locator("#results .card button.mark-down").nth(2).click()
     assert await page.locator("#marked .marked-item").count() == 2
 
+    # The placement and tag chips open, so their chips are measured too.
+    for details in ("#placement-field", "#tags-field"):
+        if await page.locator(details).is_visible():
+            await page.locator(f"{details} summary").click()
+    assert await page.locator("#placement label").first.is_visible()
     assert await page.evaluate(NO_SIDEWAYS_SCROLL), await page.evaluate("() => document.documentElement.scrollWidth")
     small = [t for t in await page.evaluate(TAP_TARGETS) if t[1] < 44 or t[2] < 44]
     assert not small, small
+    for details in ("#placement-field", "#tags-field"):  # closed again for the picture
+        await page.locator(details).evaluate("(d) => { d.open = false; }")
     await _wait_thumbnails(page)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # The whole page in one viewport as tall as it (a full_page screenshot re-emulates the
