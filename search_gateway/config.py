@@ -209,7 +209,8 @@ class GatewaySettings(ServiceSettings):
     # from at most feedback_boost_marks marks a search. Capped so that marks reorder near-ties
     # only (docs/benchmarks.md, "Stored feedback boost").
     feedback_boost_weight: float = Field(default=0.03, ge=0.0, le=0.05)
-    feedback_boost_similarity: float = Field(default=0.9, ge=0.5, lt=1.0)
+    # 0.95: at 0.9 the marks lowered held-out Recall@10 on Fashion-MNIST (97.1 -> 96.0-96.9).
+    feedback_boost_similarity: float = Field(default=0.95, ge=0.5, lt=1.0)
     feedback_boost_marks: int = Field(default=50, ge=1, le=1000)
 
     @field_validator("default_model")

@@ -266,7 +266,8 @@ def openapi_document(settings: GatewaySettings | None = None, models: list[str] 
     }
     if s.gallery == "on":
         paths.update(_collection_paths(served, s.collection_max_files))
-    paths.update(_feedback_paths())
+    if s.gallery == "on" and s.feedback == "on":  # else these routes answer 404 feedback_off
+        paths.update(_feedback_paths())
     # Every reply, errors from the access checks included, names its request id.
     request_id = {REQUEST_ID_HEADER: {"required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
                                       "description": "Sent by the client when well formed, else generated."}}

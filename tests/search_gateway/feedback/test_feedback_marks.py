@@ -5,6 +5,7 @@ every route is shown to keep each tenant's marks its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -12,17 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from search_gateway.feedback.marks import MARKS, marks_space
-from search_gateway.gallery.base import GalleryFilter
-from tests.support.background import BackgroundServer
+from search_gateway.feedback.query_refs import QueryRefs, UnknownQueryRef
+from search_gateway.gallery.base import GalleryFilter, VectorSpace
+from tests.support.background import BackgroundServer, wait_for_health
 from tests.support.gateway_stack import Site, gateway_settings, image_form
-from tests.support.gateway_support import RunningGateway, run_gateway, start_gateway_process
+from tests.support.gateway_support import RunningGateway, embed_server, run_gateway, start_gateway_process
 from tests.support.images import encode, jpeg
-
-pytestmark = pytest.mark.asyncio
 
 ALPHA, BETA = {"X-API-Key": "key-alpha"}, {"X-API-Key": "key-beta"}
 KEYS = ("alpha:key-alpha", "beta:key-beta")
@@ -99,6 +101,12 @@ async def test_a_mark_is_stored_replaced_listed_and_deleted(
         assert replaced["id"] == stored["id"] and replaced["relevant"] is False
         marks = (await listed(http, gw.url, ALPHA))["marks"]
         assert [(m["id"], m["relevant"]) for m in marks] == [(stored["id"], False)]
+        # The stream's final event carries one too.
+        async with http.post(f"{gw.url}/search/stream", data=query(), headers=ALPHA,
+                             params={"sources": "gallery"}) as resp:
+            final = json.loads([line for line in (await resp.text()).splitlines() if line][-1])
+        assert final["event"] == "final"
+        assert (await mark(http, gw.url, ALPHA, final["query_ref"], result, False))["id"] == stored["id"]
         # A second result, and pages of one.
         other = await mark(http, gw.url, ALPHA, ref, first["results"][2]["id"], True)
         page = await listed(http, gw.url, ALPHA, limit="1")
@@ -269,3 +277,38 @@ async def test_marks_go_with_the_tenants_data_and_survive_a_kill_9(
         await gw.app.state.feedback.marks.forget_tenant("alpha")
         assert (await listed(http, gw.url, ALPHA))["marks"] == []
         assert [m["id"] for m in (await listed(http, gw.url, BETA))["marks"]] == [theirs["id"]]
+
+
+async def test_a_query_ref_of_weights_since_replaced_is_refused_with_409(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    folder = tmp_path / "gallery"
+    async with aiohttp.ClientSession() as http:
+        async with run_gateway(settings_for(embed, scraper, site, folder)) as gw:
+            await filled(http, gw)
+            body = await search(http, gw.url, ALPHA)
+        # Other weights (another seed) behind the same store: the old query means nothing there.
+        with embed_server(EMBED_SEED="7") as other:
+            with grpc.insecure_channel(other.target) as channel:
+                wait_for_health(channel, timeout=60)
+            async with run_gateway(settings_for(other, scraper, site, folder)) as gw:
+                stale = await mark(http, gw.url, ALPHA, body["query_ref"], body["results"][0]["id"], status=409)
+                assert stale["error"] == "stale_query_ref" and "other weights" in stale["detail"]
+                assert (await listed(http, gw.url, ALPHA))["marks"] == []
+
+
+def test_a_query_ref_carries_the_query_sealed_for_its_tenant_alone() -> None:
+    rng = np.random.default_rng(1)
+    vector = np.maximum(rng.standard_normal(512), 0).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    space = VectorSpace("squeezenet", "abc123", 512)
+    refs = QueryRefs(SECRET)
+    token = refs.issue("alpha", "squeezenet", space, vector)
+    assert len(token) < 800 and "alpha" not in token
+    opened = refs.open(token, "alpha")
+    assert opened.space == space and float(opened.vector @ vector) > 0.999
+    # The same query in another token is the same query (mark ids are derived from it).
+    assert refs.open(refs.issue("alpha", "squeezenet", space, vector), "alpha").digest == opened.digest
+    for wrong in (lambda: refs.open(token, "beta"), lambda: QueryRefs("another secret").open(token, "alpha"),
+                  lambda: refs.open(token[:-1], "alpha"), lambda: refs.open("", "alpha")):
+        with pytest.raises(UnknownQueryRef):
+            wrong()
