@@ -205,7 +205,8 @@ def contact_sheet(samples: list[Sample], path: Path, per_kind: int, cols: int = 
             frame.paste(tile, (2, 2))
             sheet.paste(frame, (pad + col * (thumb + pad), pad + row * (thumb + pad)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    # Lossless: a palette of 256 colours turned purple shapes grey, which a hand-check must not see.
+    sheet.save(path, optimize=True)
 
 
 def _cost(samples: list[Sample]) -> float:
