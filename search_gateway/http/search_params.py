@@ -555,7 +555,9 @@ def json_body(setup: Setup) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
     if "like" in properties:  # like=<id> is the query when given: text is then not needed (nor used)
         # (positive alone is a query too: the refined one, built from the marks)
-        body["anyOf"] = [{"required": ["text"]}, {"required": ["like"]}, {"required": ["positive"]}]
+        marked = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1}]}
+        body["anyOf"] = [{"required": ["text"]}, {"required": ["like"]},
+                         {"required": ["positive"], "properties": {"positive": marked}}]
     else:
         body["required"] = ["text"]
     return body

@@ -181,10 +181,10 @@ class _Search:
         order = functools.partial(by_palette, colour=query.palette) if query.palette else None
         if with_rerank:
             # Stage one's best K (more than max_results when K is larger), re-ranked, cut to size.
-            results = (await self._rerank(self._best(max(query.max_results, query.rerank_k), keep, order)))[
-                : query.max_results]
+            results = (await self._rerank(self._best(max(query.max_results, query.rerank_k),
+                                                     query.min_score, keep, order)))[: query.max_results]
         else:
-            results = self._best(query.max_results, keep, order)
+            results = self._best(query.max_results, query.min_score, keep, order)
         if with_attention and results:
             results = await self._attention(results)
         return SearchOutcome(
@@ -214,14 +214,14 @@ class _Search:
         except TimeoutError:
             return {}
 
-    def _best(self, n: int, keep: Callable[[RankedResult], bool] | None = None,
+    def _best(self, n: int, min_score: float | None = None, keep: Callable[[RankedResult], bool] | None = None,
               order: Callable[[list[RankedResult]], list[RankedResult]] | None = None) -> list[RankedResult]:
         """The best ``n`` results that ``keep`` keeps, in ``order`` (the colour filter's and the
         palette's); never a marked one (search/refine.py)."""
         if self.refiner is None:
-            return self.ranking.best(n, self.query.min_score, keep, order)
+            return self.ranking.best(n, min_score, keep, order)
         marked = len(self.query.positive) + len(self.query.negative)
-        return self.refiner.unmarked(self.ranking.best(n + 2 * marked, self.query.min_score, keep, order))[:n]
+        return self.refiner.unmarked(self.ranking.best(n + 2 * marked, min_score, keep, order))[:n]
 
     def _notes(self) -> tuple[str, ...]:
         """What the reply must explain about the filters it was asked for."""
@@ -477,7 +477,7 @@ class _Search:
             space = space_of(self.query.model, provenance, images[0].vector.shape[0])
             if space is not None:
                 gallery.remember(space, images)
-        self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self.ranking.best(5))))
+        self.emit(RankedSoFar(len(self.ranking), tuple((r.candidate.url, r.score) for r in self._best(5))))
 
     # --- re-ranking by patch tokens
     async def _rerank(self, results: list[RankedResult]) -> list[RankedResult]:

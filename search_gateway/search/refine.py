@@ -49,8 +49,8 @@ ROCCHIO = "rocchio"
 METHODS: tuple[str, ...] = (ROCCHIO, *EXAMPLE_QUERIES)
 # Rocchio's (a, b, c), picked by measurement (docs/benchmarks.md "Relevance feedback").
 ROCCHIO_WEIGHTS: tuple[float, float, float] = (1.0, 1.0, 1.0)
-# The naive feedback formula's (a, b, c), fitted with qdrant-relevance-feedback on the
-# near-duplicate benchmark (the project's domain; bench/quality/fit_feedback.py).
+# The naive feedback formula's (a, b, c), fitted with qdrant-relevance-feedback on a
+# near-duplicate set apart from the one measured (bench/quality/fit_feedback.py).
 NAIVE_WEIGHTS: tuple[float, float, float] = (0.0649, 1.0, 0.1511)
 
 
