@@ -24,7 +24,8 @@ const state = {
   marks: new Map(),   // result id -> {result, relevant, queryRef, feedbackId, saving, thumbUrl}
   queryRef: null,     // the query_ref of the reply whose cards are shown
   saves: new Map(),   // result id -> its last POST /feedback (and the DELETE after it), so they run in order
-  feedback: "on",     // "off" once the server said it keeps no marks (or failed): then local only
+  feedback: "on",     // "off" once the server said it keeps no marks (feedback_off): then local only
+  noted: false,       // a failure to store a mark has been said (once is enough)
   busy: false,        // a search is running: Refine waits
   onRefine: null,
 };
@@ -149,13 +150,19 @@ function save(id, mark, before = Promise.resolve()) {
   state.saves.set(id, mark.saving);
 }
 
-/** A mark the server did not keep: said once, quietly; marks go on working in the page. */
+/**
+ * A mark the server did not keep: said once, quietly; marks go on working in the page. A
+ * server without feedback is not asked again; another failure (a web result the gallery has
+ * not stored yet is a 404) leaves later marks to be tried.
+ */
 function failed(err) {
-  if (state.feedback !== "on") return;
-  state.feedback = "off";
-  el.note.textContent = err instanceof PlainError && err.code === "feedback_off"
+  const off = err instanceof PlainError && err.code === "feedback_off";
+  if (off) state.feedback = "off";
+  if (state.noted) return;
+  state.noted = true;
+  el.note.textContent = off
     ? "This server does not keep marks (feedback is off): they refine this search only."
-    : `Your marks could not be saved on the server (${err?.message || err}); they still refine this search.`;
+    : `A mark could not be saved on the server (${err?.message || err}); marks still refine this search.`;
 }
 
 function stripItem(id, mark) {
