@@ -3,11 +3,13 @@
 No build step and nothing from another origin, so the page works offline. The page's
 responses carry a strict Content-Security-Policy: scripts and styles only from this
 origin (no inline code), pictures from here plus ``data:`` (the attention PNGs) and
-``blob:`` (the preview of the picked file).
+``blob:`` (the preview of the picked file), and the web app manifest from here (the page is
+installable on a phone; there is no service worker, so no API reply is ever cached by one).
 """
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
 from starlette.requests import Request
@@ -17,10 +19,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 STATIC_DIR = Path(__file__).with_name("static")
+# StaticFiles names the type from the extension; the system's mime.types may not know the
+# manifest's (a browser then still reads it, but the standard type is this one).
+mimetypes.add_type("application/manifest+json", ".webmanifest")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _HEADERS = {
     "Content-Security-Policy": CSP,
@@ -53,7 +58,7 @@ async def index(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    """``/`` (the page) and ``/static/*`` (its scripts, styles and icons)."""
+    """``/`` (the page) and ``/static/*`` (its scripts, styles, icons and manifest)."""
     return [
         Route("/", index, methods=["GET", "HEAD"]),
         Mount("/static", app=_WithHeaders(StaticFiles(directory=STATIC_DIR)), name="static"),

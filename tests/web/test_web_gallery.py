@@ -8,7 +8,6 @@ UPDATE_SCREENSHOTS=1).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 from pathlib import Path
@@ -20,15 +19,12 @@ import pytest
 from tests.support.background import BackgroundServer
 from tests.support.gateway_stack import gateway_settings
 from tests.support.gateway_support import CountedScraper, run_gateway
-from tests.support.web_support import IMAGE_LOADED, SCREENSHOTS, _open_page
+from tests.support.web_support import CARDS, IMAGE_LOADED, SCREENSHOTS, _open_page, _pick, _search, _wait_thumbnails, _written
 from tests.web.conftest import DesignSite, WebStack
 
 # Slow: a real browser (make test-fast leaves it out).
 pytestmark = pytest.mark.slow
 
-WRITTEN = re.compile(r'^gateway_gallery_points_total\{result="written"\} (\S+)$', re.MULTILINE)
-# Every card's source and gallery id, in the order shown.
-CARDS = "() => [...document.querySelectorAll('#results .card')].map((c) => [c.dataset.source, c.dataset.id])"
 # The cards of the first non-empty list the page shows during a search (before the final one).
 RECORD_FIRST_CARDS = """() => {
   window.__firstCards = null;
@@ -38,47 +34,6 @@ RECORD_FIRST_CARDS = """() => {
       window.__firstCards = [...list.children].map((c) => [c.dataset.source, c.dataset.id]);
   }).observe(list, { childList: true });
 }"""
-
-
-
-
-
-async def _pick(page: Any, radio: str) -> None:
-    """Picks a source as a person does: a click on its label (the radio itself is drawn by it)."""
-    await page.click(f"label[for={radio}]")
-    assert await page.locator(f"#{radio}").is_checked()
-
-
-async def _search(page: Any) -> None:
-    await page.click("#search")
-    await page.locator("#counts", has_text="Done").wait_for()
-    await page.wait_for_function("() => !document.getElementById('search').disabled")
-
-
-async def _written(stack: WebStack, at_least: int) -> int:
-    """Waits for the gallery's background writer to have stored `at_least` points."""
-    async with aiohttp.ClientSession() as http:
-        for _ in range(400):
-            async with http.get(f"{stack.url}/metrics") as resp:
-                found = WRITTEN.search(await resp.text())
-            written = int(float(found.group(1))) if found else 0
-            if written >= at_least:
-                return written
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"the gallery writer stored {written} of {at_least} pictures")
-
-
-# A card whose thumbnail has loaded, or been given up on (the design site dropped "fragile").
-CARD_SETTLED = ("(card) => card.classList.contains('broken') || "
-                "[...card.querySelectorAll('.thumb img')].every((i) => i.complete && i.naturalWidth > 0)")
-
-
-async def _wait_thumbnails(page: Any) -> None:
-    cards = page.locator("#results .card")
-    for i in range(await cards.count()):
-        await cards.nth(i).scroll_into_view_if_needed()  # thumbnails load lazily
-        await page.wait_for_function(CARD_SETTLED, arg=await cards.nth(i).element_handle())
-    await page.evaluate("() => window.scrollTo(0, 0)")
 
 
 async def test_gallery_results_more_like_this_and_the_source_switch(browser: Any, gallery_stack: WebStack) -> None:

@@ -125,7 +125,18 @@ export async function searchOptions() {
   const param = (name) => params.find((p) => p.name === name)?.schema || null;
   const sources = param("sources")?.enum || ["web"];
   return { gallery: sources.some((s) => s.split(",").includes("gallery")), tags: tagVocabulary(param("tags")?.pattern),
-    collections: Boolean(param("collections")) };
+    collections: Boolean(param("collections")),
+    // The filters of issue 22: null when the server does not declare the parameter (the control is hidden).
+    color: param("color") ? vocabulary(param("color")) : null,
+    palette: Boolean(param("palette")),
+    placement: param("placement") ? vocabulary(param("placement")) : null };
+}
+
+/** The names a parameter's schema allows: its enum, its items' enum, or the alternatives of its pattern. */
+function vocabulary(schema) {
+  const names = Array.isArray(schema.enum) ? schema.enum
+    : Array.isArray(schema.items?.enum) ? schema.items.enum : tagVocabulary(schema.pattern);
+  return [...new Set(names.map(String).filter(Boolean))];
 }
 
 /** The tag names in the OpenAPI pattern `^$|^(a|b\ c)(,(a|b\ c)){0,7}$`, unescaped. */
@@ -148,12 +159,17 @@ function query(params) {
  * with a PlainError (or an AbortError when `signal` aborts). With `like` (a gallery id)
  * the stored picture is the query and nothing is uploaded.
  */
-export async function streamSearch({ file, text, like, model, maxResults, attention, sources, tags, collections },
-  onEvent, signal) {
+export async function streamSearch({ file, text, like, model, maxResults, attention, sources, tags, collections,
+  positive, negative, color, palette, placement }, onEvent, signal) {
+  const list = (names) => names?.length ? names.join(",") : "";
   const params = { embedding_model: model, max_results: maxResults, include_patch_attention: attention && !!file && !like,
-    sources, tags: tags?.length ? tags.join(",") : "", like, collections: collections?.length ? collections.join(",") : "" };
+    sources, tags: list(tags), like, collections: list(collections),
+    // Refinement by example (result ids) and the colour / placement filters; empty ones are not sent.
+    positive: list(positive), negative: list(negative), color, palette, placement: list(placement) };
   let body;
-  if (!like) {
+  if (!like && !file && !text) {
+    body = undefined;  // a refinement by marks alone: the ids are the query
+  } else if (!like) {
     body = new FormData();
     if (file) body.append("file", file, file.name || "query");
     else body.append("text", text);
@@ -190,6 +206,19 @@ export async function streamSearch({ file, text, like, model, maxResults, attent
   }
   if (!final) throw new PlainError(UNAVAILABLE, { detail: "The search ended without an answer." });
   return final;
+}
+
+// ---------- feedback marks (POST/DELETE /feedback): kept by the server per API key
+
+/** Stores one mark; resolves with {id, result, relevant, model, at}. 404 feedback_off when the server keeps none. */
+export async function saveMark({ queryRef, result, relevant }) {
+  const response = await send("/feedback", { method: "POST", body: JSON.stringify({ query_ref: queryRef, result, relevant }),
+    headers: { "Content-Type": "application/json", Accept: "application/json" } }, { ask: false });
+  return response.json();
+}
+
+export async function deleteMark(id) {
+  await send(`/feedback/${encodeURIComponent(id)}`, { method: "DELETE" }, { ask: false });
 }
 
 /** The patch-attention analysis of one result against the query image. */

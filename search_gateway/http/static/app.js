@@ -1,14 +1,17 @@
 // The search page: picking the query, the streaming search with its progress bar,
-// the results grid (gallery results at once, web results merged in), "more like this"
-// and the attention view. No framework; the DOM is built with
+// the results grid (gallery results at once, web results merged in), "more like this",
+// the marks and Refine (marks.js), the colour / placement filters (filters.js) and the
+// attention view. No framework; the DOM is built with
 // textContent and attributes only (never innerHTML with data from the network).
 import { PlainError, analyzeAttention, imageUrl, listModels, searchOptions, streamSearch, usingKey } from "./api.js";
 import { offerCollections, pickedCollections, showPicker } from "./collections.js";
 import { make, showError } from "./dom.js";
+import { looks, offerFilters, selectedFilters } from "./filters.js";
+import { clearMarks, initMarks, markButtons, setMarksBusy, setQueryRef, showMarksPanel } from "./marks.js";
 
 const $ = (id) => document.getElementById(id);
 const el = {
-  form: $("search-form"), file: $("file"), dropZone: $("drop-zone"), preview: $("preview"),
+  form: $("search-form"), file: $("file"), camera: $("camera"), dropZone: $("drop-zone"), preview: $("preview"),
   previewImg: $("preview-img"), previewName: $("preview-name"), previewLike: $("preview-like"), clearFile: $("clear-file"),
   text: $("text"), model: $("model"), modelInfo: $("model-info"), reloadModels: $("reload-models"),
   maxResults: $("max-results"), attention: $("attention"), search: $("search"), cancel: $("cancel"),
@@ -34,6 +37,7 @@ const state = {
   models: [],            // GET /models answer
   search: null,          // AbortController of the running search
   last: null,            // {file, model} of the search whose results are shown (for Analyze)
+  request: null,         // what the last search (not a refinement) asked: Refine asks it again, with the marks
   analysis: null,        // AbortController of the running analysis
   analyzeButton: null,   // where focus returns when the analysis closes
   modelPicked: false,    // the person chose a model: reloading the list keeps it
@@ -68,6 +72,7 @@ function setFile(file) {
   showError(el.error, null);
   if (!file) {
     el.file.value = "";
+    el.camera.value = "";
     el.preview.hidden = true;
     el.clearFile.hidden = true;
     el.previewImg.removeAttribute("src");
@@ -124,6 +129,7 @@ el.previewImg.addEventListener("error", () => {
 });
 
 el.file.addEventListener("change", () => setFile(el.file.files[0]));
+el.camera.addEventListener("change", () => setFile(el.camera.files[0]));
 el.clearFile.addEventListener("click", () => {
   setFile(null);
   el.file.focus();
@@ -257,6 +263,7 @@ async function loadSearchOptions() {
   const options = await searchOptions();
   // Unknown (the description could not be read): offer it; a search's 400 says otherwise.
   offerGallery(options ? options.gallery : null, options?.tags || []);
+  offerFilters(options);
   // The collections view needs the gallery; the search's picker needs its `collections` parameter too.
   await offerCollections({ gallery: options?.gallery !== false, picker: Boolean(options?.collections) });
   updateTagsField();
@@ -268,6 +275,7 @@ el.tags.addEventListener("change", updateTagsField);
 // ---------- the search and its progress
 
 function setSearching(on) {
+  setMarksBusy(on);
   el.search.disabled = on;
   el.cancel.disabled = !on;
   el.resultsPanel.setAttribute("aria-busy", on ? "true" : "false");
@@ -347,8 +355,8 @@ function searchError(err, sources) {
   return err;
 }
 
-async function runSearch() {
-  showError(el.error, null);
+/** The search the form asks for, checked; null (with the error shown) when it cannot run. */
+function formRequest() {
   const text = el.text.value.trim();
   const like = state.like;
   const file = like ? null : state.file;
@@ -359,24 +367,45 @@ async function runSearch() {
   if (collections && !collections.length) {
     showError(el.error, new PlainError("Tick at least one collection to search in (or search the web only)."));
     document.querySelector("#collections-picker input")?.focus();
-    return;
+    return null;
   }
   if (!like && !file && !text) {
     showError(el.error, new PlainError("Pick an image (or type a few words) to search with."));
     el.file.focus();
-    return;
+    return null;
   }
   if (!Number.isInteger(maxResults) || maxResults < 1 || maxResults > 100) {
     showError(el.error, new PlainError("The number of results must be a whole number from 1 to 100."));
     el.maxResults.focus();
-    return;
+    return null;
   }
   const described = selectedModel();
   if (!like && !file && described && !described.supports_text) {
     showError(el.error, new PlainError(`The ${model} model cannot search by text. Pick a model marked “text”, or search with an image.`));
     el.model.focus();
-    return;
+    return null;
   }
+  return { file, text, like, model, maxResults, attention: el.attention.checked, sources, tags: selectedTags(),
+    collections, ...selectedFilters() };
+}
+
+/**
+ * Runs the search the form asks for; with `marks` ({positive, negative}: Refine), the last
+ * search again (its query, model, sources and filters) steered by them, and the marks kept.
+ */
+async function runSearch(marks = null) {
+  showError(el.error, null);
+  let request;
+  if (marks) {
+    if (!state.request) return;
+    request = { ...state.request, ...marks };
+  } else {
+    request = formRequest();
+    if (!request) return;
+    state.request = request;
+    clearMarks();  // marks belong to the query they were made on
+  }
+  const { file, text, like, model, sources } = request;
 
   state.search?.abort();  // "More like this" during a search replaces it
   const controller = new AbortController();
@@ -386,7 +415,7 @@ async function runSearch() {
   setSearching(true);
   el.progressPanel.hidden = false;
   el.progress.value = 0;
-  el.caption.textContent = like ? `Looking for designs like “${like.title}”…` : file ? "Reading your image…" : `Looking for: “${text}”`;
+  el.caption.textContent = marks ? "Refining with your marks…" : like ? `Looking for designs like “${like.title}”…` : file ? "Reading your image…" : `Looking for: “${text}”`;
   el.counts.textContent = "Starting the search…";
   el.results.replaceChildren();
   releaseThumbnails();
@@ -399,8 +428,7 @@ async function runSearch() {
     renderGallery(event, { query, sources, model });
   };
   try {
-    const body = await streamSearch({ file, text, like: like?.id, model, maxResults, attention: el.attention.checked,
-      sources, tags: selectedTags(), collections }, progressTracker(onGallery), controller.signal);
+    const body = await streamSearch({ ...request, like: like?.id }, progressTracker(onGallery), controller.signal);
     if (state.search !== controller) return;
     el.progress.value = 100;
     state.last = { file, model: body.embedding_model || model };
@@ -436,6 +464,11 @@ async function runSearch() {
 el.form.addEventListener("submit", (event) => {
   event.preventDefault();
   if (!state.search) runSearch();
+});
+initMarks((marks) => {
+  if (state.search) return;
+  el.resultsHeading.focus();  // the cards (and the button pressed on one) are replaced
+  runSearch(marks);
 });
 el.cancel.addEventListener("click", () => {
   state.search?.abort();
@@ -553,7 +586,9 @@ function card(result, index, canAnalyze) {
         make("span", { className: "platform", text: result.platform || "web" }),
         make("span", { className: "card-title", text: title })),
       topTags(result),
+      looks(result),
       patches,
+      markButtons(result, index),
       actions));
 }
 
@@ -581,6 +616,7 @@ function renderGallery(event, { query, sources, model }) {
   el.resultsSummary.replaceChildren(...notices);
   el.results.replaceChildren(...results.map((r, i) => card(r, i, Boolean(query.file))));
   el.emptyHint.hidden = results.length > 0;
+  showMarksPanel(results.some((r) => r.id));
 }
 
 function renderResults(body, query) {
@@ -612,14 +648,25 @@ function renderResults(body, query) {
       make("span", { className: "badge warning", text: "random weights" }),
       " The model runs with random weights (a demo), so these scores do not measure similarity."));
   }
+  if (body.refinement) {
+    const r = body.refinement;
+    summary.push(make("p", { className: "notice refined-notice" }, make("span", { className: "badge", text: "refined" }),
+      ` Steered by your marks: ${r.positive} relevant, ${r.negative} not relevant (${r.method}). Marked results are left out.`));
+  }
+  // What the server says about this answer (e.g. a model without a text tower places nothing).
+  for (const note of Array.isArray(body.notes) ? body.notes : []) {
+    summary.push(make("p", { className: "notice server-note" }, make("span", { className: "badge", text: "note" }), ` ${note}`));
+  }
   if (!canAnalyze && results.length) {
     summary.push(make("p", { className: "hint",
       text: "Analyze needs an uploaded image; it is not offered for text or “more like this” searches." }));
   }
   el.resultsSummary.replaceChildren(...summary);
   // One card per picture: the gallery's cards already shown keep their thumbnails.
+  setQueryRef(body.query_ref);  // before the cards: marks made on them are stored with it
   el.results.replaceChildren(...results.map((r, i) => card(r, i, canAnalyze)));
   el.emptyHint.hidden = results.length > 0;
+  showMarksPanel(results.some((r) => r.id));
 }
 
 // ---------- the attention view
