@@ -280,7 +280,8 @@ def create_app(settings: GatewaySettings | None = None, *,
         Route("/collections/{name}/reindex", collection_routes.reindex_collection, methods=["POST"]),
         _by_method("/collections/{name}/images/{id}", "collection_image", GET=collection_routes.get_image,
                    DELETE=collection_routes.delete_image),
-        _by_method("/feedback", "feedback", GET=feedback_routes.list_marks, POST=feedback_routes.add_mark),
+        _by_method("/feedback", "feedback", GET=feedback_routes.list_marks, POST=feedback_routes.add_mark,
+                   DELETE=feedback_routes.delete_all_marks),
         Route("/feedback/{id}", feedback_routes.delete_mark, methods=["DELETE"]),
         *web.routes(),  # the search page at / and its files under /static
     ]

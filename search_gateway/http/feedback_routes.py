@@ -1,4 +1,4 @@
-"""POST /feedback, GET /feedback, DELETE /feedback/{id}: a tenant's relevant / not relevant
+"""POST /feedback, GET /feedback, DELETE /feedback/{id}, DELETE /feedback: a tenant's relevant / not relevant
 marks (feedback/marks.py), and the ``query_ref`` every search reply carries
 (feedback/query_refs.py).
 
@@ -148,4 +148,16 @@ async def delete_mark(request: Request) -> Response:
         raise storage_error(exc) from exc
     if not deleted:
         raise gone
+    return Response(status_code=204)
+
+
+async def delete_all_marks(request: Request) -> Response:
+    """Every mark of the caller's, in one filtered delete per model space: a customer's way to
+    take back all it told the service (the marks of weights no longer served are out of reach
+    of every route, this one included, and used by none)."""
+    marks, _ = _on(request)
+    try:
+        await marks.forget_tenant(tenant_of(request.scope))
+    except GalleryError as exc:
+        raise storage_error(exc) from exc
     return Response(status_code=204)

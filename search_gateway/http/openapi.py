@@ -430,6 +430,8 @@ def _feedback_paths() -> dict[str, Any]:
                          "description": "The 'next' of the previous page, unchanged."}],
                     "responses": {"200": _json_body("Marks", "One page of marks"),
                                   **_errors(*_ACCESS, 400, 404, 503)}},
+            "delete": {"summary": "Delete all of your feedback marks.",
+                       "responses": {"204": {"description": "Deleted"}, **_errors(*_ACCESS, 404, 503)}},
         },
         "/feedback/{id}": {"delete": {
             "summary": "Delete one of your feedback marks.",

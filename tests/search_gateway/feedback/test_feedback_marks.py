@@ -273,9 +273,11 @@ async def test_marks_go_with_the_tenants_data_and_survive_a_kill_9(
         assert [m["id"] for m in (await listed(http, gw.url, ALPHA))["marks"]] == [stored["id"]]
         boosted = {r["id"]: r for r in (await search(http, gw.url, ALPHA))["results"]}
         assert boosted[stored["result"]]["feedback"] == pytest.approx(WEIGHT, abs=1e-4)
-        # What deletes a tenant's data deletes its marks (and only its own).
-        await gw.app.state.feedback.marks.forget_tenant("alpha")
+        # DELETE /feedback takes back all of the caller's marks (and only the caller's).
+        async with http.delete(f"{gw.url}/feedback", headers=ALPHA) as resp:
+            assert resp.status == 204
         assert (await listed(http, gw.url, ALPHA))["marks"] == []
+        assert all("feedback" not in r for r in (await search(http, gw.url, ALPHA))["results"])
         assert [m["id"] for m in (await listed(http, gw.url, BETA))["marks"]] == [theirs["id"]]
 
 
