@@ -157,6 +157,18 @@ class GatewaySettings(ServiceSettings):
     link_checks_per_minute: NonNegativeInt = 30
     link_check_period_s: PositiveFloat = 60.0
     link_recheck_after_s: NonNegativeFloat = 86_400.0
+
+    @model_validator(mode="after")
+    def _thumbnails_apart(self) -> GatewaySettings:
+        # One namespace for both would let each collector delete the other's blobs.
+        if self.thumbnails_prefix == self.blobs_prefix:
+            raise ValueError("GATEWAY_THUMBNAILS_PREFIX must differ from GATEWAY_BLOBS_PREFIX (the web thumbnails "
+                             "and the uploaded originals are collected apart)")
+        if self.thumbnails_path.absolute() == self.blobs_path.absolute():
+            raise ValueError("GATEWAY_THUMBNAILS_PATH must differ from GATEWAY_BLOBS_PATH (the web thumbnails "
+                             "and the uploaded originals are collected apart)")
+        return self
+
     # --- the gallery (search_gateway/gallery/): every image a web search embedded, kept
     # per model and weights, searched first. An embedded store in a folder by default,
     # or a Qdrant server (then no folder is used).

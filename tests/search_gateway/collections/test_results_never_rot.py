@@ -306,6 +306,15 @@ def test_batches_spread_the_rate_exactly_and_one_timeout_is_not_stale() -> None:
     assert outcome == "failed" and forbidden.link_state == "live"
 
 
+def test_the_thumbnails_never_share_the_originals_namespace() -> None:
+    from search_gateway.config import ConfigError, GatewaySettings
+
+    with pytest.raises(ConfigError, match="GATEWAY_THUMBNAILS_PREFIX"):
+        GatewaySettings(thumbnails_prefix="blobs/")
+    with pytest.raises(ConfigError, match="GATEWAY_THUMBNAILS_PATH"):
+        GatewaySettings(thumbnails_path=Path("var/blobs"))
+
+
 def replace_state(point: GalleryPoint) -> GalleryPoint:
     from dataclasses import replace
 
