@@ -197,6 +197,28 @@ async def test_a_remembered_image_whose_source_goes_away_keeps_its_thumbnail_and
             assert [p.link_state for p in points] == ["live", "live"]
 
 
+async def test_the_gateway_runs_its_checker_when_enabled(
+        embed: BackgroundServer, fake_web: FakeWeb, tmp_path: Path) -> None:
+    fake_web.served.update({"a.jpg": (200, PICTURE)})
+    catalog = write_catalog(tmp_path / "catalog.jsonl", [fake_web.url("a.jpg")])
+    with scraper_server(catalog) as scraper:
+        async with aiohttp.ClientSession() as http, run_gateway(_settings(
+                embed, scraper, fake_web, tmp_path, link_checks_per_minute=600, link_check_period_s=0.1,
+                link_recheck_after_s=0)) as gw:
+            await search(http, gw, data=image_form(PICTURE), sources="web")
+            await gw.app.state.collections.gallery.writer.drained()
+            fake_web.served["a.jpg"] = (404, b"")
+            for _ in range(60):  # due a second after its write (whole seconds), then checked within a period
+                _, points = await web_points(gw)
+                if points[0].stale:
+                    break
+                await asyncio.sleep(0.1)
+            assert points[0].link_reason == "gone"
+            async with http.get(f"{gw.url}/metrics") as resp:
+                text = await resp.text()
+            assert 'gateway_link_checks_total{outcome="gone"}' in text and "gateway_stale_web_points 1.0" in text
+
+
 async def test_a_private_result_never_shows_a_web_thumbnail(
         embed: BackgroundServer, fake_web: FakeWeb, tmp_path: Path) -> None:
     fake_web.served.update({"a.jpg": (200, PICTURE)})
