@@ -28,12 +28,14 @@ from search_gateway.clients.models import ModelCatalog
 from search_gateway.collections.blob_collector import BlobCollector
 from search_gateway.collections.blobs.base import BlobStore
 from search_gateway.collections.deletion import CollectionDeleter
+from search_gateway.collections.link_checker import LinkChecker
 from search_gateway.collections.orphans import Originals
 from search_gateway.collections.point_sweep import PointSweep, configured_tenants, served_spaces
 from search_gateway.collections.quota import Limits, Quota
 from search_gateway.collections.reindex import Reindexer
 from search_gateway.collections.tenant_migration import migrate_until_done, planned_moves
 from search_gateway.collections.uploads import UploadDeps
+from search_gateway.collections.web_thumbnails import WebThumbnails
 from search_gateway.config import GatewaySettings
 from search_gateway.feedback.query_refs import QueryRefs
 from search_gateway.fetch.downloader import Downloader, DownloadLimits
@@ -109,12 +111,15 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
     collector: BlobCollector | None = None
     originals: Originals | None = None
     migration: asyncio.Task[None] | None = None
+    checker: LinkChecker | None = None
+    thumbnails: WebThumbnails | None = None
     try:
         async with open_gallery(settings, metrics, embed, catalog, captions) as opened:
             collections: CollectionDeps | None = None
             probes: tuple[Probe, ...] = ()
             if opened is not None:
                 gallery, blobs, originals = opened.source, opened.blobs, opened.originals
+                thumbnails = opened.thumbnails
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
                                     settings.embed_batch_bytes, settings.reindex_heartbeat_s,
                                     space_for=gallery.space_for, downloader=downloader, placement=opened.placement,
@@ -126,8 +131,17 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                                             release_grace_s=settings.blobs_release_grace_s, forget_jobs=reindex.forget)
                 collector = BlobCollector(gallery.link, blobs, metrics, interval_s=settings.blobs_gc_interval_s,
                                           grace_s=settings.blobs_gc_grace_s, sweep=sweep, deleter=deleter,
-                                          reservation_ttl_s=settings.quota_reservation_ttl_s)
+                                          reservation_ttl_s=settings.quota_reservation_ttl_s,
+                                          thumbnails=thumbnails.blobs if thumbnails is not None else None,
+                                          spaces=served_spaces(catalog, gallery.space_for))
                 collector.start()
+                # Link health of web points (collections/link_checker.py); 0 per minute: off.
+                checker = LinkChecker(gallery.link, downloader, metrics, served_spaces(catalog, gallery.space_for),
+                                      per_minute=settings.link_checks_per_minute,
+                                      period_s=settings.link_check_period_s,
+                                      recheck_after_s=settings.link_recheck_after_s,
+                                      timeout_s=settings.download_timeout_s, thumbnails=thumbnails)
+                checker.start()
                 moves = planned_moves(settings.api_keys, settings.tenant_key)
                 if moves:  # plain keys' collections under their former tenant names (tenant_migration.py)
                     migration = asyncio.create_task(migrate_until_done(
@@ -160,13 +174,16 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
             # query_refs are sealed under the thumbnail secret (another label): every replica opens them.
             marks = feedback_routes.FeedbackDeps(QueryRefs(settings.thumbnail_secret), feedback.marks,
                                                  opened.source if opened is not None else None, feedback.off)
-            yield Deps(SearchDeps(settings, pipeline, catalog, signer, image_limits, downloader, embed),
+            yield Deps(SearchDeps(settings, pipeline, catalog, signer, image_limits, downloader, embed,
+                                  thumbnails.blobs if thumbnails is not None else None),
                        OpsDeps(settings, catalog, embed, scraper, probes), collections, marks)
     finally:
         if migration is not None:
             migration.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await migration
+        if checker is not None:
+            await checker.close()
         if collector is not None:
             await collector.close()
         if originals is not None:
@@ -177,6 +194,8 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
             await reindex.close()
         if blobs is not None:
             await blobs.close()
+        if thumbnails is not None:
+            await thumbnails.blobs.close()
         await captions.close()
         await downloader.close()
         # grpc.aio's grace defaults to None (cancel at once); grpc-stubs 1.53 makes it required.

@@ -145,6 +145,30 @@ class GatewaySettings(ServiceSettings):
     thumbnail_secret: str = ""
     thumbnail_ttl_s: PositiveFloat = 3600.0
     thumbnail_max_side: AtLeastOne = 512
+    # --- results that never rot (issue 23): each web point keeps a 256 px WebP thumbnail
+    # (collections/web_thumbnails.py) in a folder of its own, or with GATEWAY_BLOBS_URL in the
+    # blobs' bucket under GATEWAY_THUMBNAILS_PREFIX; off: none kept (links go to the source).
+    web_thumbnails: Annotated[Literal["on", "off"], Lower] = "on"
+    thumbnails_path: Path = Path("var/thumbnails")
+    thumbnails_prefix: str = Field(default="thumbnails/", min_length=1)
+    # The link checker (collections/link_checker.py): web URLs re-verified per minute, site-wide
+    # whatever the replicas (a lease per period); 0: off. Each period checks its share, and a
+    # point is checked again at most once per recheck_after.
+    link_checks_per_minute: NonNegativeInt = 30
+    link_check_period_s: PositiveFloat = 60.0
+    link_recheck_after_s: NonNegativeFloat = 86_400.0
+
+    @model_validator(mode="after")
+    def _thumbnails_apart(self) -> GatewaySettings:
+        # One namespace for both would let each collector delete the other's blobs.
+        if self.thumbnails_prefix == self.blobs_prefix:
+            raise ValueError("GATEWAY_THUMBNAILS_PREFIX must differ from GATEWAY_BLOBS_PREFIX (the web thumbnails "
+                             "and the uploaded originals are collected apart)")
+        if self.thumbnails_path.absolute() == self.blobs_path.absolute():
+            raise ValueError("GATEWAY_THUMBNAILS_PATH must differ from GATEWAY_BLOBS_PATH (the web thumbnails "
+                             "and the uploaded originals are collected apart)")
+        return self
+
     # --- the gallery (search_gateway/gallery/): every image a web search embedded, kept
     # per model and weights, searched first. An embedded store in a folder by default,
     # or a Qdrant server (then no folder is used).

@@ -125,12 +125,14 @@ class DownloadFailed(GatewayError):
 
     status, code = 502, "download_failed"
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, http_status: int | None = None) -> None:
         # The downloader's sentence names the URL and what went wrong with it (an
         # address, a client library's error): the log keeps it, the reply says the
         # reason in plain words.
         super().__init__(message, log_detail=message)
         self.reason = reason
+        # The status the server answered, when it answered one (the link checker tells 404/410 apart).
+        self.http_status = http_status
 
 
 class DownloadRefused(DownloadFailed):

@@ -53,6 +53,15 @@ class Metrics:
             ("result",), registry=r)
         self.gallery_pending = Gauge("gateway_gallery_write_pending", "Points waiting for the gallery writer.",
                                      registry=r)
+        # Results that never rot (collections/web_thumbnails.py, collections/link_checker.py).
+        self.thumbnail_bytes = Counter("gateway_web_thumbnail_bytes_total",
+                                       "Bytes of web points' thumbnails written to the thumbnail store.", registry=r)
+        self.link_checks = Counter("gateway_link_checks_total",
+                                   "Web links re-verified by the link checker, by outcome (live, gone, changed, "
+                                   "failed, unreachable).", ("outcome",), registry=r)
+        self.stale_points = Gauge("gateway_stale_web_points",
+                                  "Web points whose source is stale, as the link checker last counted (all spaces "
+                                  "served).", registry=r)
 
     def stage(self, name: str, seconds: float) -> None:
         self.stage_seconds.labels(name).observe(seconds)

@@ -18,6 +18,7 @@ from search_gateway.collections.blobs.factory import open_blob_store
 from search_gateway.collections.orphans import Originals
 from search_gateway.collections.point_sweep import served_spaces
 from search_gateway.collections.records import live_names
+from search_gateway.collections.web_thumbnails import WebThumbnails
 from search_gateway.config import GatewaySettings
 from search_gateway.feedback.marks import MarkStore
 from search_gateway.gallery.base import GalleryCorrupt, GalleryStore
@@ -51,6 +52,8 @@ class OpenGallery:
     originals: Originals  # likewise
     # Body placement tags for points written outside the writer (uploads, reindex).
     placement: PointTagger
+    # Web points' kept thumbnails (GATEWAY_WEB_THUMBNAILS=off: None); its store closed by app.py too.
+    thumbnails: WebThumbnails | None = None
 
 
 @contextlib.asynccontextmanager
@@ -88,11 +91,30 @@ async def open_gallery(settings: GatewaySettings, metrics: Metrics, embed: Embed
             attempts=settings.blobs_attempts)
         # Private results whose original is missing are hidden from searches (and removed).
         originals = Originals(blobs, link, functools.partial(model_space, catalog))
+        try:
+            thumbnails = await open_thumbnails(settings, link, metrics)
+        except BaseException:
+            await blobs.close()
+            raise
+        writer.thumbnailer = thumbnails
         yield OpenGallery(GallerySource(link, writer, catalog, metrics, live_names, originals), blobs, originals,
-                          tagger.placement)
+                          tagger.placement, thumbnails)
     finally:
         await writer.close(_CLOSE_GRACE_S)
         await link.close()
+
+
+async def open_thumbnails(settings: GatewaySettings, link: GalleryLink, metrics: Metrics) -> WebThumbnails | None:
+    """The web thumbnails' store: the blobs' bucket under its own prefix when the blobs are in
+    one, else a folder of its own (var/thumbnails); never the originals' namespace."""
+    if settings.web_thumbnails == "off":
+        return None
+    store = await open_blob_store(
+        path=None if settings.blobs_url else settings.thumbnails_path, url=settings.blobs_url or None,
+        bucket=settings.blobs_bucket, region=settings.blobs_region, prefix=settings.thumbnails_prefix,
+        connect_timeout_s=settings.blobs_connect_timeout_s, read_timeout_s=settings.blobs_read_timeout_s,
+        attempts=settings.blobs_attempts)
+    return WebThumbnails(store, link, metrics, max_pixels=settings.max_pixels)
 
 
 FEEDBACK_OFF = "Feedback marks are off on this gateway (GATEWAY_FEEDBACK=off); nothing is stored."

@@ -17,6 +17,13 @@ before it, and the grace period protects an upload in progress on any replica (i
 renewed the blob's age). Two replicas only repeat a listing; no lock is worth that. The
 point sweep is safe the same way (its docstring says how).
 
+Web points' thumbnails (web_thumbnails.py), in a store of their own, are collected in the
+same run the same way: a thumbnail is held by any web point, of a space served now, that
+names it; one no point holds and older than the grace is deleted. A run that cannot learn the
+served spaces (the embed server down) collects no thumbnail: an empty list must not read as
+"held by nothing". A thumbnail held only by points of weights no longer served goes too
+(those points are not searched; should they be, their link falls back to the original URL).
+
 Each run first finishes emptying deleted collections that a stopped gateway left marked
 ``deleting`` (collections/deletion.py), so that their originals are let go in the same run.
 """
@@ -36,8 +43,9 @@ from search_gateway.collections.blobs.gc import Collected, collect_garbage
 from search_gateway.collections.deletion import CollectionDeleter
 from search_gateway.collections.point_sweep import PointSweep
 from search_gateway.collections.records import CollectionRecords
+from search_gateway.collections.web_thumbnails import Spaces, held
 from search_gateway.errors import GatewayError
-from search_gateway.gallery.base import GalleryError
+from search_gateway.gallery.base import GalleryError, VectorSpace
 from search_gateway.gallery.link import GalleryLink
 from search_gateway.metrics import Metrics
 
@@ -52,7 +60,8 @@ class BlobCollector:
 
     def __init__(self, link: GalleryLink, blobs: BlobStore, metrics: Metrics, *, interval_s: float,
                  grace_s: float, sweep: PointSweep | None = None, deleter: CollectionDeleter | None = None,
-                 reservation_ttl_s: float = 900.0) -> None:
+                 reservation_ttl_s: float = 900.0, thumbnails: BlobStore | None = None,
+                 spaces: Spaces | None = None) -> None:
         self.link = link
         self.blobs = blobs
         self.sweep = sweep
@@ -60,11 +69,15 @@ class BlobCollector:
         self.interval_s = interval_s
         self.grace_s = grace_s
         self.reservation_ttl_s = reservation_ttl_s
+        # Web points' thumbnails and the spaces whose points hold them (both or neither).
+        self.thumbnails = thumbnails
+        self.spaces = spaces
         self._task: asyncio.Task[None] | None = None
         # Registered on the app's own registry (one per app, as metrics.py does).
         self.collected = Counter("gateway_blobs_collected_total",
                                  "Originals deleted by the blob collector (deleted), leftovers of interrupted "
-                                 "writes swept (partial).", ("kind",), registry=metrics.registry)
+                                 "writes swept (partial), web thumbnails no point holds (thumbnail).", ("kind",),
+                                 registry=metrics.registry)
         self.runs = Counter("gateway_blobs_gc_runs_total", "Blob collections run, by result (ok, failed).",
                             ("result",), registry=metrics.registry)
 
@@ -77,6 +90,24 @@ class BlobCollector:
             log.info("blob collector: deleted %d unreferenced originals (%s), %d partial writes; examined %d",
                      len(done.deleted), ", ".join(h[:12] for h in done.deleted[:20]), done.partial_removed,
                      done.examined)
+        return done
+
+    async def collect_thumbnails(self) -> Collected | None:
+        """Thumbnails no web point holds, past the grace; None when the spaces are not known."""
+        if self.thumbnails is None or self.spaces is None:
+            return None
+        spaces = list(await self.spaces())
+        if not spaces:
+            return None
+
+        async def listed() -> list[VectorSpace]:
+            return spaces
+
+        done = await collect_garbage(self.thumbnails, held(self.link, listed), self.grace_s)
+        self.collected.labels("thumbnail").inc(len(done.deleted))
+        if done.deleted:
+            log.info("blob collector: deleted %d thumbnails no web point holds; examined %d",
+                     len(done.deleted), done.examined)
         return done
 
     async def sweep_quota(self) -> int:
@@ -113,6 +144,7 @@ class BlobCollector:
             await self._resume_deletions()
             collected = await self._step("blob collector", self.collect_once)
             self.runs.labels("ok" if collected else "failed").inc()
+            await self._step("thumbnail collector", self.collect_thumbnails)
             if self.sweep is not None:
                 await self._step("point sweep", self.sweep.sweep_once)
             await self._step("quota entries", self.sweep_quota)

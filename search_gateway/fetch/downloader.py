@@ -225,7 +225,8 @@ class Downloader:
                             raise DownloadFailed(f"{url} answered {resp.status}.", reason="throttled")
                         if resp.status != 200:
                             reason = "http_4xx" if resp.status < 500 else "http_other"
-                            raise DownloadFailed(f"{url} answered {resp.status}.", reason=reason)
+                            raise DownloadFailed(f"{url} answered {resp.status}.", reason=reason,
+                                                 http_status=resp.status)
                         return await self._read_capped(resp)
             except TimeoutError:
                 raise _Retryable("timeout", f"{url} did not answer in time.") from None

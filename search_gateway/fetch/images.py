@@ -174,6 +174,24 @@ def thumbnail(data: bytes, *, max_pixels: int, max_side: int) -> bytes:
     return out.getvalue()
 
 
+# A web point's kept thumbnail (collections/web_thumbnails.py): its longest side and WebP quality.
+# 256 px at quality 75 is a few KB (docs/deployment.md: the capacity model has the measured median).
+KEPT_SIDE = 256
+KEPT_QUALITY = 75
+
+
+def webp_thumbnail(data: bytes, *, max_pixels: int, side: int = KEPT_SIDE, quality: int = KEPT_QUALITY) -> bytes:
+    """A WebP at most ``side`` px on its longest side, to keep for a result whose source may
+    go away. Deterministic for the same bytes and Pillow (method 4, no metadata): the same
+    picture seen in two model spaces is one blob."""
+    img = open_checked(data, max_pixels=max_pixels)
+    rgb = _decode(img, side, "image")
+    rgb.thumbnail((side, side), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    rgb.save(out, "WEBP", quality=quality, method=4)
+    return out.getvalue()
+
+
 def decode_rgb(data: bytes, *, max_pixels: int, max_side: int, label: str = "image") -> Image.Image:
     """Decode for drawing (attention pictures), bounded to ``max_side``."""
     img = open_checked(data, max_pixels=max_pixels, label=label)

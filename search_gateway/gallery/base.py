@@ -20,6 +20,11 @@ from typing import Any, Protocol, runtime_checkable
 # a later per-patch multivector can sit next to it in the same points.
 IMAGE_VECTOR = "image"
 
+# A web point's link health (GalleryPoint.link_state): its URL answered with the same picture
+# at the last check, or it is gone (404/410), serves another picture, or failed too often.
+LIVE, STALE = "live", "stale"
+LINK_STATES = (LIVE, STALE)
+
 # Fixed forever: changing it would re-key every stored point.
 _POINT_NAMESPACE = uuid.UUID("6f1d2a0c-3b7e-5c61-9d5e-7a2f0e4b9c11")
 
@@ -126,6 +131,21 @@ class GalleryPoint:
     color_error: str | None = None
     # Body placement machine tags and their scores (text-tower models only; search/tagging.py).
     placement: Mapping[str, float] = field(default_factory=dict)
+    # --- results that never rot (web points; issue 23 part 2)
+    # The SHA-256 of the point's kept thumbnail (a 256 px WebP in the thumbnail blob store,
+    # collections/web_thumbnails.py); None: none kept (written before them, or not made).
+    thumbnail: str | None = None
+    # The last check of the point's link (its latest URL): when, its state (LINK_STATES) and
+    # why it is stale ("gone", "changed", "unreachable"), and the failures in a row so far.
+    # None: never checked (written before link health existed).
+    link_checked: datetime | None = None
+    link_state: str | None = None
+    link_reason: str | None = None
+    link_failures: int = 0
+
+    @property
+    def stale(self) -> bool:
+        return self.link_state == STALE
 
     @property
     def id(self) -> str:
@@ -159,11 +179,19 @@ class GalleryFilter:
     placement: tuple[str, ...] = ()
     # Only points with no colour facts yet and no recorded failure to read them (the reindex's backfill).
     colour_missing: bool = False
+    # Link health (collections/link_checker.py): points keeping ANY of these thumbnails; points
+    # whose link was last checked before this moment; points whose link was never checked.
+    thumbnails: tuple[str, ...] = ()
+    checked_before: datetime | None = None
+    link_unchecked: bool = False
+    link_state: str | None = None
 
     @property
     def is_empty(self) -> bool:
         return not (self.collections or self.tenant is not None or self.tags or self.content_hashes or self.urls
-                    or self.color_scheme is not None or self.placement or self.colour_missing)
+                    or self.color_scheme is not None or self.placement or self.colour_missing
+                    or self.thumbnails or self.checked_before is not None or self.link_unchecked
+                    or self.link_state is not None)
 
 
 # Queries by example that an engine may run itself (search_by_examples); "average_vector"
@@ -280,11 +308,15 @@ class GalleryStore(Protocol):
         """The points found among ``ids`` (with vectors), in no particular order."""
 
     async def scroll(
-        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None
+        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None,
+        oldest_checked: bool = False,
     ) -> GalleryPage:
         """Every point matching ``filter`` (without vectors), a page of at most ``limit`` at a
         time in id order, from the id ``start`` (a previous page's ``next``) on. Unlike a
-        search it reaches every point however many there are: listings and jobs page with it."""
+        search it reaches every point however many there are: listings and jobs page with it.
+        ``oldest_checked``: one page (no ``start``, ``next`` None) of the points with a
+        ``link_checked``, oldest first (its range index orders them; points without one are
+        not in it: ask for those with ``GalleryFilter.link_unchecked``)."""
 
     async def optimize(self, space: VectorSpace) -> bool:
         """Build pending indexes now; False where nothing was to do or the engine does it itself."""

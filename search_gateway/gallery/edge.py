@@ -49,9 +49,11 @@ from search_gateway.gallery.base import (
     VectorSpace,
 )
 from search_gateway.gallery.schema import (
+    LINK_CHECKED,
     PAYLOAD_INDEXES,
     checked_vector,
     engine_ids,
+    epoch_s,
     facet_key,
     page_limit,
     query_vector,
@@ -137,6 +139,14 @@ def _edge_filter(spec: GalleryFilter | None) -> qe.Filter | None:
         must.append(qe.FieldCondition("placement", match=qe.MatchAny(list(spec.placement))))
     if spec.colour_missing:
         must.extend([qe.IsEmptyCondition("color_scheme"), qe.IsEmptyCondition("color_error")])
+    if spec.thumbnails:
+        must.append(qe.FieldCondition("thumbnail", match=qe.MatchAny(list(spec.thumbnails))))
+    if spec.checked_before is not None:
+        must.append(qe.FieldCondition(LINK_CHECKED, range=qe.RangeFloat(lt=float(epoch_s(spec.checked_before) or 0))))
+    if spec.link_unchecked:
+        must.append(qe.IsEmptyCondition(LINK_CHECKED))
+    if spec.link_state is not None:
+        must.append(qe.FieldCondition("link_state", match=qe.MatchValue(spec.link_state)))
     return qe.Filter(must=must)
 
 
@@ -252,7 +262,7 @@ def _ensure_indexes(engine: qe.EdgeShard) -> None:
     present = set(engine.info().payload_schema)
     for index in PAYLOAD_INDEXES:
         if index.field not in present:
-            params: Any = (qe.IntegerIndexParams(lookup=True, range=False, enable_hnsw=index.enable_hnsw)
+            params: Any = (qe.IntegerIndexParams(lookup=True, range=index.range, enable_hnsw=index.enable_hnsw)
                            if index.integer else
                            qe.KeywordIndexParams(is_tenant=index.is_tenant, enable_hnsw=index.enable_hnsw))
             engine.update(qe.UpdateOperation.create_field_index(index.field, params))
@@ -460,14 +470,19 @@ class EdgeGalleryStore:
         return [to_point(r.payload, r.vector) for r in records]
 
     async def scroll(
-        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None
+        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None,
+        oldest_checked: bool = False,
     ) -> GalleryPage:
         shard = self._shards.get(space.name)
         if shard is None:
             return GalleryPage([], None)
-        request = qe.ScrollRequest(offset=engine_ids([start])[0] if start else None, limit=page_limit(limit),
-                                   filter=_edge_filter(filter), with_payload=True, with_vector=False)
+        order = qe.OrderBy(LINK_CHECKED, qe.Direction.Asc) if oldest_checked else None
+        request = qe.ScrollRequest(offset=engine_ids([start])[0] if start and not order else None,
+                                   limit=page_limit(limit), filter=_edge_filter(filter), with_payload=True,
+                                   with_vector=False, order_by=order)
         records, after = await shard.call(lambda engine: engine.scroll(request))
+        if order is not None:
+            after = None  # one page, ordered by value: no id cursor
         return GalleryPage([to_point(r.payload, None) for r in records], str(after) if after is not None else None)
 
     async def optimize(self, space: VectorSpace) -> bool:

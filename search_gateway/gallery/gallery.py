@@ -72,7 +72,20 @@ def merge(known: GalleryPoint, seen: GalleryPoint) -> GalleryPoint:
         # A sighting whose pixels were not read (answered from the cache) keeps what was read before.
         **_colour_of(seen if seen.color_scheme is not None or seen.color_error is not None else known),
         placement=dict(seen.placement) if seen.placement else dict(known.placement),
+        # One thumbnail per picture: the one kept first stays (the same bytes make the same one).
+        thumbnail=known.thumbnail or seen.thumbnail,
+        # The latest check of the link wins: a fresh download (live) or the checker's verdict.
+        **_link_of(seen if _later(seen.link_checked, known.link_checked) else known),
     )
+
+
+def _later(a: datetime | None, b: datetime | None) -> bool:
+    return a is not None and (b is None or a >= b)
+
+
+def _link_of(point: GalleryPoint) -> dict[str, Any]:
+    return {"link_checked": point.link_checked, "link_state": point.link_state, "link_reason": point.link_reason,
+            "link_failures": point.link_failures}
 
 
 def _colour_of(point: GalleryPoint) -> dict[str, Any]:

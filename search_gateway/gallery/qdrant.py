@@ -31,10 +31,12 @@ from search_gateway.gallery.base import (
     VectorSpace,
 )
 from search_gateway.gallery.schema import (
+    LINK_CHECKED,
     PAYLOAD_INDEXES,
     PayloadIndex,
     checked_vector,
     engine_ids,
+    epoch_s,
     facet_key,
     page_limit,
     query_vector,
@@ -72,6 +74,14 @@ def _qdrant_filter(spec: GalleryFilter | None) -> qm.Filter | None:
     if spec.colour_missing:
         must.extend([qm.IsEmptyCondition(is_empty=qm.PayloadField(key="color_scheme")),
                      qm.IsEmptyCondition(is_empty=qm.PayloadField(key="color_error"))])
+    if spec.thumbnails:
+        must.append(qm.FieldCondition(key="thumbnail", match=qm.MatchAny(any=list(spec.thumbnails))))
+    if spec.checked_before is not None:
+        must.append(qm.FieldCondition(key=LINK_CHECKED, range=qm.Range(lt=epoch_s(spec.checked_before))))
+    if spec.link_unchecked:
+        must.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=LINK_CHECKED)))
+    if spec.link_state is not None:
+        must.append(qm.FieldCondition(key="link_state", match=qm.MatchValue(value=spec.link_state)))
     return qm.Filter(must=must)
 
 
@@ -105,7 +115,7 @@ def _revision_is(revision: str) -> qm.Filter:
 
 def _index_schema(index: PayloadIndex) -> Any:
     if index.integer:
-        return qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=False,
+        return qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=index.range,
                                      enable_hnsw=index.enable_hnsw)
     return qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=index.is_tenant,
                                  enable_hnsw=index.enable_hnsw)
@@ -337,20 +347,25 @@ class QdrantGalleryStore:
         return [to_point(r.payload, r.vector) for r in records]
 
     async def scroll(
-        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None
+        self, space: VectorSpace, *, limit: int, filter: GalleryFilter | None = None, start: str | None = None,
+        oldest_checked: bool = False,
     ) -> GalleryPage:
         if not await self._exists(space):
             return GalleryPage([], None)
+        order = qm.OrderBy(key=LINK_CHECKED, direction=qm.Direction.ASC) if oldest_checked else None
         records, after = await self._guard(
             self._client.scroll(
                 self._collection(space),
                 scroll_filter=_qdrant_filter(filter),
                 limit=page_limit(limit),
-                offset=engine_ids([start])[0] if start else None,
+                offset=engine_ids([start])[0] if start and order is None else None,
                 with_payload=True,
                 with_vectors=False,
+                order_by=order,
             )
         )
+        if order is not None:
+            after = None  # one page, ordered by value: no id cursor
         return GalleryPage([to_point(r.payload, None) for r in records], str(after) if after is not None else None)
 
     async def optimize(self, space: VectorSpace) -> bool:

@@ -28,6 +28,8 @@ PAYLOAD_VERSION = 2
 # The payload key holding a record's own fields (GalleryPoint.record).
 RECORD = "record"
 SIZE_CLASS = "size_class"
+# Epoch seconds (an integer: a range index orders and filters it on both engines).
+LINK_CHECKED = "link_checked"
 
 
 
@@ -44,6 +46,8 @@ class PayloadIndex:
     # for fields with few large values only: for tags (dozens of values) and hashes
     # (one point each) they multiplied the index build time for no filter we run often.
     enable_hnsw: bool = True
+    # An integer field filtered by range and ordered by (link_checked): a range index.
+    range: bool = False
 
 
 PAYLOAD_INDEXES: tuple[PayloadIndex, ...] = (
@@ -58,6 +62,11 @@ PAYLOAD_INDEXES: tuple[PayloadIndex, ...] = (
     # The colour filter (/search?color=): two values, each a large share of the points.
     PayloadIndex("color_scheme"),
     PayloadIndex("placement", enable_hnsw=False),
+    # Results that never rot: which points keep a thumbnail (the blob collector's reachability),
+    # and the link checker's oldest-first walk (epoch seconds, ordered by its range index).
+    PayloadIndex("thumbnail", enable_hnsw=False),
+    PayloadIndex(LINK_CHECKED, integer=True, range=True, enable_hnsw=False),
+    PayloadIndex("link_state", enable_hnsw=False),  # the stale points' gauge counts by it
 )
 # The fields GalleryStore.facet counts by: each needs its index above.
 FACETS = frozenset({"collection", SIZE_CLASS})
@@ -121,6 +130,12 @@ def to_payload(point: GalleryPoint) -> dict[str, Any]:
         # Like tags: names alone for filtering, scores beside them.
         "placement": sorted(point.placement),
         "placement_scores": {name: float(score) for name, score in point.placement.items()},
+        # Results that never rot (absent on points written before: they read as None / 0).
+        "thumbnail": point.thumbnail,
+        LINK_CHECKED: epoch_s(point.link_checked),
+        "link_state": point.link_state,
+        "link_reason": point.link_reason,
+        "link_failures": point.link_failures or None,
     }
 
 
@@ -175,7 +190,22 @@ def from_payload(payload: Mapping[str, Any], vector: list[float] | None) -> Gall
                         if isinstance(shares := payload.get("palette_shares"), list) else None),
         color_error=payload.get("color_error"),
         placement={str(k): float(v) for k, v in (payload.get("placement_scores") or {}).items()},
+        thumbnail=payload.get("thumbnail"),
+        link_checked=(datetime.fromtimestamp(checked, UTC)
+                      if isinstance(checked := payload.get(LINK_CHECKED), int | float) else None),
+        link_state=payload.get("link_state"),
+        link_reason=payload.get("link_reason"),
+        link_failures=int(payload.get("link_failures") or 0),
     )
+
+
+def epoch_s(moment: datetime | None) -> int | None:
+    """Whole seconds since the epoch (UTC; a naive moment is taken as UTC)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
 
 
 def image_vector(raw: Any) -> list[float] | None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from search_gateway.gallery.base import GalleryPoint, GalleryUnavailable, VectorSpace
 from search_gateway.gallery.link import GalleryLink
@@ -26,23 +26,39 @@ log = logging.getLogger(__name__)
 _BATCH = 128
 
 Tagger = Callable[[VectorSpace, Sequence[GalleryPoint]], Awaitable[Sequence[GalleryPoint]]]
+# Keeps a thumbnail of each point from the bytes the search downloaded (content hash -> bytes),
+# and gives the points back with ``thumbnail`` set (collections/web_thumbnails.py).
+Thumbnailer = Callable[[VectorSpace, Sequence[GalleryPoint], Mapping[str, bytes]], Awaitable[Sequence[GalleryPoint]]]
+# The downloaded bytes waiting in the queue for their thumbnails, at most: past it sightings
+# are queued without them (the point is remembered; the link checker makes its thumbnail
+# when it next downloads the URL). 5,000 points of ~100 KB would otherwise hold 500 MB.
+MAX_PENDING_PIXEL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Sightings:
     space: VectorSpace
     points: tuple[GalleryPoint, ...]
+    # The bytes downloaded by the search, by content hash: the thumbnails are made from them.
+    pixels: Mapping[str, bytes] = field(default_factory=dict)
+
+    @property
+    def pixel_bytes(self) -> int:
+        return sum(len(b) for b in self.pixels.values())
 
 
 class GalleryWriter:
     def __init__(self, link: GalleryLink, metrics: Metrics, *, max_pending: int, retry_s: float,
-                 attempts: int = 4, tagger: Tagger | None = None) -> None:
+                 attempts: int = 4, tagger: Tagger | None = None, thumbnailer: Thumbnailer | None = None) -> None:
         self._link = link
         self._metrics = metrics
         self._max_pending = max_pending
         self._retry_s = retry_s
         self._attempts = attempts
         self._tagger = tagger
+        # Public: wiring.py sets it once the thumbnail store is open (after the writer starts).
+        self.thumbnailer = thumbnailer
+        self.pending_pixel_bytes = 0
         self._queue: asyncio.Queue[Sightings] = asyncio.Queue()
         self.pending = 0
         self.written = 0
@@ -61,7 +77,10 @@ class GalleryWriter:
         if self.pending + n > self._max_pending:
             self._drop(n, "the write queue is full")
             return False
+        if self.thumbnailer is None or self.pending_pixel_bytes + sightings.pixel_bytes > MAX_PENDING_PIXEL_BYTES:
+            sightings = replace(sightings, pixels={})
         self.pending += n
+        self.pending_pixel_bytes += sightings.pixel_bytes
         self._queue.put_nowait(sightings)
         return True
 
@@ -85,20 +104,23 @@ class GalleryWriter:
         self._metrics.gallery_writes.labels("dropped").inc(n)
         log.warning("gallery: %d sightings not remembered: %s", n, why)
 
-    def _next_batch(self, first: Sightings) -> tuple[Sightings, int]:
+    def _next_batch(self, first: Sightings) -> tuple[Sightings, int, int]:
         # Sightings of the same space queued meanwhile go in the same store call.
-        points, taken = list(first.points), 1
+        points, taken, pixels, held = list(first.points), 1, dict(first.pixels), first.pixel_bytes
         while len(points) < _BATCH and not self._queue.empty():
             nxt = self._queue._queue[0]  # type: ignore[attr-defined]  # peek: asyncio.Queue has no API for it
             if nxt.space != first.space:
                 break
-            points.extend(self._queue.get_nowait().points)
+            got = self._queue.get_nowait()
+            points.extend(got.points)
+            pixels.update(got.pixels)
+            held += got.pixel_bytes
             taken += 1
-        return Sightings(first.space, tuple(points)), taken
+        return Sightings(first.space, tuple(points), pixels), taken, held
 
     async def _run(self) -> None:
         while True:
-            batch, taken = self._next_batch(await self._queue.get())
+            batch, taken, held = self._next_batch(await self._queue.get())
             try:
                 await self._write(batch)
             except asyncio.CancelledError:
@@ -108,11 +130,19 @@ class GalleryWriter:
                 self._drop(len(batch.points), f"{type(exc).__name__}: {exc}")
             finally:
                 self.pending -= len(batch.points)
+                self.pending_pixel_bytes -= held
                 for _ in range(taken):
                     self._queue.task_done()
 
     async def _write(self, batch: Sightings) -> None:
         points: Sequence[GalleryPoint] = batch.points
+        if self.thumbnailer is not None and batch.pixels:
+            # Bytes first, then the point (collections/blobs/base.py): a thumbnail is put before
+            # the point that names it is written.
+            try:
+                points = await self.thumbnailer(batch.space, points, batch.pixels)
+            except Exception as exc:  # remembered without a thumbnail beats not remembered
+                log.info("gallery: thumbnails not kept: %s: %s", type(exc).__name__, exc)
         if self._tagger is not None:
             try:
                 points = await self._tagger(batch.space, points)

@@ -47,6 +47,8 @@ class SearchDeps:
     image_limits: ImageLimits
     downloader: Downloader
     embed: EmbedClient
+    # The thumbnails kept for web points (None: the gallery or GATEWAY_WEB_THUMBNAILS off).
+    thumbnails: BlobStore | None = None
 
 
 @dataclass(frozen=True)

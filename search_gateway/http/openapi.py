@@ -90,7 +90,11 @@ _SCHEMAS: dict[str, Any] = {
         "feedback": {"type": "number", "description": "The change the caller's stored feedback marks of similar "
                                                       "queries made to score (at most GATEWAY_FEEDBACK_BOOST_WEIGHT "
                                                       "either way)."},
-        "thumbnail_url": {"type": "string"},
+        "thumbnail_url": {"type": "string", "description": "A sealed link to the result's picture: a web gallery "
+                                                           "result's kept 256 px WebP, else the source resized."},
+        "stale": {"type": "boolean", "description": "Present (true) when the result's source URL answered 404/410, "
+                                                    "serves another picture, or failed 3 checks in a row; ordered "
+                                                    "after live results of practically equal score."},
         "source": {"type": "string", "enum": ["gallery", "web"]},
         "id": {"type": "string", "format": "uuid", "description": "The image's gallery id, for like=<id>."},
         "collection": {"type": "string", "description": "'web', or the caller's collection it came from."},

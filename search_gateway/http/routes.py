@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from search_gateway.clients.replies import PatchMatches
+from search_gateway.collections.blobs.base import BlobError
 from search_gateway.errors import (
     BadRequest,
     GatewayError,
@@ -33,7 +34,7 @@ from search_gateway.http.collection_routes import searched as searched_collectio
 from search_gateway.http.deps import ops_deps, search_deps
 from search_gateway.http.feedback_routes import query_ref
 from search_gateway.http.openapi import openapi_document
-from search_gateway.http.thumbnails import BLOB, blob_url
+from search_gateway.http.thumbnails import BLOB, blob_url, kept_parts, kept_url
 from search_gateway.search import attention
 from search_gateway.search.types import RankedResult, SearchEvent, SearchOutcome, SearchQuery
 from search_gateway.tenants import tenant_of
@@ -143,6 +144,8 @@ def _thumbnail_link(request: Request) -> search_json.ThumbnailLink:
     def thumbnail_link(result: RankedResult) -> str:
         if result.tenant is not None:  # a private collection's original, from the blob store
             token = signer.sign(blob_url(result.tenant, result.collection, result.sha256))
+        elif result.thumbnail:  # a web point's kept thumbnail, public like the point; the source as fallback
+            token = signer.sign(kept_url(result.thumbnail, result.candidate.url), dict(result.candidate.headers))
         else:
             token = signer.sign(result.candidate.url, dict(result.candidate.headers))
         return str(request.url_for("thumbnail", token=token).path)
@@ -322,11 +325,30 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(gw.settings, await gw.catalog.names()))
 
 
+async def _kept_thumbnail(request: Request, sha256: str) -> bytes | None:
+    """A web point's kept thumbnail, or None (none kept, collected since, or the store failing:
+    the route then fetches the source as it did before thumbnails were kept)."""
+    store = search_deps(request).thumbnails
+    if store is None:
+        return None
+    try:
+        return await store.get(sha256)
+    except BlobError as exc:
+        log.info("kept thumbnail %s not served: %s", sha256[:12], exc)
+        return None
+
+
 async def thumbnail(request: Request) -> Response:
     gw = search_deps(request)
     s = gw.settings
     url, headers = gw.signer.verify(request.path_params["token"])
     size = search_params.integer_text(request.query_params.get("size"), "size", 256, 16, s.thumbnail_max_side)
+    kept = kept_parts(url)
+    if kept is not None:
+        webp = await _kept_thumbnail(request, kept[0])
+        if webp is not None:  # as kept (256 px WebP), whatever size was asked
+            return Response(webp, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
+        url = kept[1]  # gone from the store: the source, as before thumbnails were kept
     if url.startswith(BLOB):  # an uploaded original: for its tenant, while it holds the picture
         raw = await blob_thumbnail(request, url)
     else:

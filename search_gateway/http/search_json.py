@@ -94,6 +94,8 @@ def result(r: RankedResult, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
         out["palette_match"] = r.palette_match
     if r.placement:
         out["placement"] = dict(r.placement)
+    if r.stale:  # its source URL is gone or serves another picture: the thumbnail is the gallery's copy
+        out["stale"] = True
     if r.attention is not None:
         out["patch_attention"] = attention.summarize(r.attention)
     out["thumbnail_url"] = thumbnail_link(r)

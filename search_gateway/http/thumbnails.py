@@ -45,6 +45,23 @@ BLOB = "blob:"
 INVALID = "This thumbnail link is unknown or has expired; search again."
 
 
+# A web gallery result's kept thumbnail: kept:<thumbnail sha256>:<original URL> (the URL is the
+# fallback when the thumbnail is gone from the store; collections/web_thumbnails.py keeps them).
+KEPT = "kept:"
+
+
+def kept_url(thumbnail: str, url: str) -> str:
+    return f"{KEPT}{thumbnail}:{url}"
+
+
+def kept_parts(url: str) -> tuple[str, str] | None:
+    """(thumbnail sha256, original URL) of a ``kept_url``; None for anything else."""
+    if not url.startswith(KEPT):
+        return None
+    sha256, _, original = url[len(KEPT):].partition(":")
+    return (sha256, original) if len(sha256) == 64 and original else None
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 

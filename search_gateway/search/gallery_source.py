@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
@@ -20,6 +21,7 @@ import numpy as np
 from search_gateway.clients.models import ModelCatalog
 from search_gateway.clients.replies import Candidate
 from search_gateway.gallery.base import (
+    LIVE,
     ExampleQuery,
     GalleryError,
     GalleryHit,
@@ -64,7 +66,9 @@ def ranked(hit: GalleryHit, source: str = "gallery") -> RankedResult:
     return RankedResult(candidate, p.content_hash, hit.score, source=source, tags=MappingProxyType(dict(p.tags)),
                         collection=p.collection, tenant=p.tenant, point_id=p.id, color_scheme=p.color_scheme,
                         palette=p.palette or (), palette_shares=p.palette_shares or (),
-                        placement=MappingProxyType(dict(p.placement)))
+                        placement=MappingProxyType(dict(p.placement)),
+                        # Web points only: a private result's thumbnail is its own original.
+                        stale=p.stale, thumbnail=p.thumbnail if p.tenant is None else None)
 
 
 def visible_to(point: GalleryPoint, tenant: str) -> bool:
@@ -87,11 +91,14 @@ def sighting(image: EmbeddedImage) -> GalleryPoint:
     # The colour facts read when it was downloaded (none when its vector came from the cache:
     # the gallery's merge then keeps what it had).
     facts = image.colour
+    downloaded = image.embed_bytes is not None
     return GalleryPoint(content_hash=image.sha256, vector=tuple(np.asarray(image.vector, dtype=np.float32).tolist()),
                         collection=WEB, urls=(c.url,), source_pages=(c.source_url,) if c.source_url else (),
                         platform=c.platform, title=c.title, engine=c.engine, width=width, height=height,
                         color_scheme=facts.scheme if facts else None, palette=facts.palette if facts else None,
-                        palette_shares=facts.shares if facts else None)
+                        palette_shares=facts.shares if facts else None,
+                        # Downloaded by this search: its link is live now (seen again, a stale point is refreshed).
+                        link_checked=datetime.now(UTC) if downloaded else None, link_state=LIVE if downloaded else None)
 
 
 async def model_space(catalog: ModelCatalog, model: str) -> VectorSpace | None:
@@ -168,7 +175,9 @@ class GallerySource:
     async def known_url(self, space: VectorSpace, vector: np.ndarray, url: str) -> RankedResult | None:
         """The remembered image last seen at ``url``, scored against the query, or None."""
         hits = await self._ask(lambda g: g.find(space, vector, limit=1, collections=(WEB,), urls=(url,)))
-        return ranked(hits[0], source=WEB) if hits else None
+        # A stale point is not "known": the search downloads the URL again, and a download
+        # of the same picture refreshes the point (live, checked now) through the writer.
+        return ranked(hits[0], source=WEB) if hits and not hits[0].point.stale else None
 
     async def like(self, model: str, id: str, tenant: str) -> tuple[VectorSpace, GalleryPoint] | None:
         """The stored point ``id`` in the model's current space (ListModels' fingerprint),
@@ -207,7 +216,8 @@ class GallerySource:
 
     def remember(self, space: VectorSpace, images: Sequence[EmbeddedImage]) -> None:
         """Hand newly embedded web images to the background writer; never waits."""
-        self.writer.submit(Sightings(space, tuple(sighting(i) for i in images)))
+        self.writer.submit(Sightings(space, tuple(sighting(i) for i in images),
+                                     {i.sha256: i.embed_bytes for i in images if i.embed_bytes is not None}))
 
     async def _ask(self, call: Callable[[Gallery], Awaitable[T]]) -> T:
         try:

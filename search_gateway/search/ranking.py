@@ -7,11 +7,25 @@ few are kept, so that patch attention at the end needs no second download for th
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from search_gateway.search.colour_filter import colour_fields
 from search_gateway.search.types import EmbeddedImage, RankedResult
+
+# A result whose source is stale (link health: gone, changed, unreachable) is ordered as if
+# its score were this much lower; the score it reports is unchanged. "Equal" is this band:
+# exact float ties between two pictures almost never happen, so a tie rule alone would never
+# act, while a bounded nudge puts a working link before a dead one of practically the same
+# similarity and never lets a dead near-duplicate fall below a clearly worse live result.
+# 0.01 cosine is a third of the stored-feedback cap (0.03, which reorders near-ties only).
+STALE_PENALTY = 0.01
+
+
+def order_score(r: RankedResult) -> float:
+    """What results are ordered by: the score, less STALE_PENALTY for a stale one."""
+    return r.score - (STALE_PENALTY if r.stale else 0.0)
 
 
 class Ranking:
@@ -26,8 +40,12 @@ class Ranking:
 
     def add(self, embedded: EmbeddedImage, query_vector: np.ndarray) -> None:
         if embedded.sha256 in self._by_sha:
-            # The same picture at another URL: one result is enough.
+            # The same picture at another URL: one result is enough. A stale gallery result
+            # whose picture this search just downloaded (not a cache hit) is live again, at this URL.
             self.duplicates += 1
+            known = self._by_sha[embedded.sha256]
+            if known.stale and embedded.embed_bytes is not None:
+                self._by_sha[embedded.sha256] = replace(known, stale=False, candidate=embedded.candidate)
             return
         score = float(np.dot(embedded.vector, query_vector))
         self._by_sha[embedded.sha256] = RankedResult(embedded.candidate, embedded.sha256, score,
@@ -55,7 +73,7 @@ class Ranking:
              order: Callable[[list[RankedResult]], list[RankedResult]] | None = None) -> list[RankedResult]:
         """The best ``n`` by score, of those scored at least ``min_score`` that ``keep``
         keeps (the colour filter), in ``order`` when given (the palette's)."""
-        ranked = sorted(self._by_sha.values(), key=lambda r: -r.score)
+        ranked = sorted(self._by_sha.values(), key=lambda r: -order_score(r))
         if min_score is not None:
             ranked = [r for r in ranked if r.score >= min_score]
         if keep is not None:

@@ -117,6 +117,10 @@ class RankedResult:
     placement: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     # With palette=: how near its palette is to the colour asked, 0 to 1 (search/colour_filter.py).
     palette_match: float | None = None
+    # Results that never rot: its source URL was found gone or changed (link health), and the
+    # SHA-256 of the thumbnail the gallery keeps for it (a web point's; None: none kept).
+    stale: bool = False
+    thumbnail: str | None = None
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,9 @@ def gateway_settings(embed_target: str, scraper_target: str, site: Site | None, 
         # Off unless a test gives it a folder of its own (test_gateway_gallery.py): the
         # default var/gallery is shared by everyone's runs and may be opened by one process only.
         gallery="off",
+        # The link checker downloads gallery URLs on its own clock: off unless a test asks
+        # (tests/search_gateway/collections/test_results_never_rot.py), so hit counts stay exact.
+        link_checks_per_minute=0,
     )
     return base.replace(**overrides)
 

@@ -31,6 +31,8 @@ READ_BACK: dict[str, Any] = FIXTURE["read_back"]
 
 
 _ISSUE_22 = ("color_scheme", "palette", "palette_shares", "color_error", "placement")
+# Results that never rot (issue 23 part 2): a kept thumbnail and link health; read as none / 0.
+_ISSUE_23_LINKS = ("thumbnail", "link_checked", "link_state", "link_reason", "link_failures")
 
 
 def _jsonable(value: Any) -> Any:
@@ -78,8 +80,10 @@ async def test_a_version_1_store_reads_back_as_it_was(tmp_path: Path) -> None:
             assert found is not None
             collections.append(_jsonable(asdict(found)))
             read = (await recs.images(tenant, name)).points
-            images += [_jsonable({k: v for k, v in asdict(p).items() if k not in ("vector", "record", *_ISSUE_22)})
+            images += [_jsonable({k: v for k, v in asdict(p).items()
+                                  if k not in ("vector", "record", *_ISSUE_22, *_ISSUE_23_LINKS)})
                        for p in read]
+            assert all(getattr(p, k) in (None, 0) for p in read for k in _ISSUE_23_LINKS)
             # Fields that came after the fixture (issue 22: colour facts, placement) read as none.
             assert all(getattr(p, k) in (None, {}) for p in read for k in _ISSUE_22)
         usage = await recs.usage(tenant)
