@@ -59,7 +59,8 @@ def _drawn(variant: int) -> bytes:
 IMAGES = [_drawn(0), _drawn(1)]
 
 
-@pytest.fixture(scope="module", params=["torch", "onnx"])
+# The ONNX variant exports every model first (about 25 s): `make test-fast` leaves it out.
+@pytest.fixture(scope="module", params=["torch", pytest.param("onnx", marks=pytest.mark.slow)])
 def runtime_stub(request: pytest.FixtureRequest) -> Iterator[tuple[str, embed_pb2_grpc.EmbedServiceStub]]:
     """Every tiny model on one runtime, on the CPU, seed 0 (what the golden files hold)."""
     runtime = request.param

@@ -193,6 +193,8 @@ MUTATIONS = {
 }
 
 
+# Slow: each mutation runs both benchmarks again, several through a fresh ONNX export.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MUTATIONS))
 def test_each_mutation_is_caught(name: str, benchmarks: dict[str, Benchmark], fp32_export: Path,
                                  reference_vectors: np.ndarray, tmp_path: Path) -> None:

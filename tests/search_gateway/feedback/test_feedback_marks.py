@@ -238,6 +238,7 @@ async def test_concurrent_posts_of_one_mark_leave_one_and_the_bound_holds(
         await mark(http, gw.url, BETA, (await search(http, gw.url, BETA))["query_ref"], ids[2])
 
 
+@pytest.mark.slow  # a gateway process killed with SIGKILL and a second one started
 async def test_marks_go_with_the_tenants_data_and_survive_a_kill_9(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     folder = tmp_path / "gallery"
