@@ -40,6 +40,7 @@ from search_gateway.fetch.downloader import Downloader, DownloadLimits
 from search_gateway.fetch.failed_downloads import FailedDownloads
 from search_gateway.fetch.images import ImageLimits
 from search_gateway.fetch.netguard import parse_allowlist
+from search_gateway.gallery.patch_tokens import PatchWriter, link_store
 from search_gateway.http import collection_routes, feedback_routes, routes, web
 from search_gateway.http.access import (
     ApiKeyMiddleware,
@@ -137,7 +138,10 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                 collections = CollectionDeps(
                     settings, catalog, signer, gallery, blobs, reindex, deleter, originals, quota,
                     UploadDeps(settings, quota, downloader, image_limits, embed, gallery.link, gallery.space_for, blobs,
-                               placement=opened.placement))
+                               placement=opened.placement,
+                               patches=PatchWriter(embed, link_store(gallery.link),
+                                                   timeout_s=settings.embed_timeout_s)
+                               if settings.patch_tokens == "on" else None))
                 # Reported by /ready, not required: without it searches still answer from the web
                 # (partial), and every replica shares the store, so failing readiness on it would
                 # take the whole site down instead of a part of each answer. (The store's own

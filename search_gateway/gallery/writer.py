@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from search_gateway.gallery.base import GalleryPoint, GalleryUnavailable, VectorSpace
 from search_gateway.gallery.link import GalleryLink
@@ -26,23 +26,29 @@ log = logging.getLogger(__name__)
 _BATCH = 128
 
 Tagger = Callable[[VectorSpace, Sequence[GalleryPoint]], Awaitable[Sequence[GalleryPoint]]]
+# Issue 23: stores the compact patch tokens of points just remembered, from the image bytes
+# the search already had (by content hash); search/stored_tokens.py, wired in wiring.py.
+Patcher = Callable[[VectorSpace, Sequence[GalleryPoint], Mapping[str, bytes]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class Sightings:
     space: VectorSpace
     points: tuple[GalleryPoint, ...]
+    # The images' bytes by content hash, for their patch tokens (a point without is stored without).
+    images: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class GalleryWriter:
     def __init__(self, link: GalleryLink, metrics: Metrics, *, max_pending: int, retry_s: float,
-                 attempts: int = 4, tagger: Tagger | None = None) -> None:
+                 attempts: int = 4, tagger: Tagger | None = None, patcher: Patcher | None = None) -> None:
         self._link = link
         self._metrics = metrics
         self._max_pending = max_pending
         self._retry_s = retry_s
         self._attempts = attempts
         self._tagger = tagger
+        self._patcher = patcher
         self._queue: asyncio.Queue[Sightings] = asyncio.Queue()
         self.pending = 0
         self.written = 0
@@ -87,14 +93,16 @@ class GalleryWriter:
 
     def _next_batch(self, first: Sightings) -> tuple[Sightings, int]:
         # Sightings of the same space queued meanwhile go in the same store call.
-        points, taken = list(first.points), 1
+        points, taken, images = list(first.points), 1, dict(first.images)
         while len(points) < _BATCH and not self._queue.empty():
             nxt = self._queue._queue[0]  # type: ignore[attr-defined]  # peek: asyncio.Queue has no API for it
             if nxt.space != first.space:
                 break
-            points.extend(self._queue.get_nowait().points)
+            taken_now = self._queue.get_nowait()
+            points.extend(taken_now.points)
+            images.update(taken_now.images)
             taken += 1
-        return Sightings(first.space, tuple(points)), taken
+        return Sightings(first.space, tuple(points), images), taken
 
     async def _run(self) -> None:
         while True:
@@ -133,4 +141,15 @@ class GalleryWriter:
             self._link.answered()
             self.written += len(points)
             self._metrics.gallery_writes.labels("written").inc(len(points))
+            await self._patch(batch.space, points, batch.images)
             return
+
+    async def _patch(self, space: VectorSpace, points: Sequence[GalleryPoint], images: Mapping[str, bytes]) -> None:
+        """The points' patch tokens, after the points themselves: a point without tokens is still
+        found (it keeps its global score in a re-ranked search) and the backfill adds them later."""
+        if self._patcher is None or not images:
+            return
+        try:
+            await self._patcher(space, points, images)
+        except Exception as exc:
+            log.info("gallery: patch tokens not stored: %s: %s", type(exc).__name__, exc)
