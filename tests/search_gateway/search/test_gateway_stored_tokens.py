@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
+from search_gateway.collections import token_backfill
 from search_gateway.fetch.images import prepare
 from search_gateway.gallery.base import VectorSpace
 from search_gateway.gallery.patch_tokens import DEFAULT_COMPACTION, PatchTokens, TokenStore, tokens_space
@@ -32,6 +33,7 @@ from tests.support.collections_support import A, B, CollectionsClient, collectio
 from tests.support.gateway_stack import Site
 from tests.support.gateway_support import RunningGateway, embed_server, run_gateway
 from tests.support.images import encode, jpeg, noise_image
+from tests.support.polling import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -198,3 +200,72 @@ async def test_web_points_get_tokens_from_the_writer(
         assert set(stored) == set(ids)
         assert all(p.tenant is None and p.collection == "web" for p in stored.values())
         json.dumps([p.record for p in stored.values()])  # plain JSON in the payload
+
+
+class Counting:
+    """The gateway's own PatchWriter, counting the images it is handed (the test's window on
+    how much a resumed walk does again); everything else goes through unchanged."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.compaction, self.images = inner, inner.compaction, 0
+
+    async def __call__(self, space: VectorSpace, points: Any, images: Any) -> None:
+        self.images += len(images)
+        await self.inner(space, points, images)
+
+
+async def test_backfill_gives_tokens_to_points_written_before_and_resumes(
+        embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as http:
+        # Written before issue 23: uploads and web points, no tokens.
+        async with run_gateway(_settings(embed, scraper, site, tmp_path, patch_tokens="off")) as gw:
+            client = CollectionsClient(http, gw)
+            assert (await client.call("POST", "/collections", json={"name": "flash"}))[0] == 201
+            ids = await client.added("flash", _pictures())
+            form = aiohttp.FormData()
+            form.add_field("file", io.BytesIO(QUERY), filename="q.jpg", content_type="image/jpeg")
+            async with http.post(f"{gw.url}/search", data=form, params={"sources": "web", "rerank": "false"},
+                                 headers=A) as resp:
+                web = [r["id"] for r in (await resp.json())["results"]]
+            assert len(web) >= 4
+            await gw.app.state.collections.gallery.writer.drained()
+
+        async with run_gateway(_settings(embed, scraper, site, tmp_path)) as gw:
+            client = CollectionsClient(http, gw)
+            store, space = await _space(gw)
+            assert await store.retrieve(tokens_space(space), [*ids, *web]) == []
+            reindexer = gw.app.state.collections.reindex
+            counting = reindexer.patches = Counting(reindexer.patches)
+
+            # The web walk stopped after its first page of 3...
+            first = await token_backfill.step(store, space, None, counting, reindexer.downloader, reindexer.limits,
+                                              10.0, page_size=3)
+            assert (first.seen, first.stored, first.skipped) == (3, 3, 0) and first.next is not None
+            assert counting.images == 3
+            # ... and the web job asked for: it does the rest only, with progress in its record.
+            status, body = await client.call("POST", "/collections/web/reindex",
+                                             params={"embedding_model": "squeezenet"})
+            assert status == 202, body
+
+            async def web_done() -> bool:
+                status, job = await client.call("GET", "/collections/web/reindex",
+                                                params={"embedding_model": "squeezenet"})
+                return status == 200 and job["state"] == "indexed"
+            await until(web_done, "the web reindex finished")
+            _, job = await client.call("GET", "/collections/web/reindex", params={"embedding_model": "squeezenet"})
+            assert job["done"] == job["total"] == len(web) and "skipped" not in job, job
+            assert counting.images == len(web)  # 3 before the stop, the others after: none twice
+            assert {p.id for p in await store.retrieve(tokens_space(space), web)} == set(web)
+
+            # The private collection through its reindex: the originals from the blob store.
+            assert (await store.retrieve(tokens_space(space), ids)) == []
+            status, _ = await client.call("POST", "/collections/flash/reindex", params={"embedding_model": "squeezenet"})
+            assert status == 202
+            await until(lambda: _all_have_tokens(store, space, ids), "the collection's reindex stored tokens")
+            assert counting.images == len(web) + len(ids)
+            body = await _search(http, gw)
+            assert body["reranked"] is True and all(isinstance(r["local_score"], float) for r in body["results"])
+
+
+async def _all_have_tokens(store: Any, space: VectorSpace, ids: list[str]) -> bool:
+    return {p.id for p in await store.retrieve(tokens_space(space), ids)} == set(ids)
