@@ -59,21 +59,32 @@ async def _fill(store: object, space: VectorSpace, size: int, seed: int) -> None
 
 
 async def _one(store: object, space: VectorSpace, embed: EmbedClient, image: bytes, k: int, limit: int,
-               with_rerank: bool) -> float:
+               with_rerank: bool, parts: dict[str, list[float]] | None = None) -> float:
     began = time.perf_counter()
     if with_rerank:
         reply, patches = await asyncio.gather(embed.embed(MODEL, [image]), embed.embed_patches(MODEL, image))
         query_tokens = patches.tokens
     else:
         reply = await embed.embed(MODEL, [image])
+    embedded = time.perf_counter()
     vector = reply.vectors[0] / np.linalg.norm(reply.vectors[0])
     hits = await store.search(space, vector.tolist(), limit=max(limit, k))  # type: ignore[attr-defined]
+    searched = time.perf_counter()
     if with_rerank:
         top = hits[:k]
         stored = await TokenStore(store).get(space, [h.point for h in top])  # type: ignore[arg-type]
+        read = time.perf_counter()
         have = [h for h in top if h.point.id in stored]
         local = rerank.local_scores(query_tokens, [stored[h.point.id] for h in have])
         rerank.combine(np.array([h.score for h in have], dtype=np.float32), local)
+        scored = time.perf_counter()
+        if parts is not None:
+            for name, ms in (("embed", embedded - began), ("search", searched - embedded),
+                             ("tokens_read", read - searched), ("scoring", scored - read)):
+                parts.setdefault(name, []).append(1000 * ms)
+    elif parts is not None:
+        for name, ms in (("embed", embedded - began), ("search", searched - embedded)):
+            parts.setdefault(name, []).append(1000 * ms)
     return 1000 * (time.perf_counter() - began)
 
 
@@ -90,16 +101,20 @@ async def _measure(args: argparse.Namespace, size: int, folder: Path) -> dict[st
     for image in images[:3]:  # warm both paths
         await _one(store, space, embed, image, args.k, args.max_results, True)
     times: dict[str, list[float]] = {"without": [], "with": []}
+    parts: dict[str, dict[str, list[float]]] = {"without": {}, "with": {}}
     for image in images:  # interleaved: a load change on the shared CPU hits both arms alike
-        times["without"].append(await _one(store, space, embed, image, args.k, args.max_results, False))
-        times["with"].append(await _one(store, space, embed, image, args.k, args.max_results, True))
+        times["without"].append(await _one(store, space, embed, image, args.k, args.max_results, False,
+                                           parts["without"]))
+        times["with"].append(await _one(store, space, embed, image, args.k, args.max_results, True, parts["with"]))
     await store.close()  # type: ignore[attr-defined]
     await channel.close()
     p50 = {arm: statistics.median(values) for arm, values in times.items()}
     p95 = {arm: sorted(v)[int(0.95 * (len(v) - 1))] for arm, v in times.items()}
     return {"points": size, "fill_s": round(fill_s, 1), "k": args.k, "queries": args.queries,
             "p50_ms": {a: round(v, 1) for a, v in p50.items()}, "p95_ms": {a: round(v, 1) for a, v in p95.items()},
-            "ratio_p50": round(p50["with"] / p50["without"], 2)}
+            "ratio_p50": round(p50["with"] / p50["without"], 2),
+            "parts_p50_ms": {arm: {name: round(statistics.median(v), 1) for name, v in named.items()}
+                             for arm, named in parts.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
