@@ -392,15 +392,15 @@ def parse(query: Mapping[str, str], body: Mapping[str, Any] | None, setup: Setup
 
     model = raw("embedding_model") or setup.default_model
     include_attention = _INCLUDE_ATTENTION.read(raw("include_patch_attention"), "include_patch_attention")
-    rerank_k = _RERANK_K.read(raw("rerank_k"), "rerank_k", setup.rerank_k, setup)
-    # Issue 23: rerank not given -> the model's default (search/rerank.py DEFAULT_RERANK), from
-    # the gallery's stored patch tokens only; rerank=false is off, rerank=true as before.
-    rerank_default_k = rerank_k if raw("rerank") is None and setup.gallery and \
-        default_rerank(str(model)) else 0
+    asked_k = rerank_k = _RERANK_K.read(raw("rerank_k"), "rerank_k", setup.rerank_k, setup)
     if not _RERANK.read(raw("rerank"), "rerank"):
         rerank_k = 0
     max_results = _MAX_RESULTS.read(raw("max_results"), "max_results", setup.max_results, setup)
     sources = _sources(raw("sources"))
+    # Issue 23: rerank not given -> the model's default (search/rerank.py DEFAULT_RERANK) for a
+    # search of the gallery, from its stored patch tokens only; rerank=false off, true as before.
+    rerank_default_k = asked_k if raw("rerank") is None and setup.gallery and "gallery" in sources \
+        and default_rerank(str(model)) else 0
     min_score = _MIN_SCORE.read(raw("min_score"), "min_score")
     tags = _tags(raw("tags"))
     like = _like(raw("like"))

@@ -121,7 +121,7 @@ class _Search:
         self.tally = Tally(pipeline.metrics)
         self.stopwatch = Stopwatch(pipeline.metrics)
         self.ranking = Ranking(keep_bytes_of=max(self.limits.attention_top if query.include_attention else 0,
-                                                 query.rerank_k))
+                                                 0 if query.rerank_stored_only else query.rerank_k))
         self.to_embed: asyncio.Queue[FetchedImage | None] = asyncio.Queue()
         self.query_vectors = QueryVectors(pipeline.embed, pipeline.cache, self.deadline)
         self.partial = False
@@ -167,7 +167,10 @@ class _Search:
         with_attention = bool(query.include_attention and query.image is not None)
         with_rerank = bool(query.rerank_k and query.image is not None)
         # Keep time for CrossAttention and re-ranking at the end when they were asked for.
-        reserve = min(3.0, self.limits.budget_s * 0.25) * (with_attention + with_rerank)
+        stage_reserve = min(3.0, self.limits.budget_s * 0.25)
+        # Re-ranking from stored tokens takes tens of ms, not seconds (issue 23): less time kept back from the web.
+        rerank_reserve = min(0.5, self.limits.budget_s * 0.05) if query.rerank_stored_only else stage_reserve
+        reserve = stage_reserve * with_attention + rerank_reserve * with_rerank
         if use_web:
             await self._web(caption, query_vector, reserve)
         else:

@@ -25,6 +25,7 @@ from search_gateway.fetch.images import prepare
 from search_gateway.gallery.base import VectorSpace
 from search_gateway.gallery.patch_tokens import DEFAULT_COMPACTION, PatchTokens, TokenStore, tokens_space
 from search_gateway.gallery.tokens import compact
+from search_gateway.http.search_params import Setup, parse
 from search_gateway.search import rerank
 from service_common.tensors import to_numpy
 from tattoo_search.v1 import embed_pb2, embed_pb2_grpc
@@ -269,3 +270,20 @@ async def test_backfill_gives_tokens_to_points_written_before_and_resumes(
 
 async def _all_have_tokens(store: Any, space: VectorSpace, ids: list[str]) -> bool:
     return {p.id for p in await store.retrieve(tokens_space(space), ids)} == set(ids)
+
+
+@pytest.mark.parametrize(("query", "default_k", "asked_k"), [
+    ({}, 20, 0),  # squeezenet: on by default, from stored tokens
+    ({"rerank_k": "7"}, 7, 0),
+    ({"rerank": "false"}, 0, 0),
+    ({"rerank": "true"}, 0, 20),  # asked: the per-search path as before
+    ({"embedding_model": "clip"}, 0, 0),  # random weights here: off (docs/benchmarks.md)
+    ({"embedding_model": "dinov2"}, 0, 0),
+    ({"sources": "web"}, 0, 0),  # no gallery results to re-rank
+])
+def test_rerank_defaults_per_model(query: dict[str, str], default_k: int, asked_k: int) -> None:
+    setup = Setup("squeezenet", 15, 100, 20, gallery=True, models=("squeezenet", "clip", "dinov2"))
+    params = parse(query, None, setup)
+    assert (params.rerank_default_k, params.rerank_k) == (default_k, asked_k)
+    off = parse(query, None, Setup("squeezenet", 15, 100, 20, gallery=False))
+    assert off.rerank_default_k == 0  # no gallery, no stored tokens
