@@ -89,12 +89,15 @@ class TokenStore:
             return {}
         wanted = {p.id: p for p in points}
         found = await self.store.retrieve(tokens_space(space, self.compaction), list(wanted))
+        mine = [stored for stored in found if (image := wanted.get(stored.id)) is not None and
+                (stored.collection, stored.tenant, stored.content_hash) ==
+                (image.collection, image.tenant, image.content_hash)]  # never another's tokens
+        # Decoding K points' tokens takes a few ms: on a worker thread, not the event loop.
+        return await asyncio.to_thread(self._decoded, mine)
+
+    def _decoded(self, points: Sequence[GalleryPoint]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        for stored in found:
-            image = wanted.get(stored.id)
-            if image is None or (stored.collection, stored.tenant, stored.content_hash) != \
-                    (image.collection, image.tenant, image.content_hash):
-                continue  # never another tenant's or another image's tokens
+        for stored in points:
             matrix = self.decode(stored.record)
             if matrix is not None:
                 out[stored.id] = matrix

@@ -292,8 +292,16 @@ TEXT_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 30
 # Issue 23: the models that re-rank by default, as the description says it.
 _DEFAULT_RERANK_TEXT = "on for " + ", ".join(sorted(DEFAULT_RERANK)) + ", off for the others"
 
+
+class PerModelBoolean(Boolean):
+    """A boolean whose default depends on the model: the schema names none (the description says
+    which); ``read`` gives ``default`` when it is not given, and parse() looks at that itself."""
+
+    def schema(self, setup: Setup) -> dict[str, Any]:
+        return {"type": "boolean"}
+
 # The kinds parse() reads by name, typed.
-_INCLUDE_ATTENTION, _RERANK = Boolean(False), Boolean(False)
+_INCLUDE_ATTENTION, _RERANK = Boolean(False), PerModelBoolean(False)
 _MAX_RESULTS, _RERANK_K = Integer("max_results_limit"), Integer("rerank")
 _MIN_SCORE = Score()
 

@@ -91,7 +91,8 @@ async def rerank_results(
         message = exc.message if isinstance(exc, BackendUnavailable) else "The query image's patches could not be computed."
         return Reranked(results, f"{message} The results keep the global order.")
     try:
-        return Reranked(_reordered(results, query, found) if compute else _in_place(results, query, found))
+        # Tens of ms of matrix products: on a worker thread, not the event loop every search shares.
+        return Reranked(await asyncio.to_thread(_reordered if compute else _in_place, results, query, found))
     except rerank.RerankInputError as exc:  # e.g. patches of two dimensions: replicas serving other weights
         log.warning("re-ranking failed: %s", exc)
         return Reranked(results, "The patch tokens could not be compared. The results keep the global order.")
