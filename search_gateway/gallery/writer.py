@@ -28,6 +28,10 @@ _BATCH = 128
 Tagger = Callable[[VectorSpace, Sequence[GalleryPoint]], Awaitable[Sequence[GalleryPoint]]]
 # Issue 23: stores the compact patch tokens of points just remembered, from the image bytes
 # the search already had (by content hash); search/stored_tokens.py, wired in wiring.py.
+# The queue's points are small; the images they wait with for their tokens are not (tens of
+# KB each): past this many bytes queued, new points are queued without theirs and get their
+# tokens from the reindex's backfill (collections/token_backfill.py) instead.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 Patcher = Callable[[VectorSpace, Sequence[GalleryPoint], Mapping[str, bytes]], Awaitable[None]]
 
 
@@ -51,6 +55,8 @@ class GalleryWriter:
         self._patcher = patcher
         self._queue: asyncio.Queue[Sightings] = asyncio.Queue()
         self.pending = 0
+        # Bytes of the images queued for their patch tokens (issue 23), at most MAX_IMAGE_BYTES.
+        self.pending_image_bytes = 0
         self.written = 0
         self.dropped = 0
         self._task: asyncio.Task[None] | None = None
@@ -68,6 +74,10 @@ class GalleryWriter:
             self._drop(n, "the write queue is full")
             return False
         self.pending += n
+        size = sum(len(data) for data in sightings.images.values())
+        if self.pending_image_bytes + size > MAX_IMAGE_BYTES:  # the points still go; their tokens come later
+            sightings, size = Sightings(sightings.space, sightings.points), 0
+        self.pending_image_bytes += size
         self._queue.put_nowait(sightings)
         return True
 
@@ -116,6 +126,7 @@ class GalleryWriter:
                 self._drop(len(batch.points), f"{type(exc).__name__}: {exc}")
             finally:
                 self.pending -= len(batch.points)
+                self.pending_image_bytes -= sum(len(data) for data in batch.images.values())
                 for _ in range(taken):
                     self._queue.task_done()
 

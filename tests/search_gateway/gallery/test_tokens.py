@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from search_gateway.gallery import tokens
+from search_gateway.gallery import writer as writer_module
+from search_gateway.gallery.base import GalleryPoint, GalleryStore, VectorSpace
+from search_gateway.gallery.factory import open_store
+from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.writer import GalleryWriter, Sightings
+from search_gateway.metrics import Metrics
 from search_gateway.search import rerank
 
 
@@ -64,3 +72,23 @@ def test_binary_decodes_to_signs() -> None:
 def test_tokens_that_do_not_fill_the_grid_are_refused() -> None:
     with pytest.raises(tokens.TokenCompactionError, match="13x13"):
         tokens.encode(_tokens(1, grid=(12, 12)), (13, 13), tokens.parse("full"))
+
+
+async def test_the_writer_holds_at_most_max_image_bytes_of_images_waiting_for_tokens(tmp_path: Path) -> None:
+    # A real writer over a real (embedded) store, not started: what is queued is what it holds.
+    async def opener() -> GalleryStore:
+        return await open_store(path=tmp_path / "gallery")
+
+    writer = GalleryWriter(GalleryLink(opener, str(tmp_path), retry_s=1.0), Metrics(), max_pending=100, retry_s=0.1)
+    space = VectorSpace("squeezenet", "sha256:x", 4)
+    big = b"x" * (writer_module.MAX_IMAGE_BYTES // 2 + 1)
+
+    def sighting(n: int) -> Sightings:
+        point = GalleryPoint(content_hash=f"{n:064d}", vector=(1.0, 0.0, 0.0, 0.0))
+        return Sightings(space, (point,), {point.content_hash: big})
+
+    assert writer.submit(sighting(1)) and writer.pending_image_bytes == len(big)
+    assert writer.submit(sighting(2)) and writer.pending_image_bytes == len(big)  # queued without its image
+    assert writer.pending == 2
+    queued = [writer._queue.get_nowait() for _ in range(2)]
+    assert [len(s.images) for s in queued] == [1, 0]
