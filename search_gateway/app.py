@@ -42,6 +42,7 @@ from search_gateway.fetch.downloader import Downloader, DownloadLimits
 from search_gateway.fetch.failed_downloads import FailedDownloads
 from search_gateway.fetch.images import ImageLimits
 from search_gateway.fetch.netguard import parse_allowlist
+from search_gateway.gallery.patch_tokens import PatchWriter, link_store
 from search_gateway.http import collection_routes, feedback_routes, routes, web
 from search_gateway.http.access import (
     ApiKeyMiddleware,
@@ -120,10 +121,13 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
             if opened is not None:
                 gallery, blobs, originals = opened.source, opened.blobs, opened.originals
                 thumbnails = opened.thumbnails
+                # Issue 23: each point's compact patch tokens, written with it (gallery/patch_tokens.py).
+                patches = PatchWriter(embed, link_store(gallery.link), timeout_s=settings.embed_timeout_s) \
+                    if settings.patch_tokens == "on" else None
                 reindex = Reindexer(gallery.link, blobs, embed, image_limits, settings.embed_batch,
                                     settings.embed_batch_bytes, settings.reindex_heartbeat_s,
                                     space_for=gallery.space_for, downloader=downloader, placement=opened.placement,
-                                    download_timeout_s=settings.download_timeout_s)
+                                    download_timeout_s=settings.download_timeout_s, patches=patches)
                 sweep = PointSweep(gallery.link, served_spaces(catalog, gallery.space_for), metrics,
                                    grace_s=settings.blobs_gc_grace_s,
                                    tenants=configured_tenants(settings.api_keys, settings.tenant_key))
@@ -151,7 +155,8 @@ async def _open(settings: GatewaySettings, metrics: Metrics,
                 collections = CollectionDeps(
                     settings, catalog, signer, gallery, blobs, reindex, deleter, originals, quota,
                     UploadDeps(settings, quota, downloader, image_limits, embed, gallery.link, gallery.space_for, blobs,
-                               placement=opened.placement))
+                               placement=opened.placement,
+                               patches=patches))
                 # Reported by /ready, not required: without it searches still answer from the web
                 # (partial), and every replica shares the store, so failing readiness on it would
                 # take the whole site down instead of a part of each answer. (The store's own

@@ -86,6 +86,10 @@ class GatewaySettings(ServiceSettings):
     # Two-stage search (rerank=true): how many of the best results are re-ranked by patch
     # tokens when the request does not say; one EmbedPatches call each (docs/benchmarks.md).
     rerank_k: int = Field(default=20, ge=1, le=100)
+    # Issue 23: store each gallery point's compact patch tokens when it is written (web points
+    # by the background writer, uploads as they are stored): one EmbedPatches call an image.
+    # off: none are written (re-ranking by default then finds none: results keep their global score).
+    patch_tokens: Literal["on", "off"] = "on"
     embed_batch: AtLeastOne = 8
     embed_batch_wait_ms: NonNegativeInt = 15
     embed_batch_bytes: AtLeastOne = 3 * 1024 * 1024

@@ -24,6 +24,7 @@ from search_gateway.feedback.marks import MarkStore
 from search_gateway.gallery.base import GalleryCorrupt, GalleryStore
 from search_gateway.gallery.factory import open_store
 from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.patch_tokens import PatchWriter, link_store
 from search_gateway.gallery.writer import GalleryWriter
 from search_gateway.gallery.writer import Tagger as PointTagger
 from search_gateway.metrics import Metrics
@@ -80,8 +81,11 @@ async def open_gallery(settings: GatewaySettings, metrics: Metrics, embed: Embed
     shared = {c.vocabulary.model: c.vocabulary for _, c in captions.captioners if isinstance(c, ZeroShotCaptioner)}
     vocabularies: dict[str, Vocabulary] = dict(shared)
     tagger = Tagger(embed, text_models(), timeout_s=settings.embed_timeout_s, shared=vocabularies)
+    # Issue 23: each web point's compact patch tokens, computed by the writer (gallery/patch_tokens.py).
+    patcher = PatchWriter(embed, link_store(link), timeout_s=settings.embed_timeout_s) \
+        if settings.patch_tokens == "on" else None
     writer = GalleryWriter(link, metrics, max_pending=settings.gallery_write_queue, retry_s=settings.gallery_retry_s,
-                           tagger=tagger)
+                           tagger=tagger, patcher=patcher)
     writer.start()
     try:
         blobs = await open_blob_store(

@@ -51,6 +51,7 @@ from bench.quality.evaluate import evaluate, recall_ks
 from bench.quality.gateway import GatewayClient, GatewayError, GatewayGallery
 from bench.quality.layouts import Benchmark, ImageRef, LayoutError
 from bench.quality.patches import PatchCache, fetch_patches
+from search_gateway.gallery import tokens
 from search_gateway.search import rerank
 from tattoo_search.v1 import embed_pb2_grpc
 
@@ -83,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="local scores to try: maxsim, mutual (default %(default)s)")
     parser.add_argument("--rerank-weights", default="0.25,0.5,0.75,1",
                         help="weights of the local score, each in [0, 1] (default %(default)s)")
+    parser.add_argument("--token-compaction", default="full",
+                        help="two-stage only: how the gallery's patch tokens are kept, comma-separated, each measured "
+                             "(search_gateway/gallery/tokens.py: full, pool2, top32, with -fp16 / -int8 / -binary; "
+                             "the query's own tokens stay full) (default %(default)s)")
     parser.add_argument("--latency-queries", type=int, default=5,
                         help="queries whose patches are fetched cold again to time it, per K (default %(default)s)")
     parser.add_argument("--patch-concurrency", type=int, default=8,
@@ -129,7 +134,13 @@ def _plan(args: argparse.Namespace) -> two_stage.Plan:
         raise ValueError(f"--rerank-methods: valid methods are {', '.join(rerank.METHODS)}; got {args.rerank_methods!r}")
     if args.latency_queries < 0 or args.patch_concurrency < 1:
         raise ValueError("--latency-queries must be at least 0 and --patch-concurrency at least 1")
-    return two_stage.Plan(ks, methods, weights)  # type: ignore[arg-type]
+    try:
+        compactions = tuple(dict.fromkeys(tokens.parse(v).name for v in args.token_compaction.split(",") if v.strip()))
+    except tokens.TokenCompactionError as exc:
+        raise ValueError(f"--token-compaction: {exc}") from exc
+    if not compactions:
+        raise ValueError("--token-compaction needs at least one compaction, e.g. full")
+    return two_stage.Plan(ks, methods, weights, compactions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,20 +289,27 @@ def _two_stage(args: argparse.Namespace, plan: two_stage.Plan, identity: ModelId
                 cached[k].append(two_stage.cached_fetch_ms(cache, keys))
     rows: list[dict[str, object]] = []
     scoring: dict[tuple[int, str], list[float]] = {}
-    for benchmark in benchmarks:
-        gallery = vectors[[row_of[ref] for ref in benchmark.gallery]]
-        queries = vectors[[row_of[q.image] for q in benchmark.queries]]
-        found, times = two_stage.evaluate_two_stage(
-            benchmark, gallery, queries, _lookup(patches, key_of, benchmark.gallery),
-            _lookup(patches, key_of, [q.image for q in benchmark.queries]), plan, ks)
-        rows += found
-        for key, values in times.items():
-            scoring.setdefault(key, []).extend(values)
+    for name in plan.compactions:
+        compaction = tokens.parse(name)
+        stored = two_stage.compacted(patches, compaction)
+        for benchmark in benchmarks:
+            gallery = vectors[[row_of[ref] for ref in benchmark.gallery]]
+            queries = vectors[[row_of[q.image] for q in benchmark.queries]]
+            found, times = two_stage.evaluate_two_stage(
+                benchmark, gallery, queries, _lookup(stored, key_of, benchmark.gallery),
+                _lookup(patches, key_of, [q.image for q in benchmark.queries]), plan, ks)
+            rows += [{**row, "compaction": name, "bytes_per_point": two_stage.stored_bytes(patches, compaction)}
+                     for row in found]
+            for (k, method), values in times.items():
+                # Scoring time of the first compaction only (full tokens unless another was asked first).
+                if name == plan.compactions[0]:
+                    scoring.setdefault((k, method), []).extend(values)
     latency = [{"k": k, "fetch_cold_ms": two_stage.summarise(cold[k]),
                 "fetch_cached_ms": two_stage.summarise(cached[k]),
                 "scoring_ms": {m: two_stage.summarise(scoring.get((k, m), [])) for m in plan.methods}}
                for k in plan.ks]
     return {"ks": list(plan.ks), "methods": list(plan.methods), "weights": list(plan.weights),
+            "compactions": list(plan.compactions),
             "default": {"method": rerank.DEFAULT_METHOD, "weight": rerank.DEFAULT_WEIGHT},
             "patches": asdict(stats), "latency_queries": chosen, "results": rows, "latency": latency}
 
@@ -318,20 +336,21 @@ def _lookup(patches: dict[str, np.ndarray], key_of: dict[ImageRef, str],
 
 
 def _two_stage_tables(results: list[dict[str, object]], staged: dict[str, Any]) -> str:
-    head = ["benchmark", "K", "stage two", "weight", "R@1", "R@5", "R@10", "mAP@R", "mAP"]
+    head = ["benchmark", "tokens", "bytes/point", "K", "stage two", "weight", "R@1", "R@5", "R@10", "mAP@R", "mAP"]
     lines = ["", "Two-stage search: the global top K re-ranked by local patch evidence",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     metrics = ("recall@1", "recall@5", "recall@10", "map@r", "map")
     for result in results:
-        cells = [str(result["benchmark"]), "-", "none (global only)", "-", *(_percent(result[m]) for m in metrics)]
+        cells = [str(result["benchmark"]), "-", "-", "-", "none (global only)", "-", *(_percent(result[m]) for m in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
     for row in staged["results"]:
-        cells = [str(row["benchmark"]), str(row["k"]), str(row["method"]), f"{row['weight']:g}",
+        cells = [str(row["benchmark"]), str(row["compaction"]), str(row["bytes_per_point"]), str(row["k"]),
+                 str(row["method"]), f"{row['weight']:g}",
                  *(_percent(row[m]) for m in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
     methods = staged["methods"]
     head = ["K", "patch fetch, cold", "patch fetch, cached", *(f"scoring, {m}" for m in methods)]
-    lines += ["", "Added latency per query, ms: median / p95 (queries)",
+    lines += ["", f"Added latency per query, ms: median / p95 (queries); scoring with {staged['compactions'][0]} tokens",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in staged["latency"]:
         cells = [str(entry["k"]), _latency(entry["fetch_cold_ms"]), _latency(entry["fetch_cached_ms"]),

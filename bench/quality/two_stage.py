@@ -32,6 +32,7 @@ from bench.quality.layouts import Benchmark, ImageRef
 from bench.quality.metrics import MetricTotals
 from bench.quality.patches import PatchCache, fetch_one
 from bench.quality.retrieval import ExactCosine
+from search_gateway.gallery import tokens
 from search_gateway.search import rerank
 from tattoo_search.v1 import embed_pb2_grpc
 
@@ -41,6 +42,8 @@ class Plan:
     ks: tuple[int, ...]  # stage one's K, each a row group
     methods: tuple[rerank.Method, ...]
     weights: tuple[float, ...]
+    # How the gallery's tokens are kept (`gallery.tokens` names), each a row group; the query's stay full.
+    compactions: tuple[str, ...] = ("full",)
 
 
 def candidates(benchmark: Benchmark, gallery: np.ndarray, queries: np.ndarray, k: int) -> list[np.ndarray]:
@@ -96,6 +99,25 @@ def evaluate_two_stage(
         for (k, m, w), total in totals.items()
     ]
     return rows, scoring_ms
+
+
+def square_grid(patches: np.ndarray) -> tuple[int, int]:
+    """The grid of a patch matrix: every served model's grid is square (the cache keeps no grid)."""
+    side = round(float(np.sqrt(patches.shape[0])))
+    if side * side != patches.shape[0]:
+        raise ValueError(f"{patches.shape[0]} patches are not a square grid")
+    return side, side
+
+
+def compacted(patches: dict[str, np.ndarray], compaction: tokens.Compaction) -> dict[str, np.ndarray]:
+    """Every image's tokens as stage two would read them back from a gallery that kept them so."""
+    return {key: tokens.compact(value, square_grid(value), compaction) for key, value in patches.items()}
+
+
+def stored_bytes(patches: dict[str, np.ndarray], compaction: tokens.Compaction) -> int:
+    """Bytes a point's tokens take under `compaction` (the images' grids are all alike)."""
+    first = next(iter(patches.values()))
+    return compaction.bytes_per_point(square_grid(first), int(first.shape[1]))
 
 
 def cached_fetch_ms(cache: PatchCache, keys: Sequence[str]) -> float:

@@ -47,6 +47,7 @@ from search_gateway.collections.records import Collection, CollectionRecords
 from search_gateway.errors import GatewayError
 from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, VectorSpace
 from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.patch_tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ async def remove_images(store: GalleryStore, space_for: SpaceFor, recs: Collecti
         space = await space_for(model)
         if space is not None:
             await store.delete(space, ids)
+            await TokenStore(store).delete(space, ids)  # their patch tokens (issue 23), same ids
     await recs.remove_images(images)
     gate = asyncio.Semaphore(_RELEASES_AT_ONCE)
 
@@ -130,6 +132,7 @@ class CollectionDeleter:
                 space = await self.space_for(model)
                 if space is not None:
                     await recs.store.delete_where(space, where)
+                    await TokenStore(recs.store).forget(space, where)  # their patch tokens (issue 23)
             if self.forget_jobs is not None:  # a queued or running job stops now, not at its next batch
                 await self.forget_jobs(collection.tenant, collection.name)
         except (GalleryError, GatewayError) as exc:

@@ -24,6 +24,7 @@ from search_gateway.collections.blobs.base import BlobError, BlobStore
 from search_gateway.collections.records import META
 from search_gateway.gallery.base import GalleryError, GalleryFilter, VectorSpace, pages
 from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.patch_tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class Originals:
                 by_space.setdefault(current, []).extend(ids)
         for space, ids in by_space.items():
             await store.delete(space, list(dict.fromkeys(ids)))
+            await TokenStore(store).delete(space, list(dict.fromkeys(ids)))  # their patch tokens (issue 23)
         await store.delete(META, [r.id for r in records])
         if records:
             log.warning("removed %d images of %s whose originals are missing from the blob store: %s",

@@ -51,6 +51,7 @@ from search_gateway.collections.orphans import SpaceFor
 from search_gateway.collections.records import META, CollectionRecords
 from search_gateway.gallery.base import GalleryFilter, GalleryPoint, GalleryStore, VectorSpace, pages
 from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.patch_tokens import TokenStore
 from search_gateway.metrics import Metrics
 from search_gateway.tenants import LOCAL, parse_api_keys
 
@@ -137,6 +138,7 @@ class PointSweep:
         still = [p.id for p in await store.retrieve(space, orphans) if _older(p, cutoff)]
         if still:
             await store.delete(space, still)
+            await TokenStore(store).delete(space, still)  # their patch tokens (issue 23)
         return len(still)
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from search_gateway.clients.backends import EmbedClient
 from search_gateway.clients.embed_calls import pack
-from search_gateway.collections import web_colour
+from search_gateway.collections import token_backfill, web_colour
 from search_gateway.collections.blobs.base import BlobError, BlobNotFound, BlobStore
 from search_gateway.collections.deletion import SpaceFor
 from search_gateway.collections.records import JOBS as _JOBS
@@ -52,6 +52,7 @@ from search_gateway.fetch.downloader import Downloader
 from search_gateway.fetch.images import ImageLimits, PreparedImage, prepare_in_thread
 from search_gateway.gallery.base import GalleryError, GalleryFilter, GalleryPoint, GalleryStore, VectorSpace, pages
 from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.patch_tokens import PatchWriter, TokenStore
 from search_gateway.gallery.spaces import WEB, space_of
 from search_gateway.gallery.writer import Tagger
 from service_common.model_registry import text_models
@@ -124,7 +125,8 @@ class Reindexer:
     def __init__(self, link: GalleryLink, blobs: BlobStore, embed: EmbedClient, limits: ImageLimits,
                  batch_images: int, batch_bytes: int, heartbeat_s: float = 10.0, *,
                  space_for: SpaceFor | None = None, downloader: Downloader | None = None,
-                 placement: Tagger | None = None, download_timeout_s: float = 10.0) -> None:
+                 placement: Tagger | None = None, download_timeout_s: float = 10.0,
+                 patches: PatchWriter | None = None) -> None:
         self.link = link
         # The model's current space (a point already there with its colour facts is current:
         # not embedded again, which makes a stopped job resumable), the downloader of the web
@@ -132,6 +134,9 @@ class Reindexer:
         self.space_for = space_for
         self.downloader = downloader
         self.placement = placement
+        # Issue 23: each point's patch tokens (a point without them is not current: the reindex
+        # gives them; for web points a second walk after the colour one, collections/token_backfill.py).
+        self.patches = patches
         self.download_timeout_s = download_timeout_s
         self.blobs = blobs
         self.embed = embed
@@ -351,7 +356,25 @@ class Reindexer:
             handled |= step.ids
             job = await self._advance(replace(job, done=min(job.total, job.done + step.done),
                                               skipped=job.skipped + step.skipped))
+        if self.patches is not None:
+            job = await self._web_tokens(gallery.store, space, job)
         await self._advance(replace(job, state=INDEXED, done=job.total))
+
+    async def _web_tokens(self, store: GalleryStore, space: VectorSpace, job: Job) -> Job:
+        """The second walk of the web job: patch tokens for the points without (token_backfill.py);
+        done counts again from 0 over every web point, skipped adds the points left without."""
+        assert self.patches is not None and self.downloader is not None
+        job = await self._advance(replace(job, done=0))
+        start: str | None = None
+        while True:
+            step = await token_backfill.step(store, space, start, self.patches, self.downloader, self.limits,
+                                             self.download_timeout_s)
+            job = await self._advance(replace(job, done=min(job.total, job.done + step.seen),
+                                              total=max(job.total, job.done + step.seen),
+                                              skipped=job.skipped + step.skipped))
+            if step.next is None:
+                return job
+            start = step.next
 
     async def _abandon(self, job: Job) -> None:
         """Stop beating and drop the record of a job whose collection was deleted under it."""
@@ -407,6 +430,11 @@ class Reindexer:
                                    tags=r.tags, first_seen=r.first_seen, **_colour(image))
                       for i, (r, image) in enumerate(part)]
             await gallery.remember(space, await self._placed(space, points))
+            if self.patches is not None:  # their patch tokens (issue 23); a failure leaves them for the next job
+                try:
+                    await self.patches(space, points, {r.content_hash: image.embed_bytes for r, image in part})
+                except (GatewayError, GalleryError) as exc:
+                    log.info("reindex: patch tokens not stored: %s: %s", type(exc).__name__, exc)
             if not await recs.alive(collection):
                 # Deleted while this wrote: its emptying may have passed these images already.
                 # Their other models' points went with it; these records and points are this
@@ -427,10 +455,12 @@ class Reindexer:
             return records
         stored = {p.id: p for p in await gallery.store.retrieve(space, [r.id for r in records])}
         tagged = self.placement is not None and job.model in text_models()
+        with_tokens = await TokenStore(gallery.store, self.patches.compaction).have(space, list(stored)) \
+            if self.patches is not None else set(stored)
 
         def current(point: GalleryPoint | None) -> bool:
             return (point is not None and (point.color_scheme is not None or point.color_error is not None)
-                    and (bool(point.placement) or not tagged))
+                    and (bool(point.placement) or not tagged) and point.id in with_tokens)
 
         return [r for r in records if not current(stored.get(r.id))]
 

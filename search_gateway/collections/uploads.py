@@ -27,6 +27,7 @@ from search_gateway.fetch.downloader import Downloader
 from search_gateway.fetch.images import ImageLimits, PreparedImage, prepare_in_thread
 from search_gateway.gallery.base import GalleryError, GalleryPoint, GalleryUnavailable, VectorSpace
 from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.patch_tokens import PatchWriter
 from search_gateway.gallery.spaces import space_of
 from search_gateway.gallery.writer import Tagger
 
@@ -122,6 +123,9 @@ class UploadDeps:
     # Body placement tags of a model with a text tower (search/tagging.py, passed in by app.py);
     # None: uploads get none.
     placement: Tagger | None = None
+    # Computes and stores each point's compact patch tokens (gallery/patch_tokens.py, issue 23);
+    # None: uploads store none (the reindex's backfill adds them).
+    patches: PatchWriter | None = None
 
 
 class Uploader:
@@ -272,6 +276,16 @@ class Uploader:
             log.info("upload: placement not scored: %s: %s", type(exc).__name__, exc)
             return [point]
 
+    async def _patch_tokens(self, space: VectorSpace, point: GalleryPoint, data: bytes) -> None:
+        """The point's patch tokens (issue 23); an image stored without them is still found, keeps
+        its global score in a re-ranked search, and gets them from the reindex's backfill."""
+        if self.gw.patches is None:
+            return
+        try:
+            await self.gw.patches(space, [point], {point.content_hash: data})
+        except (GatewayError, GalleryError) as exc:
+            log.info("upload: patch tokens not stored: %s: %s", type(exc).__name__, exc)
+
     async def _write(self, c: _Checked) -> UploadResult:
         gw, col = self.gw, self.collection
         record = self._record(c)
@@ -286,6 +300,7 @@ class Uploader:
             gallery = await gw.link.gallery()
             for space, point in c.points:
                 await gallery.remember(space, await self._placed(space, point))
+                await self._patch_tokens(space, point, c.image.embed_bytes)
             # Of uploads of one picture at once, one record wins: the others are duplicates
             # (their points were the same points, written again).
             added = await self.recs.add_image(record)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from search_gateway.gallery.base import GalleryPoint, GalleryUnavailable, VectorSpace
 from search_gateway.gallery.link import GalleryLink
@@ -29,27 +29,33 @@ Tagger = Callable[[VectorSpace, Sequence[GalleryPoint]], Awaitable[Sequence[Gall
 # Keeps a thumbnail of each point from the bytes the search downloaded (content hash -> bytes),
 # and gives the points back with ``thumbnail`` set (collections/web_thumbnails.py).
 Thumbnailer = Callable[[VectorSpace, Sequence[GalleryPoint], Mapping[str, bytes]], Awaitable[Sequence[GalleryPoint]]]
-# The downloaded bytes waiting in the queue for their thumbnails, at most: past it sightings
-# are queued without them (the point is remembered; the link checker makes its thumbnail
-# when it next downloads the URL). 5,000 points of ~100 KB would otherwise hold 500 MB.
-MAX_PENDING_PIXEL_BYTES = 64 * 1024 * 1024
+# Issue 23: stores the compact patch tokens of points just remembered, from the image bytes
+# the search already had (by content hash); search/stored_tokens.py, wired in wiring.py.
+Patcher = Callable[[VectorSpace, Sequence[GalleryPoint], Mapping[str, bytes]], Awaitable[None]]
+# The downloaded bytes waiting in the queue for their thumbnails and patch tokens, at most:
+# past it sightings are queued without them (the point is remembered; the link checker makes
+# its thumbnail when it next downloads the URL, the reindex's backfill its tokens,
+# collections/token_backfill.py). 5,000 points of ~100 KB would otherwise hold 500 MB.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Sightings:
     space: VectorSpace
     points: tuple[GalleryPoint, ...]
-    # The bytes downloaded by the search, by content hash: the thumbnails are made from them.
-    pixels: Mapping[str, bytes] = field(default_factory=dict)
+    # The bytes downloaded by the search, by content hash: the thumbnails and the patch tokens
+    # are made from them (a point without is stored without).
+    images: Mapping[str, bytes] = field(default_factory=dict)
 
     @property
-    def pixel_bytes(self) -> int:
-        return sum(len(b) for b in self.pixels.values())
+    def image_bytes(self) -> int:
+        return sum(len(b) for b in self.images.values())
 
 
 class GalleryWriter:
     def __init__(self, link: GalleryLink, metrics: Metrics, *, max_pending: int, retry_s: float,
-                 attempts: int = 4, tagger: Tagger | None = None, thumbnailer: Thumbnailer | None = None) -> None:
+                 attempts: int = 4, tagger: Tagger | None = None, thumbnailer: Thumbnailer | None = None,
+                 patcher: Patcher | None = None) -> None:
         self._link = link
         self._metrics = metrics
         self._max_pending = max_pending
@@ -58,7 +64,9 @@ class GalleryWriter:
         self._tagger = tagger
         # Public: wiring.py sets it once the thumbnail store is open (after the writer starts).
         self.thumbnailer = thumbnailer
-        self.pending_pixel_bytes = 0
+        self._patcher = patcher
+        # Bytes of the images queued for their thumbnails and tokens, at most MAX_IMAGE_BYTES.
+        self.pending_image_bytes = 0
         self._queue: asyncio.Queue[Sightings] = asyncio.Queue()
         self.pending = 0
         self.written = 0
@@ -77,10 +85,10 @@ class GalleryWriter:
         if self.pending + n > self._max_pending:
             self._drop(n, "the write queue is full")
             return False
-        if self.thumbnailer is None or self.pending_pixel_bytes + sightings.pixel_bytes > MAX_PENDING_PIXEL_BYTES:
-            sightings = replace(sightings, pixels={})
+        if self.pending_image_bytes + sightings.image_bytes > MAX_IMAGE_BYTES:  # the points still go
+            sightings = Sightings(sightings.space, sightings.points)
         self.pending += n
-        self.pending_pixel_bytes += sightings.pixel_bytes
+        self.pending_image_bytes += sightings.image_bytes
         self._queue.put_nowait(sightings)
         return True
 
@@ -106,17 +114,17 @@ class GalleryWriter:
 
     def _next_batch(self, first: Sightings) -> tuple[Sightings, int, int]:
         # Sightings of the same space queued meanwhile go in the same store call.
-        points, taken, pixels, held = list(first.points), 1, dict(first.pixels), first.pixel_bytes
+        points, taken, images, held = list(first.points), 1, dict(first.images), first.image_bytes
         while len(points) < _BATCH and not self._queue.empty():
             nxt = self._queue._queue[0]  # type: ignore[attr-defined]  # peek: asyncio.Queue has no API for it
             if nxt.space != first.space:
                 break
             got = self._queue.get_nowait()
             points.extend(got.points)
-            pixels.update(got.pixels)
-            held += got.pixel_bytes
+            images.update(got.images)
+            held += got.image_bytes
             taken += 1
-        return Sightings(first.space, tuple(points), pixels), taken, held
+        return Sightings(first.space, tuple(points), images), taken, held
 
     async def _run(self) -> None:
         while True:
@@ -130,17 +138,17 @@ class GalleryWriter:
                 self._drop(len(batch.points), f"{type(exc).__name__}: {exc}")
             finally:
                 self.pending -= len(batch.points)
-                self.pending_pixel_bytes -= held
+                self.pending_image_bytes -= held
                 for _ in range(taken):
                     self._queue.task_done()
 
     async def _write(self, batch: Sightings) -> None:
         points: Sequence[GalleryPoint] = batch.points
-        if self.thumbnailer is not None and batch.pixels:
+        if self.thumbnailer is not None and batch.images:
             # Bytes first, then the point (collections/blobs/base.py): a thumbnail is put before
             # the point that names it is written.
             try:
-                points = await self.thumbnailer(batch.space, points, batch.pixels)
+                points = await self.thumbnailer(batch.space, points, batch.images)
             except Exception as exc:  # remembered without a thumbnail beats not remembered
                 log.info("gallery: thumbnails not kept: %s: %s", type(exc).__name__, exc)
         if self._tagger is not None:
@@ -163,4 +171,15 @@ class GalleryWriter:
             self._link.answered()
             self.written += len(points)
             self._metrics.gallery_writes.labels("written").inc(len(points))
+            await self._patch(batch.space, points, batch.images)
             return
+
+    async def _patch(self, space: VectorSpace, points: Sequence[GalleryPoint], images: Mapping[str, bytes]) -> None:
+        """The points' patch tokens, after the points themselves: a point without tokens is still
+        found (it keeps its global score in a re-ranked search) and the backfill adds them later."""
+        if self._patcher is None or not images:
+            return
+        try:
+            await self._patcher(space, points, images)
+        except Exception as exc:
+            log.info("gallery: patch tokens not stored: %s: %s", type(exc).__name__, exc)

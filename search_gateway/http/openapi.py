@@ -86,7 +86,10 @@ _SCHEMAS: dict[str, Any] = {
         "title": {"type": "string"}, "engine": {"type": "string"},
         "score": {"type": "number", "description": "The cosine similarity; after re-ranking, the combined score."},
         "global_score": {"type": "number", "description": "Re-ranked: the global vectors' cosine."},
-        "local_score": {"type": "number", "description": "Re-ranked: the patch tokens' score (0 to 1)."},
+        "local_score": {"type": ["number", "null"],
+                        "description": "Re-ranked: the patch tokens' score (0 to 1); null: re-ranking reached this "
+                                       "result but it had no patch tokens (none stored yet, or its image could not "
+                                       "be had), so it kept its global score (notes say why)."},
         "feedback": {"type": "number", "description": "The change the caller's stored feedback marks of similar "
                                                       "queries made to score (at most GATEWAY_FEEDBACK_BOOST_WEIGHT "
                                                       "either way)."},

@@ -120,7 +120,9 @@ async def _search_query(request: Request) -> SearchQuery:
         if data is not None:
             await gw.catalog.require(params.model)
             image = await prepare_in_thread(data, gw.image_limits, "uploaded image")
-            return query(include_attention=params.include_attention, image=image, rerank_k=params.rerank_k)
+            return query(include_attention=params.include_attention, image=image,
+                         rerank_k=params.rerank_k or params.rerank_default_k,
+                         rerank_stored_only=not params.rerank_k and bool(params.rerank_default_k))
         text = " ".join((text or "").split())
         if not text or len(text) > 300:
             raise BadRequest("The 'text' query must be 1 to 300 characters.")

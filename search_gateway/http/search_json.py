@@ -81,6 +81,8 @@ def result(r: RankedResult, thumbnail_link: ThumbnailLink) -> dict[str, Any]:
         out["global_score"] = round(r.global_score, 6)
     if r.local_score is not None:
         out["local_score"] = round(r.local_score, 6)
+    elif r.global_score is not None:  # re-ranking reached it without patch tokens: the notes say why
+        out["local_score"] = None
     if r.feedback is not None:  # the change stored feedback marks made to score (feedback_boost.py)
         out["feedback"] = round(r.feedback, 6)
     if r.tags:

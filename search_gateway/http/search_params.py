@@ -27,6 +27,7 @@ from search_gateway.errors import BadRequest
 from search_gateway.fetch.colour import SCHEMES
 from search_gateway.search.caption import PLACEMENTS, STYLES, SUBJECTS
 from search_gateway.search.colour_filter import PALETTE_WEIGHT
+from search_gateway.search.rerank import DEFAULT_RERANK, default_rerank
 from search_gateway.search.rerank_stage import RERANK_K_LIMIT
 from search_gateway.search.types import SOURCES
 
@@ -64,6 +65,9 @@ class SearchParams(BaseModel):
     model: str
     include_attention: bool
     rerank_k: int  # 0 when rerank is off
+    # Issue 23: rerank not given, and the model re-ranks by default (rerank.DEFAULT_RERANK):
+    # an image query re-ranks this many results from stored tokens only. 0: no default.
+    rerank_default_k: int = 0
     max_results: int
     sources: frozenset[str]
     min_score: float | None
@@ -285,8 +289,19 @@ _PLACEMENTS_PATTERN = f"^$|^{_PLACE}(,{_PLACE}){{0,{len(PLACEMENTS) - 1}}}$"
 # (what a client or schemathesis reads the pattern with) counts as visible: named here.
 TEXT_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"[^\s\x1c-\x1f\x85]"}
 
+# Issue 23: the models that re-rank by default, as the description says it.
+_DEFAULT_RERANK_TEXT = "on for " + ", ".join(sorted(DEFAULT_RERANK)) + ", off for the others"
+
+
+class PerModelBoolean(Boolean):
+    """A boolean whose default depends on the model: the schema names none (the description says
+    which); ``read`` gives ``default`` when it is not given, and parse() looks at that itself."""
+
+    def schema(self, setup: Setup) -> dict[str, Any]:
+        return {"type": "boolean"}
+
 # The kinds parse() reads by name, typed.
-_INCLUDE_ATTENTION, _RERANK = Boolean(False), Boolean(False)
+_INCLUDE_ATTENTION, _RERANK = Boolean(False), PerModelBoolean(False)
 _MAX_RESULTS, _RERANK_K = Integer("max_results_limit"), Integer("rerank")
 _MIN_SCORE = Score()
 
@@ -299,7 +314,10 @@ PARAMS: tuple[Param, ...] = (
     Param("rerank", _RERANK,
           "Two-stage search: re-rank the best rerank_k results by patch tokens (the query image's against each "
           "result's); each result then has global_score and local_score, and score is their mix. An image query "
-          "only: with text or like it is 400 rerank_needs_image."),
+          "only: with text or like it is 400 rerank_needs_image. Default: per model (" + _DEFAULT_RERANK_TEXT +
+          "): not given, an image search re-ranks its results from the patch tokens the gallery stores "
+          "(a result without stored tokens keeps its global score and place, local_score null); true also "
+          "computes the others' tokens now (slow); false: off."),
     Param("rerank_k", _RERANK_K,
           "How many of the best results are re-ranked (rerank=true); default GATEWAY_RERANK_K."),
     Param("sources", Names({"type": "string", "enum": _SOURCES_ENUM, "default": "gallery,web"},
@@ -382,11 +400,15 @@ def parse(query: Mapping[str, str], body: Mapping[str, Any] | None, setup: Setup
 
     model = raw("embedding_model") or setup.default_model
     include_attention = _INCLUDE_ATTENTION.read(raw("include_patch_attention"), "include_patch_attention")
-    rerank_k = _RERANK_K.read(raw("rerank_k"), "rerank_k", setup.rerank_k, setup)
+    asked_k = rerank_k = _RERANK_K.read(raw("rerank_k"), "rerank_k", setup.rerank_k, setup)
     if not _RERANK.read(raw("rerank"), "rerank"):
         rerank_k = 0
     max_results = _MAX_RESULTS.read(raw("max_results"), "max_results", setup.max_results, setup)
     sources = _sources(raw("sources"))
+    # Issue 23: rerank not given -> the model's default (search/rerank.py DEFAULT_RERANK) for a
+    # search of the gallery, from its stored patch tokens only; rerank=false off, true as before.
+    rerank_default_k = asked_k if raw("rerank") is None and setup.gallery and "gallery" in sources \
+        and default_rerank(str(model)) else 0
     min_score = _MIN_SCORE.read(raw("min_score"), "min_score")
     tags = _tags(raw("tags"))
     like = _like(raw("like"))
@@ -400,6 +422,7 @@ def parse(query: Mapping[str, str], body: Mapping[str, Any] | None, setup: Setup
                          "name gallery results, so there is nothing to refine by.")
     color, palette, placement = _color(raw("color")), _palette(raw("palette")), _placement(raw("placement"))
     return SearchParams(model=str(model), include_attention=include_attention, rerank_k=rerank_k,
+                        rerank_default_k=rerank_default_k,
                         max_results=max_results, sources=sources, min_score=min_score, tags=tags, like=like,
                         collections=collections, text=text if isinstance(text, str) else None,
                         positive=positive, negative=negative, color=color, palette=palette, placement=placement)

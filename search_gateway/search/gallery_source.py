@@ -31,6 +31,7 @@ from search_gateway.gallery.base import (
 )
 from search_gateway.gallery.gallery import Gallery
 from search_gateway.gallery.link import GalleryLink
+from search_gateway.gallery.patch_tokens import TokenStore
 from search_gateway.gallery.spaces import WEB
 from search_gateway.gallery.writer import GalleryWriter, Sightings
 from search_gateway.metrics import Metrics
@@ -216,8 +217,21 @@ class GallerySource:
 
     def remember(self, space: VectorSpace, images: Sequence[EmbeddedImage]) -> None:
         """Hand newly embedded web images to the background writer; never waits."""
+        # The bytes go along for the points' patch tokens (issue 23), computed by the writer.
         self.writer.submit(Sightings(space, tuple(sighting(i) for i in images),
                                      {i.sha256: i.embed_bytes for i in images if i.embed_bytes is not None}))
+
+    async def stored_tokens(self, space: VectorSpace, results: Sequence[RankedResult],
+                            tenant: str) -> dict[str, np.ndarray]:
+        """The stored patch tokens of these results by point id (gallery/patch_tokens.py), only of
+        points the caller may see; {} when the gallery cannot answer (they keep their global score)."""
+        points = [GalleryPoint(content_hash=r.sha256, vector=None, collection=r.collection, tenant=r.tenant)
+                  for r in results]
+        points = [p for p in points if visible_to(p, tenant)]
+        try:
+            return await self._ask(lambda g: TokenStore(g.store).get(space, points))
+        except GalleryError:
+            return {}
 
     async def _ask(self, call: Callable[[Gallery], Awaitable[T]]) -> T:
         try:

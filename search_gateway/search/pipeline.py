@@ -121,7 +121,7 @@ class _Search:
         self.tally = Tally(pipeline.metrics)
         self.stopwatch = Stopwatch(pipeline.metrics)
         self.ranking = Ranking(keep_bytes_of=max(self.limits.attention_top if query.include_attention else 0,
-                                                 query.rerank_k))
+                                                 0 if query.rerank_stored_only else query.rerank_k))
         self.to_embed: asyncio.Queue[FetchedImage | None] = asyncio.Queue()
         self.query_vectors = QueryVectors(pipeline.embed, pipeline.cache, self.deadline)
         self.partial = False
@@ -130,6 +130,8 @@ class _Search:
         self.gallery_down = pipeline.gallery is None
         self.liked_tags: dict[str, float] = {}
         self.reranked = False
+        # Why some re-ranked results kept their global score (issue 23), for the reply's notes.
+        self.rerank_note: str | None = None
         self.marks: asyncio.Future[dict[str, float]] | None = None
         # Set when the search is refined by marked results (positive / negative).
         self.refiner: refine.Refiner | None = None
@@ -138,6 +140,7 @@ class _Search:
         try:
             return await self._run()
         finally:
+            self.query_vectors.cancel_patches()
             if self.marks is not None:
                 self.marks.cancel()  # a no-op once read; else the search failed before using it
 
@@ -164,7 +167,10 @@ class _Search:
         with_attention = bool(query.include_attention and query.image is not None)
         with_rerank = bool(query.rerank_k and query.image is not None)
         # Keep time for CrossAttention and re-ranking at the end when they were asked for.
-        reserve = min(3.0, self.limits.budget_s * 0.25) * (with_attention + with_rerank)
+        stage_reserve = min(3.0, self.limits.budget_s * 0.25)
+        # Re-ranking from stored tokens takes tens of ms, not seconds (issue 23): less time kept back from the web.
+        rerank_reserve = min(0.5, self.limits.budget_s * 0.05) if query.rerank_stored_only else stage_reserve
+        reserve = stage_reserve * with_attention + rerank_reserve * with_rerank
         if use_web:
             await self._web(caption, query_vector, reserve)
         else:
@@ -225,7 +231,7 @@ class _Search:
 
     def _notes(self) -> tuple[str, ...]:
         """What the reply must explain about the filters it was asked for."""
-        notes = []
+        notes = [self.rerank_note] if self.rerank_note else []
         if self.query.placement:
             if self.query.model not in text_models():
                 notes.append(f"{self.query.model} has no text tower, so its images have no body placement tags "
@@ -263,6 +269,8 @@ class _Search:
             base = self.query_vectors.of_text(query.model, query.text)
         elif query.image is not None:
             base = self.query_vectors.of_image(query.model, query.image)
+            if query.rerank_k:  # the query's patch tokens, in parallel with its vector (issue 23)
+                self.query_vectors.patches_of(query.model, query.image)
         if query.positive or query.negative:
             return await self._refined(base)
         assert base is not None
@@ -486,7 +494,16 @@ class _Search:
         assert self.query.image is not None
         done = await rerank_results(
             results[:k], embed=self.pipeline.embed, downloads=self.pipeline.downloads, model=self.query.model,
-            query_image=self.query.image.embed_bytes, kept_bytes=self.ranking.kept_bytes, deadline=self.deadline)
+            query_image=self.query.image.embed_bytes, kept_bytes=self.ranking.kept_bytes, deadline=self.deadline,
+            query_patches=self.query_vectors.patches_of(self.query.model, self.query.image),
+            stored=self._stored_tokens, compute=not self.query.rerank_stored_only)
+        without = sum(1 for r in done.results if r.local_score is None)
+        if done.error is None and without:
+            self.rerank_note = (f"{without} of the {len(done.results)} re-ranked results have no patch tokens "
+                                + ("stored in the gallery yet (a web result of this search, or a point the "
+                                   "backfill has not reached)" if self.query.rerank_stored_only
+                                   else "(their image could not be fetched or embedded)")
+                                + ": they keep their global score (local_score null).")
         if done.error is not None:
             self.tally.rerank_error = done.error
             self.partial = True
@@ -494,6 +511,13 @@ class _Search:
             self.reranked = any(r.local_score is not None for r in done.results)
         self.stopwatch.mark("rerank", start)
         return [*done.results, *results[k:]]
+
+    async def _stored_tokens(self, results: list[RankedResult]) -> dict[str, np.ndarray]:
+        """The results' patch tokens the gallery stores (gallery/patch_tokens.py), by point id."""
+        gallery = self.pipeline.gallery
+        if gallery is None or self.gallery_down or self.space is None:
+            return {}
+        return await gallery.stored_tokens(self.space, results, self.query.tenant)
 
     # --- patch attention
     async def _attention(self, results: list[RankedResult]) -> list[RankedResult]:

@@ -47,6 +47,8 @@ class SearchQuery:
     # Two-stage search: the best this many results are re-ranked by patch tokens
     # (search/rerank_stage.py); 0: off (the default, docs/benchmarks.md says why).
     rerank_k: int = 0
+    # True: re-ranked by the model's default (rerank not given), from stored tokens only.
+    rerank_stored_only: bool = False
     # Refinement by example (search/refine.py): gallery result ids marked relevant / not.
     positive: tuple[str, ...] = ()
     negative: tuple[str, ...] = ()

@@ -155,8 +155,8 @@ def test_rerank_through_the_cli_then_from_the_patch_cache(server: BackgroundServ
     for entry in staged["latency"]:
         assert entry["fetch_cold_ms"]["n"] == 1 and entry["fetch_cached_ms"]["n"] == 4
         assert entry["scoring_ms"]["maxsim"]["n"] == entry["scoring_ms"]["mutual"]["n"] == 4
-    assert "| folder | 4 | maxsim | 1 |" in printed
-    assert "| folder | - | none (global only) | - |" in printed
+    assert "| folder | full | " in printed and " | 4 | maxsim | 1 |" in printed
+    assert "| folder | - | - | - | none (global only) | - |" in printed
 
     # Again without latency samples: every patch comes from the cache, the server computes nothing.
     before = _images_through_the_model(server.target)
@@ -166,6 +166,19 @@ def test_rerank_through_the_cli_then_from_the_patch_cache(server: BackgroundServ
     assert (again["patches"]["fetched"], again["patches"]["from_cache"]) == (0, staged["patches"]["images"])
     assert again["results"] == staged["results"]
 
+    # The gallery's tokens compacted (issue 23): the same grid per compaction, full unchanged.
+    assert main([*argv[:-1], "0", "--token-compaction", "full,binary,pool2-int8"]) == 0
+    compacted = json.loads((tmp_path / "out.json").read_text())["two_stage"]
+    assert compacted["compactions"] == ["full", "full-binary", "pool2-int8"]
+    by = {name: [r for r in compacted["results"] if r["compaction"] == name] for name in compacted["compactions"]}
+    assert by["full"] == staged["results"]
+    patches = next(iter(np.load(f) for f in (tmp_path / "cache" / "clip").glob("*/patches/*.npy")))
+    side = int(round(patches.shape[0] ** 0.5))
+    assert {r["bytes_per_point"] for r in by["full-binary"]} == {patches.shape[0] * patches.shape[1] // 8}
+    assert {r["bytes_per_point"] for r in by["pool2-int8"]} == {(-(-side // 2)) ** 2 * patches.shape[1]}
+    for rows_of in by.values():  # weight 0 is stage one whatever the tokens
+        assert all(r["recall@1"] == stage_one["recall@1"] for r in rows_of if r["weight"] == 0)
+
 
 @pytest.mark.parametrize(
     ("options", "says"),
@@ -174,6 +187,7 @@ def test_rerank_through_the_cli_then_from_the_patch_cache(server: BackgroundServ
         (["--rerank-k", "ten"], "--rerank-k takes whole numbers"),
         (["--rerank-weights", "0.5,1.5"], "each between 0 and 1"),
         (["--rerank-methods", "maxsim,colbert"], "valid methods are maxsim, mutual"),
+        (["--token-compaction", "pool2-int4"], "--token-compaction: unknown token compaction"),
     ],
 )
 def test_bad_rerank_options_are_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
