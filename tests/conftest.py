@@ -20,3 +20,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.nodeid.startswith(_SLOW_FILES):
             item.add_marker(pytest.mark.slow)
+

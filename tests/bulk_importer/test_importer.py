@@ -269,6 +269,8 @@ async def test_a_gateway_that_refuses_connections_ends_the_run_with_every_input_
     assert "8 failed" in err and f"stopped sending: the gateway at {url} could not be reached for 1 s" in err
 
 
+# Slow: the gateway is stopped mid-run and started again (a restart).
+@pytest.mark.slow
 async def test_a_gateway_gone_mid_run_ends_the_run_and_a_second_run_sends_exactly_the_failed_inputs(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     folder = tmp_path / "portfolio"

@@ -33,6 +33,8 @@ def image_stats(stub: embed_pb2_grpc.EmbedServiceStub, model: str) -> embed_pb2.
     return info.image_batches
 
 
+# Slow: a server of its own with a half-second queue delay, 16 calls at once.
+@pytest.mark.slow
 def test_concurrent_requests_are_merged_into_one_forward_pass() -> None:
     # A queue delay long enough that 16 requests sent at once all arrive inside it.
     with serving_stub(EMBED_MODELS="clip", EMBED_MAX_BATCH_SIZE="16", EMBED_MAX_QUEUE_DELAY_MS="500") as stub:

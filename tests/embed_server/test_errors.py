@@ -83,6 +83,8 @@ def test_the_server_still_serves_after_bad_requests(stub) -> None:
     assert stub.Embed(embed_pb2.EmbedRequest(model="clip", images=[jpeg(3)]), timeout=30).embeddings.rows == 1
 
 
+# Slow: a server of its own, started with a transport limit.
+@pytest.mark.slow
 def test_a_request_over_the_byte_limit_is_refused_by_the_transport() -> None:
     with embed_server(EMBED_MODELS="clip", EMBED_MAX_REQUEST_BYTES="100000") as server:
         with grpc.insecure_channel(server.target) as channel:

@@ -147,7 +147,8 @@ def _jpeg_free(image: Image.Image) -> bytes:
     return encode(image, "PNG")
 
 
-@pytest.fixture(scope="module", params=["torch", "onnx"])
+# The ONNX variant exports the real model first: `make test-fast` leaves it out.
+@pytest.fixture(scope="module", params=["torch", pytest.param("onnx", marks=pytest.mark.slow)])
 def real_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, embed_pb2_grpc.EmbedServiceStub]]:
     # EMBED_WEIGHTS=random on purpose: the weights that ship with a package are served anyway.
     with embed_server(EMBED_MODELS="squeezenet", EMBED_ARCHITECTURE="full", EMBED_RUNTIME=request.param) as server:
@@ -204,6 +205,8 @@ def test_text_is_refused_with_the_no_text_tower_error(real_server: tuple[str, em
     assert "'squeezenet' has no text tower" in error.value.details()
 
 
+# Slow: an ONNX export of the real model.
+@pytest.mark.slow
 def test_onnx_and_torch_give_the_same_vectors(tmp_path: Path) -> None:
     images = [_jpeg_free(photo) for photo in photos()]
     vectors = {}
@@ -217,6 +220,8 @@ def test_onnx_and_torch_give_the_same_vectors(tmp_path: Path) -> None:
     assert _row_cosines(vectors["onnx"], vectors["torch"]).min() >= 0.99999
 
 
+# Slow: ONNX exports (fp32 and int8) of the real model.
+@pytest.mark.slow
 def test_int8_is_not_worth_it_so_the_server_serves_fp32_onnx_and_says_so(tmp_path: Path) -> None:
     """Measured (docs/benchmarks.md): ONNX Runtime's int8 of SqueezeNet's convolutions is
     both slower than fp32 on this CPU and off by more than the export check allows (least
@@ -238,6 +243,8 @@ def test_int8_is_not_worth_it_so_the_server_serves_fp32_onnx_and_says_so(tmp_pat
     assert _row_cosines(to_numpy(response.embeddings), expected).min() >= 0.99999
 
 
+# Slow: ONNX exports (fp32 and int8) of the real model.
+@pytest.mark.slow
 def test_int8_cosine_to_fp32_is_what_made_int8_refused(tmp_path: Path, pixels: np.ndarray) -> None:
     """The measurement behind int8_modes.NO_INT8, on real photos: with both int8 recipes
     the server has, global vectors stay close to fp32 but patch tokens fall below what

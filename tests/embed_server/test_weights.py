@@ -25,7 +25,14 @@ PRETRAINED = {"EMBED_WEIGHTS": "pretrained", "EMBED_ARCHITECTURE": "full"}
 
 
 # squeezenet's weights come with a package, not a folder (tests/embed_server/test_squeezenet.py).
-@pytest.mark.parametrize("name", [name for name in MODEL_NAMES if not CARDS[name].bundled_weights])
+# `make test-fast` keeps clip (its own checkpoint format) and dinov3 (a transformers checkpoint);
+# siglip and the two dinov2s, transformers checkpoints too, run in `make test` (each builds,
+# saves and loads a checkpoint: seconds apiece).
+_ONE_PER_LOADER = ("clip", "dinov3")
+
+
+@pytest.mark.parametrize("name", [name if name in _ONE_PER_LOADER else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in MODEL_NAMES if not CARDS[name].bundled_weights])
 def test_a_saved_checkpoint_loads_through_the_pretrained_path(tmp_path: Path, name: str) -> None:
     reference_image, reference_text, tokenizer = write_tiny_checkpoint(name, tmp_path)
     images = [jpeg(11), jpeg(12, size=(200, 300))]

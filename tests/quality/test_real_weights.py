@@ -140,6 +140,8 @@ def below_floors(benchmarks: dict[str, Benchmark], preprocess: Preprocess, run: 
 # -- the real model passes --------------------------------------------------------
 
 
+# Slow: both benchmarks through an ONNX export of the real model.
+@pytest.mark.slow
 def test_the_real_model_is_above_every_floor(benchmarks: dict[str, Benchmark], fp32_export: Path) -> None:
     assert below_floors(benchmarks, GOOD, onnx_runner(fp32_export)) == []
 

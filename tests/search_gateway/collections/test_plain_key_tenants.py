@@ -70,6 +70,8 @@ async def _held(gw: Any, tenant: str) -> int:
     return sum([await store.count(s, GalleryFilter(tenant=tenant)) for s in (META, space)])
 
 
+# Slow: two gateways one after the other over one store (a restart).
+@pytest.mark.slow
 async def test_a_plain_keys_collections_move_from_its_former_tenant_name(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     y, z = jpeg(65, (300, 250)), jpeg(66, (260, 300))
