@@ -20,4 +20,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.nodeid.startswith(_SLOW_FILES):
             item.add_marker(pytest.mark.slow)
-
