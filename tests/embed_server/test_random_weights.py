@@ -130,6 +130,8 @@ def test_a_fresh_export_that_disagrees_with_torch_is_not_cached_and_torch_serves
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")], "a temporary file was left behind"
 
 
+# Slow: builds and saves every model's checkpoint to fingerprint it.
+@pytest.mark.slow
 def test_pretrained_weights_are_fingerprinted_by_their_tensors(tmp_path: Path) -> None:
     """The same checkpoint served by torch and by ONNX Runtime reports one fingerprint,
     the hash of the tensors it holds; a second ONNX start knows it without torch."""

@@ -82,6 +82,8 @@ def test_missing_weights_fail_clearly_without_blocking_other_models(tmp_path: Pa
             assert stub.Embed(embed_pb2.EmbedRequest(model="dinov3", images=[jpeg(1)]), timeout=30).embeddings.rows == 1
 
 
+# Slow: a server that loads each model on its first call, one after the other.
+@pytest.mark.slow
 def test_models_can_load_on_first_use() -> None:
     with embed_server(EMBED_MODELS="clip,siglip", EMBED_PRELOAD="false") as server:
         with grpc.insecure_channel(server.target) as channel:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # grpc-stubs 1.53 predates it
 
@@ -70,6 +71,8 @@ async def _check(channel: grpc.aio.Channel) -> int:
     return reply.status
 
 
+# Slow: waits through many keepalive periods (seconds, by design).
+@pytest.mark.slow
 async def test_idle_channel_keeps_its_connection_through_many_keepalive_pings() -> None:
     server, port = await _start(Gated(), keepalive=SHORT)
     bare, bare_port = await _bare_server()

@@ -41,7 +41,9 @@ from tests.support.images import jpeg
 from tests.support.moto_s3 import MOTO_KEYS, moto_endpoint, start_moto
 from tests.support.polling import until
 
-pytestmark = pytest.mark.asyncio
+# Slow: a moto S3 server per module and a gateway per test over it; the blob store's own
+# contract against moto (collections/blobs/test_s3_blobs.py) stays in `make test-fast`.
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[3]
 # A real S3-compatible endpoint for the end-to-end test, as tests/search_gateway/collections/blobs/test_s3_blobs.py

@@ -113,6 +113,8 @@ async def test_web_search_fills_the_gallery_and_the_gallery_answers_without_the_
                 assert empty["results"] == [] and empty["partial"] is False
 
 
+# Slow: waits out the store's connect timeouts (seconds, by design).
+@pytest.mark.slow
 async def test_an_unreachable_store_gives_web_results_marked_partial(
         embed: BackgroundServer, scraper: BackgroundServer, site: Site, tmp_path: Path) -> None:
     with socket.socket() as s:
