@@ -30,7 +30,7 @@ Tagger = Callable[[VectorSpace, Sequence[GalleryPoint]], Awaitable[Sequence[Gall
 # and gives the points back with ``thumbnail`` set (collections/web_thumbnails.py).
 Thumbnailer = Callable[[VectorSpace, Sequence[GalleryPoint], Mapping[str, bytes]], Awaitable[Sequence[GalleryPoint]]]
 # Issue 23: stores the compact patch tokens of points just remembered, from the image bytes
-# the search already had (by content hash); search/stored_tokens.py, wired in wiring.py.
+# the search already had (by content hash); gallery/patch_tokens.py, wired in wiring.py.
 Patcher = Callable[[VectorSpace, Sequence[GalleryPoint], Mapping[str, bytes]], Awaitable[None]]
 # The downloaded bytes waiting in the queue for their thumbnails and patch tokens, at most:
 # past it sightings are queued without them (the point is remembered; the link checker makes
