@@ -38,6 +38,7 @@ from search_gateway.gallery.spaces import result_id
 from search_gateway.search import rerank
 from search_gateway.search.budget import Deadline
 from search_gateway.search.download import CandidateDownloads
+from search_gateway.search.ranking import order_score
 from search_gateway.search.types import RankedResult
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ def _reordered(results: list[RankedResult], query: np.ndarray, found: list[np.nd
     reranked = [dataclasses.replace(results[have[j]], score=float(scored.scores[j]),
                                     global_score=results[have[j]].score, local_score=float(scored.local[j]))
                 for j in scored.order]
+    # A stale source goes after a live one of practically the same combined score, as in the
+    # global order (ranking.order_score); the sort is stable, so ties keep stage two's order.
+    reranked.sort(key=lambda r: -order_score(r))
     missing = [dataclasses.replace(r, global_score=r.score) for i, r in enumerate(results) if found[i] is None]
     return [*reranked, *missing]
 
